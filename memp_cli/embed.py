@@ -1,0 +1,127 @@
+"""The embedding seam: memp's embedded default model, and any `llm` embedding model by name."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Sequence
+from functools import lru_cache
+from pathlib import Path
+from typing import TYPE_CHECKING, Protocol
+
+from .errors import ModelError
+
+if TYPE_CHECKING:
+    from .store import Store
+
+DEFAULT_EMBED_MODEL = "memp-minilm"
+DEFAULT_EMBED_ALIASES = ("all-MiniLM-L6-v2-int8",)
+MODEL_DIR = Path(__file__).resolve().parent / "model"
+# all-MiniLM-L6-v2 was trained on sequences of up to 256 word pieces; longer input only dilutes the mean.
+MAX_TOKENS = 256
+BATCH_SIZE = 32
+
+
+class Embedder(Protocol):
+    """Anything that turns texts into unit-length vectors."""
+
+    model_id: str
+
+    def embed(self, texts: Sequence[str]) -> list[list[float]]:
+        """Return one vector per text."""
+        ...
+
+
+class OnnxEmbedder:
+    """all-MiniLM-L6-v2, int8 ONNX, run with onnxruntime and tokenizers: no torch, no download."""
+
+    model_id = DEFAULT_EMBED_MODEL
+    dimensions = 384
+
+    def __init__(self, folder: Path = MODEL_DIR) -> None:
+        import onnxruntime
+        from tokenizers import Tokenizer
+
+        model_file = folder / "model.onnx"
+        if not model_file.exists():
+            raise ModelError(f"embedded model missing: {model_file} (reinstall memp)")
+        options = onnxruntime.SessionOptions()
+        # Agents call memp in parallel; one intra-op thread each avoids oversubscribing small machines.
+        options.intra_op_num_threads = int(os.environ.get("MEMP_THREADS", "1"))
+        options.log_severity_level = 3
+        self._session = onnxruntime.InferenceSession(
+            str(model_file), options, providers=["CPUExecutionProvider"]
+        )
+        self._tokenizer = Tokenizer.from_file(str(folder / "tokenizer.json"))
+        self._tokenizer.enable_truncation(max_length=MAX_TOKENS)
+        self._tokenizer.enable_padding(pad_id=0, pad_token="[PAD]")
+
+    def embed(self, texts: Sequence[str]) -> list[list[float]]:
+        """Return L2-normalised mean-pooled vectors, as sentence-transformers computes them."""
+        import numpy as np
+
+        out: list[list[float]] = []
+        for start in range(0, len(texts), BATCH_SIZE):
+            batch = list(texts[start : start + BATCH_SIZE])
+            encoded = self._tokenizer.encode_batch(batch)
+            ids = np.array([e.ids for e in encoded], dtype=np.int64)
+            mask = np.array([e.attention_mask for e in encoded], dtype=np.int64)
+            types = np.array([e.type_ids for e in encoded], dtype=np.int64)
+            (hidden,) = self._session.run(
+                None, {"input_ids": ids, "attention_mask": mask, "token_type_ids": types}
+            )
+            weights = mask[:, :, None].astype(np.float32)
+            pooled = (hidden * weights).sum(axis=1) / np.clip(weights.sum(axis=1), 1e-9, None)
+            norms = np.linalg.norm(pooled, axis=1, keepdims=True)
+            out.extend((pooled / np.clip(norms, 1e-12, None)).tolist())
+        return out
+
+
+class LlmEmbedder:
+    """Any embedding model `llm` knows, by id or alias, with llm's keys honoured."""
+
+    def __init__(self, name: str) -> None:
+        import llm
+
+        try:
+            self._model = llm.get_embedding_model(name)
+        except llm.UnknownModelError as exc:
+            raise ModelError(f"unknown embedding model: {name} (see `llm embed-models`)") from exc
+        self.model_id = self._model.model_id
+
+    def embed(self, texts: Sequence[str]) -> list[list[float]]:
+        """Return llm's vectors, normalised so cosine search treats every model alike."""
+        import numpy as np
+
+        try:
+            vectors = np.asarray(list(self._model.embed_multi(list(texts))), dtype=np.float32)
+        except Exception as exc:  # noqa: BLE001 - plugins raise anything; say which model failed
+            raise ModelError(f"embedding model {self.model_id} failed: {exc}") from exc
+        if vectors.size == 0:
+            return []
+        norms = np.linalg.norm(vectors, axis=1, keepdims=True)
+        return (vectors / np.clip(norms, 1e-12, None)).tolist()
+
+
+def is_default(name: str | None) -> bool:
+    """Return True when `name` means memp's embedded model."""
+    return name is None or name == DEFAULT_EMBED_MODEL or name in DEFAULT_EMBED_ALIASES
+
+
+@lru_cache(maxsize=4)
+def get_embedder(name: str | None = None) -> Embedder:
+    """Return a cached embedder: the embedded model loads directly, skipping llm's plugin loading."""
+    if is_default(name):
+        return OnnxEmbedder()
+    assert name is not None
+    return LlmEmbedder(name)
+
+
+def resolve_embed_model(store: Store, requested: str | None) -> str:
+    """Return the embedding model for this store: the one asked for, else the one that built it, else the default."""
+    name = requested or os.environ.get("MEMP_EMBED_MODEL")
+    recorded = store.embed_model()
+    if name is None:
+        return recorded[0] if recorded else DEFAULT_EMBED_MODEL
+    embedder_id = DEFAULT_EMBED_MODEL if is_default(name) else get_embedder(name).model_id
+    store.check_embed_model(embedder_id)
+    return embedder_id

@@ -1,0 +1,75 @@
+"""memp's native format: one trajectory per JSONL line (schema: memp_cli/formats/trajectory.schema.json)."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterable, Iterator
+from typing import Any
+
+from ..errors import InputError
+from ..records import OUTCOMES, Step, Trajectory
+
+NAME = "native"
+
+
+def _text(value: Any, what: str, path: str, line: int, required: bool = False) -> str | None:
+    if value is None and not required:
+        return None
+    if not isinstance(value, str) or (required and not value.strip()):
+        raise InputError(path, line, f"{what} must be a non-empty string")
+    return value
+
+
+def parse_line(obj: Any, path: str, line: int) -> Trajectory:
+    """Return the trajectory in one decoded JSONL line, or raise InputError saying what is wrong."""
+    if not isinstance(obj, dict):
+        raise InputError(path, line, "expected a JSON object with task, steps and outcome")
+    task = _text(obj.get("task"), "'task'", path, line, required=True)
+    steps_raw = obj.get("steps")
+    if not isinstance(steps_raw, list) or not steps_raw:
+        raise InputError(path, line, "'steps' must be a non-empty list")
+    steps = []
+    for i, raw in enumerate(steps_raw):
+        if not isinstance(raw, dict):
+            raise InputError(path, line, f"steps[{i}] must be an object with an 'action'")
+        steps.append(
+            Step(
+                action=_text(raw.get("action"), f"steps[{i}].action", path, line, required=True) or "",
+                thought=_text(raw.get("thought"), f"steps[{i}].thought", path, line),
+                observation=_text(raw.get("observation"), f"steps[{i}].observation", path, line),
+            )
+        )
+    outcome = obj.get("outcome")
+    if outcome not in OUTCOMES:
+        raise InputError(path, line, f"'outcome' must be one of {', '.join(OUTCOMES)}, not {outcome!r}")
+    score = obj.get("score")
+    if score is not None and (isinstance(score, bool) or not isinstance(score, (int, float))):
+        raise InputError(path, line, "'score' must be a number")
+    source_id = obj.get("id")
+    if source_id is not None and not isinstance(source_id, (str, int)):
+        raise InputError(path, line, "'id' must be a string or integer")
+    metadata = obj.get("metadata") or {}
+    if not isinstance(metadata, dict):
+        raise InputError(path, line, "'metadata' must be an object")
+    return Trajectory(
+        task=(task or "").strip(),
+        steps=steps,
+        outcome=outcome,
+        score=float(score) if score is not None else None,
+        source_id=str(source_id) if source_id is not None else None,
+        metadata=metadata,
+        source_file=path,
+        source_line=line,
+    )
+
+
+def read(lines: Iterable[str], path: str) -> Iterator[Trajectory]:
+    """Yield the trajectories of a JSONL stream, one line at a time."""
+    for number, text in enumerate(lines, 1):
+        if not text.strip():
+            continue
+        try:
+            obj = json.loads(text)
+        except json.JSONDecodeError as exc:
+            raise InputError(path, number, f"invalid JSON: {exc.msg} (column {exc.colno})") from None
+        yield parse_line(obj, path, number)

@@ -1,0 +1,171 @@
+"""The nouns of memp as dataclasses: steps, trajectories, memories and recall matches."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from dataclasses import asdict, dataclass, field
+from typing import Any, Literal
+
+Outcome = Literal["success", "failure"]
+BuildPolicy = Literal["trajectory", "script", "proceduralization"]
+BUILD_POLICIES: tuple[str, ...] = ("trajectory", "script", "proceduralization")
+OUTCOMES: tuple[str, ...] = ("success", "failure")
+
+# Long tool output says little about how the task was done; keep prompts small.
+OBSERVATION_CHARS = 300
+
+
+@dataclass(frozen=True)
+class Step:
+    """One agent step: what it thought, what it did, what it saw."""
+
+    action: str
+    thought: str | None = None
+    observation: str | None = None
+
+    def to_dict(self) -> dict[str, str]:
+        """Return the step as JSON-ready dict without empty fields."""
+        return {k: v for k, v in asdict(self).items() if v is not None}
+
+
+@dataclass
+class Trajectory:
+    """A task, the steps taken for it and how it ended; `id` is a hash of that content."""
+
+    task: str
+    steps: list[Step]
+    outcome: str
+    score: float | None = None
+    source_id: str | None = None
+    metadata: dict[str, Any] = field(default_factory=dict)
+    source_file: str | None = None
+    source_line: int | None = None
+
+    @property
+    def id(self) -> str:
+        """Return a stable content hash: the same run ingested twice is one trajectory."""
+        canonical = json.dumps(
+            {
+                "task": self.task,
+                "steps": [s.to_dict() for s in self.steps],
+                "outcome": self.outcome,
+                "score": self.score,
+            },
+            sort_keys=True,
+            ensure_ascii=False,
+            separators=(",", ":"),
+        )
+        return hashlib.sha256(canonical.encode("utf-8")).hexdigest()[:32]
+
+    def render(self) -> str:
+        """Return the trajectory as compact text for a prompt."""
+        lines = [f"Task: {self.task}"]
+        for step in self.steps:
+            if step.thought:
+                lines.append(f"Thought: {step.thought}")
+            lines.append(f"> {step.action}")
+            if step.observation:
+                obs = " ".join(step.observation.split())
+                if len(obs) > OBSERVATION_CHARS:
+                    obs = obs[:OBSERVATION_CHARS] + " ..."
+                lines.append(obs)
+        lines.append(f"Outcome: {self.outcome}" + (f" (score {self.score:g})" if self.score is not None else ""))
+        return "\n".join(lines)
+
+
+@dataclass
+class Script:
+    """A procedure distilled from a trajectory, and what it cost to make."""
+
+    text: str
+    model: str
+    prompt_version: str
+    input_tokens: int | None = None
+    output_tokens: int | None = None
+
+
+@dataclass
+class Memory:
+    """A stored unit of procedural knowledge built from one trajectory."""
+
+    id: int
+    trajectory_id: str
+    kind: str
+    task: str
+    outcome: str
+    outcome_score: float | None
+    script: str | None
+    trajectory: str | None
+    tokens: int
+    model: str | None
+    prompt_version: str | None
+    version: int
+    status: str
+    recalled: int
+    succeeded: int
+    failed: int
+    created_at: str
+    source_file: str | None
+    source_line: int | None
+    source_id: str | None
+    metadata: dict[str, Any] = field(default_factory=dict)
+
+    def source(self) -> dict[str, Any]:
+        """Return where the memory came from."""
+        return {"file": self.source_file, "line": self.source_line, "id": self.source_id}
+
+    def to_dict(self) -> dict[str, Any]:
+        """Return the memory as a JSON-ready dict."""
+        data = asdict(self)
+        for key in ("source_file", "source_line", "source_id"):
+            data.pop(key)
+        data["source"] = self.source()
+        return data
+
+    def render(self) -> str:
+        """Return the text an agent reads for this memory: script, trajectory, or both."""
+        return render_memory(self.script, self.trajectory)
+
+
+def render_memory(script: str | None, trajectory: str | None) -> str:
+    """Return a memory's text for an agent: the script, then the example run it came from."""
+    parts = []
+    if script:
+        parts.append(script)
+    if trajectory:
+        parts.append(("Example run:\n" if script else "") + trajectory)
+    return "\n\n".join(parts)
+
+
+@dataclass
+class Match:
+    """A recalled memory and how well it matched the task."""
+
+    memory: Memory
+    score: float
+    rank: int
+
+    def to_dict(self) -> dict[str, Any]:
+        """Return the match as a JSON-ready dict."""
+        data = self.memory.to_dict()
+        return {"memory_id": data.pop("id"), "rank": self.rank, "score": round(self.score, 4), **data}
+
+
+@dataclass
+class Recall:
+    """The answer to one recall: its id, for outcome reporting, and the matches."""
+
+    id: str
+    task: str
+    policy: str
+    matches: list[Match]
+
+    def to_dict(self) -> dict[str, Any]:
+        """Return the recall as a JSON-ready dict."""
+        return {
+            "recall_id": self.id,
+            "task": self.task,
+            "policy": self.policy,
+            "matches": [m.to_dict() for m in self.matches],
+        }

