@@ -90,7 +90,9 @@ def _open(db: Path | None) -> Any:
 @app.command()
 @handle_errors
 def ingest(
-    paths: Annotated[list[str], typer.Argument(help="Trajectory files (JSONL), folders, or - for stdin.")],
+    paths: Annotated[
+        list[str], typer.Argument(help="Trajectory files, folders (walked for .jsonl and .json), or - for stdin.")
+    ],
     build: Annotated[
         str,
         typer.Option(
@@ -99,10 +101,22 @@ def ingest(
             help="What each memory keeps: trajectory, script, or proceduralization (both; the paper's best).",
         ),
     ] = "proceduralization",
+    input_format: Annotated[
+        str,
+        typer.Option(
+            "--format",
+            "-F",
+            help="Input format: auto (per file), native (memp JSONL), sharegpt (ETO/ALFWorld), react (ReAct "
+            "prompts), memp-chat (the Mem^p paper's examples).",
+        ),
+    ] = "auto",
+    outcome: Annotated[
+        str, typer.Option(help="Outcome for records whose format stores none: success or failure.")
+    ] = "success",
     model: ModelOpt = None,
     embed_model: EmbedOpt = None,
     db: DbOpt = None,
-    fmt: FormatOpt = None,
+    as_json: Annotated[bool, typer.Option("--json", help="Print the report as JSON (the default when piped).")] = False,
 ) -> None:
     """Store trajectories and build memories from them. Re-ingesting the same content is a no-op."""
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
@@ -110,7 +124,7 @@ def ingest(
     from . import output
     from .ingest import ingest as run_ingest
 
-    fmt = output.resolve_format(fmt, ("table", "json", "jsonl"))
+    fmt = output.resolve_format("json" if as_json else None, ("table", "json"))
     store = _open(db)
     progress = Progress(
         TextColumn("ingest"),
@@ -129,6 +143,8 @@ def ingest(
             build=build,
             model=model,
             embed_model=embed_model,
+            fmt=input_format,
+            outcome=outcome,
             on_total=lambda n: progress.update(task_id, total=n),
             on_progress=lambda n: progress.advance(task_id, n),
             warn=_say,

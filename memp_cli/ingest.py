@@ -10,7 +10,7 @@ from . import formats
 from .distill import Distiller
 from .embed import DEFAULT_EMBED_MODEL, get_embedder, is_default, resolve_embed_model
 from .errors import MempError
-from .records import BUILD_POLICIES, Script, Trajectory, render_memory
+from .records import BUILD_POLICIES, OUTCOMES, Script, Trajectory, render_memory
 from .store import NewMemory, Store
 from .tokens import count_tokens
 
@@ -62,6 +62,8 @@ def ingest(
     build: str = "proceduralization",
     model: str | None = None,
     embed_model: str | None = None,
+    fmt: str = "auto",
+    outcome: str = "success",
     on_total: Callable[[int], None] | None = None,
     on_progress: Progress | None = None,
     warn: Callable[[str], None] | None = None,
@@ -69,12 +71,15 @@ def ingest(
     """Read every source whole first (so a bad line stores nothing), then store new trajectories in batches."""
     if build not in BUILD_POLICIES:
         raise MempError(f"unknown build policy {build!r}; choose one of {', '.join(BUILD_POLICIES)}")
+    if outcome not in OUTCOMES:
+        raise MempError(f"--outcome must be one of {', '.join(OUTCOMES)}")
+    formats.check_format(fmt)
     report = IngestReport()
     embed_id = resolve_embed_model(store, embed_model)
     report.embed_model = embed_id
     with formats.sources(paths) as found:
         report.files = len(found)
-        total = sum(sum(1 for _ in formats.read(src)) for src in found)
+        total = sum(sum(1 for _ in formats.read(src, fmt, outcome)) for src in found)
         report.read = total
         if on_total:
             on_total(total)
@@ -82,11 +87,12 @@ def ingest(
             return report
         scripts = _LazyDistiller(model, warn) if build != "trajectory" else None
         embedder = get_embedder(None if is_default(embed_id) else embed_id)
-        for src in found:
-            for batch in _batches(formats.read(src), BATCH):
-                _store_batch(store, batch, build, scripts, embedder, embed_id, report)
-                if on_progress:
-                    on_progress(len(batch))
+        # Batches run across files: many formats hold one trajectory per file, and embedding is cheaper in bulk.
+        stream = (t for src in found for t in formats.read(src, fmt, outcome))
+        for batch in _batches(stream, BATCH):
+            _store_batch(store, batch, build, scripts, embedder, embed_id, report)
+            if on_progress:
+                on_progress(len(batch))
         if scripts and scripts.distiller:
             report.offline_scripts = scripts.distiller.fallbacks
             report.model = scripts.distiller.model_name if scripts.distiller.online else None

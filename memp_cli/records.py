@@ -5,6 +5,7 @@ from __future__ import annotations
 import hashlib
 import json
 from dataclasses import asdict, dataclass, field
+from functools import cached_property
 from typing import Any, Literal
 
 Outcome = Literal["success", "failure"]
@@ -26,7 +27,12 @@ class Step:
 
     def to_dict(self) -> dict[str, str]:
         """Return the step as JSON-ready dict without empty fields."""
-        return {k: v for k, v in asdict(self).items() if v is not None}
+        out = {"action": self.action}
+        if self.thought is not None:
+            out["thought"] = self.thought
+        if self.observation is not None:
+            out["observation"] = self.observation
+        return out
 
 
 @dataclass
@@ -42,7 +48,7 @@ class Trajectory:
     source_file: str | None = None
     source_line: int | None = None
 
-    @property
+    @cached_property
     def id(self) -> str:
         """Return a stable content hash: the same run ingested twice is one trajectory."""
         canonical = json.dumps(

@@ -113,8 +113,9 @@ class Memp:
         return result
 
     def json(self, *args: str, input: str | None = None) -> Any:
-        """Run with --format json and return the parsed stdout."""
-        return json.loads(self(*args, "--format", "json", input=input).stdout)
+        """Run asking for JSON (ingest's --json, else --format json) and return the parsed stdout."""
+        flag = ["--json"] if args[0] == "ingest" else ["--format", "json"]
+        return json.loads(self(*args, *flag, input=input).stdout)
 
 
 @pytest.fixture

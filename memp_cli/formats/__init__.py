@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import shutil
 import sys
 import tempfile
@@ -10,13 +11,15 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
-from ..errors import InputError
+from ..errors import InputError, MempError
 from ..records import Trajectory
-from . import native
+from . import memp_chat, native, react, sharegpt
 
 # Folder walks pick these up; a file named explicitly is read whatever its name.
-SUFFIXES = (".jsonl",)
-FORMATS = (native.NAME,)
+SUFFIXES = (".jsonl", ".json")
+# Whole-file JSON formats, tried in this order by detection.
+JSON_FORMATS = {sharegpt.NAME: sharegpt, react.NAME: react, memp_chat.NAME: memp_chat}
+FORMATS = ("auto", native.NAME, *JSON_FORMATS)
 
 
 @dataclass(frozen=True)
@@ -56,8 +59,55 @@ def sources(paths: Sequence[str]) -> Iterator[list[Source]]:
         yield found
 
 
-def read(source: Source) -> Iterator[Trajectory]:
-    """Yield the trajectories in one source, streaming it line by line."""
+def check_format(fmt: str) -> None:
+    """Raise MempError for an input format memp does not know."""
+    if fmt not in FORMATS:
+        raise MempError(f"unknown input format {fmt!r}; choose one of {', '.join(FORMATS)}")
+
+
+def _load_json(source: Source) -> object:
+    try:
+        with source.path.open("rb") as handle:
+            return json.load(handle)
+    except json.JSONDecodeError as exc:
+        raise InputError(source.label, exc.lineno, f"invalid JSON: {exc.msg} (column {exc.colno})") from None
+    except UnicodeDecodeError:
+        raise InputError(source.label, None, "not UTF-8 text") from None
+    except OSError as exc:
+        raise InputError(source.label, None, f"cannot read: {exc.strerror}") from None
+
+
+def _looks_like_jsonl(source: Source) -> bool:
+    """Return True when the first non-blank line is a whole JSON object (so: one record per line)."""
+    try:
+        with source.path.open("rb") as handle:
+            for raw in handle:
+                if raw.strip():
+                    return isinstance(json.loads(raw), dict)
+    except (ValueError, OSError):
+        return False
+    return True
+
+
+def read(source: Source, fmt: str = "auto", outcome: str = "success") -> Iterator[Trajectory]:
+    """Yield the trajectories in one source; `outcome` is used where the format records none."""
+    if fmt == native.NAME or (
+        fmt == "auto" and (source.path.suffix == ".jsonl" or source.path.suffix != ".json" and _looks_like_jsonl(source))
+    ):
+        yield from _read_lines(source)
+        return
+    data = _load_json(source)
+    if fmt == "auto":
+        module = next((m for m in JSON_FORMATS.values() if m.sniff(data)), None)
+        if module is None:
+            raise InputError(source.label, None, "cannot tell this file's format; name it with --format")
+    else:
+        module = JSON_FORMATS[fmt]
+    yield from module.read(data, source.label, source.path, outcome)
+
+
+def _read_lines(source: Source) -> Iterator[Trajectory]:
+    """Yield the trajectories of a native JSONL source, streaming it line by line."""
 
     def lines() -> Iterator[str]:
         # Bytes decoded a line at a time, so a bad byte is reported on its own line.
