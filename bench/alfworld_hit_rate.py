@@ -21,7 +21,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from memp_cli import formats  # noqa: E402
-from memp_cli.ingest import ingest  # noqa: E402
+from memp_cli.ingest import IngestOptions, ingest  # noqa: E402
 from memp_cli.recall import recall  # noqa: E402
 from memp_cli.store import open_store  # noqa: E402
 
@@ -47,7 +47,7 @@ def main() -> None:
         store = open_store(Path(tmp) / "bench.db")
         started = time.perf_counter()
         # Ingest through the same code path as `memp ingest`, file by file.
-        report = ingest(store, [str(f) for f in train], build="trajectory")
+        report = ingest(store, [str(f) for f in train], IngestOptions(build="trajectory"))
         ingest_s = time.perf_counter() - started
         hits: Counter[str] = Counter()
         latencies = []

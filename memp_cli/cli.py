@@ -91,7 +91,7 @@ def _open(db: Path | None) -> Any:
 @handle_errors
 def ingest(
     paths: Annotated[
-        list[str], typer.Argument(help="Trajectory files, folders (walked for .jsonl and .json), or - for stdin.")
+        list[str], typer.Argument(help="Trajectory files, folders (walked), or - for stdin.", show_default=False)
     ],
     build: Annotated[
         str,
@@ -106,24 +106,77 @@ def ingest(
         typer.Option(
             "--format",
             "-F",
-            help="Input format: auto (per file), native (memp JSONL), sharegpt (ETO/ALFWorld), react (ReAct "
-            "prompts), memp-chat (the Mem^p paper's examples).",
+            help="Input format: auto (detected per file), native, claude-code, openai-chat, sharegpt, memp-chat, "
+            "react, swe-agent.",
         ),
     ] = "auto",
     outcome: Annotated[
-        str, typer.Option(help="Outcome for records whose format stores none: success or failure.")
-    ] = "success",
+        Optional[str],
+        typer.Option(help="Outcome for runs with none recorded and no score: success or failure. [default: success]"),
+    ] = None,
+    score: Annotated[Optional[float], typer.Option(help="Score for runs with none recorded.")] = None,
+    outcomes_file: Annotated[
+        Optional[list[Path]],
+        typer.Option(
+            "--outcomes-file",
+            help="Outcomes by run id (SWE-bench's {instances: [{instance_id, resolved}]}, a list, a mapping, or "
+            "JSONL). Files named outcomes.json(l) among the inputs are used by themselves.",
+        ),
+    ] = None,
+    success_threshold: Annotated[
+        float, typer.Option(help="A score counts as success from this value up (WebShop: 1.0 is success).")
+    ] = 1.0,
+    judge_cmd: Annotated[
+        Optional[str],
+        typer.Option(help="Shell command that scores each new run: its JSON on stdin, a score 0-1 on stdout."),
+    ] = None,
+    judge_model: Annotated[Optional[str], typer.Option(help="llm model that scores each new run against a rubric.")] = None,
+    keep_best: Annotated[
+        Optional[int], typer.Option(help="Keep only the N best-scoring runs of each task.")
+    ] = None,
+    redact: Annotated[
+        Optional[list[str]], typer.Option(help="Extra regex of secrets to mask (repeatable); built-in patterns always apply.")
+    ] = None,
+    no_redact: Annotated[bool, typer.Option("--no-redact", help="Store text as it is, secrets included.")] = False,
     model: ModelOpt = None,
     embed_model: EmbedOpt = None,
     db: DbOpt = None,
     as_json: Annotated[bool, typer.Option("--json", help="Print the report as JSON (the default when piped).")] = False,
 ) -> None:
-    """Store trajectories and build memories from them. Re-ingesting the same content is a no-op."""
+    """Store trajectories and build memories from them. Re-ingesting the same run is a no-op.
+
+    Every input is read, checked, redacted and judged before anything is stored: a bad line stores nothing.
+    """
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 
     from . import output
+    from .formats import ReadOptions
+    from .ingest import IngestOptions
     from .ingest import ingest as run_ingest
 
+    if judge_cmd and judge_model:
+        raise MempError("use --judge-cmd or --judge-model, not both")
+    judge = None
+    if judge_cmd:
+        from .judge import CommandJudge
+
+        judge = CommandJudge(judge_cmd)
+    elif judge_model:
+        from .judge import ModelJudge
+
+        judge = ModelJudge(judge_model)
+    options = IngestOptions(
+        build=build,
+        model=model,
+        embed_model=embed_model,
+        fmt=input_format,
+        read=ReadOptions(outcome=outcome, score=score, success_threshold=success_threshold),
+        outcomes_files=[str(p) for p in outcomes_file or []],
+        redact=not no_redact,
+        redact_patterns=list(redact or []),
+        judge=judge,
+        keep_best=keep_best,
+    )
     fmt = output.resolve_format("json" if as_json else None, ("table", "json"))
     store = _open(db)
     progress = Progress(
@@ -140,22 +193,21 @@ def ingest(
         report = run_ingest(
             store,
             paths,
-            build=build,
-            model=model,
-            embed_model=embed_model,
-            fmt=input_format,
-            outcome=outcome,
+            options,
             on_total=lambda n: progress.update(task_id, total=n),
             on_progress=lambda n: progress.advance(task_id, n),
             warn=_say,
         )
-    if report.read and report.added == 0:
+    if report.read and report.added == 0 and report.dropped == 0:
         _say(f"all {report.read} trajectories are stored already; nothing to do")
     else:
+        kept = f", {report.dropped} dropped by --keep-best" if report.dropped else ""
         _say(
-            f"{report.added} added, {report.skipped} already stored, from {report.read} trajectories "
+            f"{report.added} added, {report.skipped} already stored{kept}, from {report.read} trajectories "
             f"in {report.files} files"
         )
+    if report.redacted:
+        _say(f"masked {report.redacted} secrets")
     if report.offline_scripts:
         _say(
             f"{report.offline_scripts} scripts were written by the offline distiller; "

@@ -18,7 +18,7 @@ DEFAULT_EMBED_ALIASES = ("all-MiniLM-L6-v2-int8",)
 MODEL_DIR = Path(__file__).resolve().parent / "model"
 # all-MiniLM-L6-v2 was trained on sequences of up to 256 word pieces; longer input only dilutes the mean.
 MAX_TOKENS = 256
-BATCH_SIZE = 32
+BATCH_TOKENS = 2048
 
 
 class Embedder(Protocol):
@@ -53,26 +53,39 @@ class OnnxEmbedder:
         )
         self._tokenizer = Tokenizer.from_file(str(folder / "tokenizer.json"))
         self._tokenizer.enable_truncation(max_length=MAX_TOKENS)
-        self._tokenizer.enable_padding(pad_id=0, pad_token="[PAD]")
+        self._tokenizer.no_padding()  # the shipped tokenizer.json pads to 128; batches are padded here instead
 
     def embed(self, texts: Sequence[str]) -> list[list[float]]:
         """Return L2-normalised mean-pooled vectors, as sentence-transformers computes them."""
         import numpy as np
 
-        out: list[list[float]] = []
-        for start in range(0, len(texts), BATCH_SIZE):
-            batch = list(texts[start : start + BATCH_SIZE])
-            encoded = self._tokenizer.encode_batch(batch)
-            ids = np.array([e.ids for e in encoded], dtype=np.int64)
-            mask = np.array([e.attention_mask for e in encoded], dtype=np.int64)
-            types = np.array([e.type_ids for e in encoded], dtype=np.int64)
+        encoded = self._tokenizer.encode_batch(list(texts))
+        out: list[list[float]] = [[] for _ in texts]
+        # Similar lengths batched together, and batches capped in tokens, not texts: short task texts go through
+        # many at a time, and a batch of long ones cannot blow up the attention buffers (memory stays ~300 MB).
+        order = sorted(range(len(texts)), key=lambda i: len(encoded[i].ids))
+        start = 0
+        while start < len(order):
+            end = start + 1
+            while end < len(order) and (end - start + 1) * len(encoded[order[end]].ids) <= BATCH_TOKENS:
+                end += 1
+            group = order[start:end]
+            width = len(encoded[group[-1]].ids)
+            ids = np.zeros((len(group), width), dtype=np.int64)
+            mask = np.zeros((len(group), width), dtype=np.int64)
+            for row, i in enumerate(group):
+                n = len(encoded[i].ids)
+                ids[row, :n] = encoded[i].ids
+                mask[row, :n] = 1
             (hidden,) = self._session.run(
-                None, {"input_ids": ids, "attention_mask": mask, "token_type_ids": types}
+                None, {"input_ids": ids, "attention_mask": mask, "token_type_ids": np.zeros_like(ids)}
             )
             weights = mask[:, :, None].astype(np.float32)
             pooled = (hidden * weights).sum(axis=1) / np.clip(weights.sum(axis=1), 1e-9, None)
-            norms = np.linalg.norm(pooled, axis=1, keepdims=True)
-            out.extend((pooled / np.clip(norms, 1e-12, None)).tolist())
+            pooled /= np.clip(np.linalg.norm(pooled, axis=1, keepdims=True), 1e-12, None)
+            for row, i in enumerate(group):
+                out[i] = pooled[row].tolist()
+            start = end
         return out
 
 

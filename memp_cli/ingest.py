@@ -3,14 +3,17 @@
 from __future__ import annotations
 
 from collections.abc import Callable, Iterator, Sequence
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass, field, replace
 from itertools import islice
+from pathlib import Path
 
 from . import formats
 from .distill import Distiller
 from .embed import DEFAULT_EMBED_MODEL, get_embedder, is_default, resolve_embed_model
 from .errors import MempError
+from .judge import Judge
 from .records import BUILD_POLICIES, OUTCOMES, Script, Trajectory, render_memory
+from .redact import Redactor
 from .store import NewMemory, Store
 from .tokens import count_tokens
 
@@ -21,6 +24,22 @@ Progress = Callable[[int], None]
 
 
 @dataclass
+class IngestOptions:
+    """How to read, judge, filter and build."""
+
+    build: str = "proceduralization"
+    model: str | None = None
+    embed_model: str | None = None
+    fmt: str = "auto"
+    read: formats.ReadOptions = field(default_factory=formats.ReadOptions)
+    outcomes_files: list[str] = field(default_factory=list)
+    redact: bool = True
+    redact_patterns: list[str] = field(default_factory=list)
+    judge: Judge | None = None
+    keep_best: int | None = None
+
+
+@dataclass
 class IngestReport:
     """What an ingest did."""
 
@@ -28,21 +47,17 @@ class IngestReport:
     read: int = 0
     added: int = 0
     skipped: int = 0
+    dropped: int = 0
+    judged: int = 0
+    redacted: int = 0
     offline_scripts: int = 0
+    outcomes: dict[str, int] = field(default_factory=dict)
     model: str | None = None
     embed_model: str = DEFAULT_EMBED_MODEL
 
     def to_dict(self) -> dict[str, object]:
         """Return the report as a JSON-ready dict."""
-        return {
-            "files": self.files,
-            "read": self.read,
-            "added": self.added,
-            "skipped": self.skipped,
-            "offline_scripts": self.offline_scripts,
-            "model": self.model,
-            "embed_model": self.embed_model,
-        }
+        return asdict(self)
 
 
 def _batches(items: Iterator[Trajectory], size: int) -> Iterator[list[Trajectory]]:
@@ -56,47 +71,103 @@ def build_memory(traj: Trajectory, policy: str, script: Script | None) -> tuple[
     return text, count_tokens(render_memory(script.text if script else None, text))
 
 
+def _check(options: IngestOptions) -> None:
+    if options.build not in BUILD_POLICIES:
+        raise MempError(f"unknown build policy {options.build!r}; choose one of {', '.join(BUILD_POLICIES)}")
+    if options.read.outcome is not None and options.read.outcome not in OUTCOMES:
+        raise MempError(f"--outcome must be one of {', '.join(OUTCOMES)}")
+    if options.keep_best is not None and options.keep_best < 1:
+        raise MempError("--keep-best must be at least 1")
+    formats.check_format(options.fmt)
+
+
+def _rank_score(traj: Trajectory) -> float:
+    """Return what keep-best ranks by: the score, else 1 for a success and 0 for a failure."""
+    return traj.score if traj.score is not None else (1.0 if traj.outcome == "success" else 0.0)
+
+
 def ingest(
     store: Store,
     paths: Sequence[str],
-    build: str = "proceduralization",
-    model: str | None = None,
-    embed_model: str | None = None,
-    fmt: str = "auto",
-    outcome: str = "success",
+    options: IngestOptions | None = None,
     on_total: Callable[[int], None] | None = None,
     on_progress: Progress | None = None,
     warn: Callable[[str], None] | None = None,
 ) -> IngestReport:
-    """Read every source whole first (so a bad line stores nothing), then store new trajectories in batches."""
-    if build not in BUILD_POLICIES:
-        raise MempError(f"unknown build policy {build!r}; choose one of {', '.join(BUILD_POLICIES)}")
-    if outcome not in OUTCOMES:
-        raise MempError(f"--outcome must be one of {', '.join(OUTCOMES)}")
-    formats.check_format(fmt)
+    """Read, redact and judge every source whole first (so bad input stores nothing), then store new ones in batches."""
+    options = options or IngestOptions()
+    _check(options)
     report = IngestReport()
-    embed_id = resolve_embed_model(store, embed_model)
+    embed_id = resolve_embed_model(store, options.embed_model)
     report.embed_model = embed_id
-    with formats.sources(paths) as found:
+    redactor = Redactor(options.redact_patterns) if options.redact else None
+    for path in options.outcomes_files:
+        options.read.outcomes.update(formats.read_outcomes(formats.Source(Path(path), path)))
+    with formats.sources(paths) as (found, outcome_files):
+        for src in outcome_files:
+            options.read.outcomes.update(formats.read_outcomes(src))
         report.files = len(found)
-        total = sum(sum(1 for _ in formats.read(src, fmt, outcome)) for src in found)
-        report.read = total
+
+        def stream() -> Iterator[Trajectory]:
+            for src in found:
+                for traj in formats.read(src, options.fmt, options.read):
+                    yield redactor.trajectory(traj) if redactor else traj
+
+        # Pass 1: validate everything, judge what is new, and rank for keep-best. Nothing is written.
+        judged: dict[str, tuple[float, str | None]] = {}
+        ranked: dict[str, list[tuple[float, int, str]]] = {}
+        for batch in _batches(stream(), BATCH):
+            if options.judge is not None:
+                known = store.known_trajectories([t.id for t in batch])
+                for traj in batch:
+                    if traj.id not in known and traj.id not in judged:
+                        judged[traj.id] = options.judge.score(traj)
+            for traj in batch:
+                score = judged[traj.id][0] if traj.id in judged else _rank_score(traj)
+                ranked.setdefault(traj.task.strip().lower(), []).append((-score, report.read, traj.id))
+                report.read += 1
+        keep: set[str] | None = None
+        if options.keep_best is not None:
+            keep = {tid for runs in ranked.values() for _, _, tid in sorted(runs)[: options.keep_best]}
+        ranked.clear()
+        report.judged = len(judged)
         if on_total:
-            on_total(total)
-        if total == 0:
+            on_total(report.read)
+        if report.read == 0:
             return report
-        scripts = _LazyDistiller(model, warn) if build != "trajectory" else None
+
+        # Pass 2: store. Each batch is one transaction.
+        if redactor:
+            redactor.masked = 0
+        scripts = _LazyDistiller(options.model, warn) if options.build != "trajectory" else None
         embedder = get_embedder(None if is_default(embed_id) else embed_id)
         # Batches run across files: many formats hold one trajectory per file, and embedding is cheaper in bulk.
-        stream = (t for src in found for t in formats.read(src, fmt, outcome))
-        for batch in _batches(stream, BATCH):
-            _store_batch(store, batch, build, scripts, embedder, embed_id, report)
+        for batch in _batches(stream(), BATCH):
+            size = len(batch)
+            if keep is not None:
+                batch = [t for t in batch if t.id in keep]
+                report.dropped += size - len(batch)
+            if options.judge is not None:
+                batch = [_with_judgement(t, judged.get(t.id), options) for t in batch]
+            _store_batch(store, batch, options.build, scripts, embedder, embed_id, report)
             if on_progress:
-                on_progress(len(batch))
+                on_progress(size)
         if scripts and scripts.distiller:
             report.offline_scripts = scripts.distiller.fallbacks
             report.model = scripts.distiller.model_name if scripts.distiller.online else None
+        report.redacted = redactor.masked if redactor else 0
     return report
+
+
+def _with_judgement(traj: Trajectory, judgement: tuple[float, str | None] | None, options: IngestOptions) -> Trajectory:
+    """Return the trajectory scored by the judge, its outcome decided by the success threshold."""
+    if judgement is None:
+        return traj
+    score, reason = judgement
+    assert options.judge is not None
+    metadata = {**traj.metadata, "judge": options.judge.name, **({"judge_reason": reason} if reason else {})}
+    outcome = "success" if score >= options.read.success_threshold else "failure"
+    return replace(traj, score=score, outcome=outcome, metadata=metadata)
 
 
 def script_for(store: Store, distiller: Distiller, traj: Trajectory) -> Script:
@@ -145,6 +216,10 @@ def _store_batch(
     added = store.add_memories(items, embed_id)
     report.added += len(added)
     report.skipped += len(items) - len(added)
+    for item in items:
+        if item.trajectory.id in added:
+            outcome = str(item.trajectory.outcome)
+            report.outcomes[outcome] = report.outcomes.get(outcome, 0) + 1
 
 
 def rebuild_scripts(

@@ -41,7 +41,7 @@ class Trajectory:
 
     task: str
     steps: list[Step]
-    outcome: str
+    outcome: str | None  # None until the format, an outcomes file or the defaults settle it
     score: float | None = None
     source_id: str | None = None
     metadata: dict[str, Any] = field(default_factory=dict)
@@ -50,14 +50,9 @@ class Trajectory:
 
     @cached_property
     def id(self) -> str:
-        """Return a stable content hash: the same run ingested twice is one trajectory."""
+        """Return a hash of the run itself (task and steps): the same run ingested twice, or judged again, is one."""
         canonical = json.dumps(
-            {
-                "task": self.task,
-                "steps": [s.to_dict() for s in self.steps],
-                "outcome": self.outcome,
-                "score": self.score,
-            },
+            {"task": self.task, "steps": [s.to_dict() for s in self.steps]},
             sort_keys=True,
             ensure_ascii=False,
             separators=(",", ":"),

@@ -184,12 +184,12 @@ class Store:
             ],
         )
 
-    def add_memories(self, items: Sequence[NewMemory], embed_model: str) -> list[int]:
-        """Store trajectories with their memories and vectors in one transaction; return the new memory ids.
+    def add_memories(self, items: Sequence[NewMemory], embed_model: str) -> dict[str, int]:
+        """Store trajectories with their memories and vectors in one transaction; return trajectory id -> memory id.
 
         A trajectory already stored (by another process meanwhile, say) is skipped, so re-running is exactly-once.
         """
-        added: list[int] = []
+        added: dict[str, int] = {}
         if not items:
             return added
         with self.write():
@@ -238,7 +238,7 @@ class Store:
                     f"INSERT INTO {VEC_TABLE}(memory_id, embedding) VALUES (?, ?)",
                     [memory_id, _pack(item.vector)],
                 )
-                added.append(memory_id)
+                added[traj.id] = memory_id
         return added
 
     def set_script(self, memory_id: int, trajectory_id: str, script: Script, tokens: int) -> None:

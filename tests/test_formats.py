@@ -39,7 +39,8 @@ def test_sharegpt_with_thought_action_turns(tmp_path: Path) -> None:
     assert traj.steps[1].thought == "it is closed"
     assert traj.metadata["task_type"] == "pick_heat_then_place_in_recep"
     assert traj.outcome == "success"
-    assert list(formats.read(formats.Source(path, "p"), "sharegpt", "failure"))[0].outcome == "failure"
+    failed = formats.ReadOptions(outcome="failure")
+    assert list(formats.read(formats.Source(path, "p"), "sharegpt", failed))[0].outcome == "failure"
 
 
 def test_react_episode_text(tmp_path: Path) -> None:
@@ -79,7 +80,8 @@ def test_memp_chat_examples(tmp_path: Path) -> None:
         ('[{"from": "human", "value": "hi"}]', "no task or no agent action"),
         ('[{"from": "human", "value": "Your task is to: x"},\n{"from": "gpt", "value": 3}]', "'value' must be a string"),
         ('{"react_put_0": "Your task is to: x\\n> go', "invalid JSON"),
-        ("", "invalid JSON"),
+        ("", "empty file"),
+        ("just some notes\n", "cannot tell this file's format"),
     ],
 )
 def test_malformed_json_files(tmp_path: Path, content: str, message: str) -> None:

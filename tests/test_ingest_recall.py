@@ -197,7 +197,7 @@ def test_binary_and_missing_files(memp, tmp_path: Path) -> None:
     empty_dir = tmp_path / "empty"
     empty_dir.mkdir()
     result = memp("ingest", str(empty_dir), ok=False)
-    assert "no .jsonl, .json files" in result.stderr
+    assert "no trajectory files" in result.stderr
 
 
 def test_unknown_build_policy(memp) -> None:

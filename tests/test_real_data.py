@@ -10,7 +10,7 @@ import pytest
 from conftest import SHARED
 
 from memp_cli import formats
-from memp_cli.ingest import ingest
+from memp_cli.ingest import IngestOptions, ingest
 from memp_cli.recall import recall
 from memp_cli.store import open_store
 
@@ -34,7 +34,7 @@ def test_react_and_memp_examples_ingest_with_task_types(memp) -> None:
 
 def test_paper_examples_recall_react_prompts_of_the_same_type(tmp_path: Path) -> None:
     store = open_store(tmp_path / "react.db")
-    ingest(store, [str(SHARED / "react-alfworld")], build="trajectory")
+    ingest(store, [str(SHARED / "react-alfworld")], IngestOptions(build="trajectory"))
     queries = list(formats.read(formats.Source(SHARED / "memp-alfworld/alfworld_examples.json", "memp")))
     assert len(queries) == 6
     hits = sum(
@@ -54,7 +54,7 @@ def test_alfworld_expert_top1_same_type_far_above_chance(tmp_path: Path) -> None
     train = [f for f in files if f not in set(held)][::5]
     test = held[::4]
     store = open_store(tmp_path / "alfworld.db")
-    report = ingest(store, [str(f) for f in train], build="trajectory")
+    report = ingest(store, [str(f) for f in train], IngestOptions(build="trajectory"))
     assert report.added > 500
     hits = 0
     for f in test:

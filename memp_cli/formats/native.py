@@ -2,14 +2,19 @@
 
 from __future__ import annotations
 
-import json
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterator
 from typing import Any
 
 from ..errors import InputError
 from ..records import OUTCOMES, Step, Trajectory
+from . import Source, json_lines
 
 NAME = "native"
+
+
+def sniff_line(obj: dict[str, Any]) -> bool:
+    """Return True when a decoded JSONL line is a native record."""
+    return "task" in obj and "steps" in obj
 
 
 def _text(value: Any, what: str, path: str, line: int, required: bool = False) -> str | None:
@@ -40,7 +45,7 @@ def parse_line(obj: Any, path: str, line: int) -> Trajectory:
             )
         )
     outcome = obj.get("outcome")
-    if outcome not in OUTCOMES:
+    if outcome is not None and outcome not in OUTCOMES:
         raise InputError(path, line, f"'outcome' must be one of {', '.join(OUTCOMES)}, not {outcome!r}")
     score = obj.get("score")
     if score is not None and (isinstance(score, bool) or not isinstance(score, (int, float))):
@@ -63,13 +68,7 @@ def parse_line(obj: Any, path: str, line: int) -> Trajectory:
     )
 
 
-def read(lines: Iterable[str], path: str) -> Iterator[Trajectory]:
-    """Yield the trajectories of a JSONL stream, one line at a time."""
-    for number, text in enumerate(lines, 1):
-        if not text.strip():
-            continue
-        try:
-            obj = json.loads(text)
-        except json.JSONDecodeError as exc:
-            raise InputError(path, number, f"invalid JSON: {exc.msg} (column {exc.colno})") from None
-        yield parse_line(obj, path, number)
+def read(source: Source) -> Iterator[Trajectory]:
+    """Yield the trajectories of a JSONL file, one line at a time."""
+    for number, obj in json_lines(source):
+        yield parse_line(obj, source.label, number)
