@@ -123,8 +123,9 @@ def ingest(
                     if traj.id not in known and traj.id not in judged:
                         judged[traj.id] = options.judge.score(traj)
             for traj in batch:
-                score = judged[traj.id][0] if traj.id in judged else _rank_score(traj)
-                ranked.setdefault(traj.task.strip().lower(), []).append((-score, report.read, traj.id))
+                if options.keep_best is not None:
+                    score = judged[traj.id][0] if traj.id in judged else _rank_score(traj)
+                    ranked.setdefault(traj.task.strip().lower(), []).append((-score, report.read, traj.id))
                 report.read += 1
         keep: set[str] | None = None
         if options.keep_best is not None:
