@@ -25,3 +25,12 @@ def _prefer_sqlean() -> None:
 
 
 _prefer_sqlean()
+
+
+def __getattr__(name: str) -> object:
+    """Load the Python API on first use, so `memp --help` does not pay for it."""
+    if name == "Memory":
+        from .api import Memory
+
+        return Memory
+    raise AttributeError(f"module 'memp_cli' has no attribute {name!r}")

@@ -248,6 +248,13 @@ def recall(
     max_tokens: Annotated[
         Optional[int], typer.Option("--max-tokens", help="Return only as many memories as fit in this many tokens.")
     ] = None,
+    rank: Annotated[
+        str,
+        typer.Option(
+            help="similarity (cosine), or utility: cosine moved by the memory's success estimate, so memories that "
+            "keep failing sink."
+        ),
+    ] = "similarity",
     embed_model: EmbedOpt = None,
     db: DbOpt = None,
     fmt: FormatOpt = None,
@@ -261,11 +268,165 @@ def recall(
         fmt = output.resolve_format(fmt or "jsonl")
         for line in sys.stdin:
             if line.strip():
-                result = run_recall(store, line, k, policy, min_score, max_tokens, embed_model)
+                result = run_recall(store, line, k, policy, min_score, max_tokens, embed_model, rank=rank)
                 output.show_recall(result, fmt)
         return
     fmt = output.resolve_format(fmt)
-    output.show_recall(run_recall(store, task, k, policy, min_score, max_tokens, embed_model), fmt)
+    output.show_recall(run_recall(store, task, k, policy, min_score, max_tokens, embed_model, rank=rank), fmt)
+
+
+@app.command()
+@handle_errors
+def update(
+    recall_id: Annotated[Optional[str], typer.Option("--recall", "-r", help="The recall id memp recall printed.")] = None,
+    memory: Annotated[
+        Optional[list[int]], typer.Option("--memory", help="Memory ids used, instead of a recall id (repeatable).")
+    ] = None,
+    outcome: Annotated[Optional[str], typer.Option("--outcome", "-o", help="success or failure.")] = None,
+    score: Annotated[Optional[float], typer.Option(help="A score instead of an outcome (see --success-threshold).")] = None,
+    success_threshold: Annotated[float, typer.Option(help="A score counts as success from this value up.")] = 1.0,
+    trajectory: Annotated[
+        Optional[str], typer.Option("--trajectory", "-t", help="The new run, in any format ingest reads.")
+    ] = None,
+    policy: Annotated[
+        Optional[str],
+        typer.Option(
+            "--policy",
+            "-p",
+            help="vanilla (add the new run), validation (add it only if it succeeded), adjustment (validation, and "
+            "revise the memories that led to a failure). Default: the store's, else adjustment.",
+        ),
+    ] = None,
+    every: Annotated[
+        Optional[int], typer.Option(help="Apply the policy once every N outcomes (the paper's batched update).")
+    ] = None,
+    flush: Annotated[bool, typer.Option("--flush", help="Apply the policy to every pending outcome now.")] = False,
+    build: Annotated[str, typer.Option("--build", "-b", help="How a new run is built into a memory.")] = "proceduralization",
+    model: ModelOpt = None,
+    db: DbOpt = None,
+    fmt: FormatOpt = None,
+) -> None:
+    """Report how a run went: credit or blame the memories it used, and learn from it under the update policy."""
+    from . import output
+    from . import update as updates
+
+    fmt = output.resolve_format(fmt, ("table", "json", "jsonl"))
+    store = _open(db)
+    if flush:
+        result = updates.flush(store, model=model, build=build, warn=_say)
+    else:
+        run = updates.read_one_trajectory(trajectory) if trajectory else None
+        result = updates.report(
+            store, recall_id, memory or [], outcome, score, success_threshold, run, policy, model, every, build, _say
+        )
+        _say(f"{result.outcome}: credited {len(result.credited)} memories under {result.policy}")
+    if result.revised:
+        _say("revised " + ", ".join(f"memory {m} to v{v}" for m, v in result.revised.items()))
+    if result.added:
+        _say("added memory " + ", ".join(map(str, result.added)))
+    if result.pending:
+        _say(f"{result.pending} outcomes wait for the next batch (memp update --flush applies them now)")
+    output.show_mapping(result.to_dict(), fmt, "update")
+
+
+@app.command()
+@handle_errors
+def history(
+    memory_id: Annotated[int, typer.Argument(help="Memory id.")], db: DbOpt = None, fmt: FormatOpt = None
+) -> None:
+    """Show every change to a memory: built, rebuilt, revised, merged, retired, restored, reverted."""
+    from . import output
+
+    fmt = output.resolve_format(fmt, ("table", "json", "jsonl"))
+    output.show_history(memory_id, _open(db).history(memory_id), fmt)
+
+
+@app.command()
+@handle_errors
+def revert(
+    memory_id: Annotated[int, typer.Argument(help="Memory id.")],
+    to: Annotated[int, typer.Option("--to", help="The version to restore, as memp history lists it.")],
+    db: DbOpt = None,
+) -> None:
+    """Restore a memory's content as it was at an earlier version (kept as a new version)."""
+    from .update import revert as run_revert
+
+    version = run_revert(_open(db), memory_id, to)
+    _say(f"memory {memory_id} now holds v{to}'s content as v{version}")
+
+
+@app.command()
+@handle_errors
+def prune(
+    apply: Annotated[bool, typer.Option("--apply", help="Carry out the plan (default: only show it).")] = False,
+    discard: Annotated[
+        bool, typer.Option(help="The paper's preset: recalled 3+ times and succeeded under half the time.")
+    ] = True,
+    confident_below: Annotated[
+        Optional[float], typer.Option(help="Retire when the success rate is below this with 95% confidence.")
+    ] = None,
+    stale_days: Annotated[Optional[int], typer.Option(help="Retire memories not recalled for this many days.")] = None,
+    dedupe: Annotated[
+        Optional[float], typer.Option(help="Merge memories whose tasks have at least this cosine (e.g. 0.95).")
+    ] = None,
+    max_memories: Annotated[Optional[int], typer.Option(help="Keep at most this many, the most useful.")] = None,
+    purge: Annotated[bool, typer.Option("--purge", help="Delete retired memories for good.")] = False,
+    db: DbOpt = None,
+    fmt: FormatOpt = None,
+) -> None:
+    """Plan which memories to retire, with a reason each; --apply retires them (restorable until --purge)."""
+    from . import output
+    from .prune import Rules, plan
+
+    fmt = output.resolve_format(fmt, ("table", "json", "jsonl"))
+    store = _open(db)
+    if purge:
+        _say(f"purged {store.purge_retired()} retired memories")
+        return
+    rules = Rules(discard=discard, confident_below=confident_below, stale_days=stale_days, dedupe=dedupe,
+                  max_memories=max_memories)
+    memories = store.list_memories(status="active")
+    retirements = plan(memories, rules, lambda m: store.nearest(store.vector(m.id), 10))
+    if apply:
+        for r in retirements:
+            store.retire(r.memory_id, f"{r.rule}: {r.reason}", r.merge_into)
+    _say(f"{'retired' if apply else 'would retire'} {len(retirements)} of {len(memories)} active memories"
+         + ("" if apply or not retirements else "; --apply to do it"))
+    output.show_retirements(retirements, fmt)
+
+
+@app.command()
+@handle_errors
+def restore(memory_id: Annotated[int, typer.Argument(help="Memory id.")], db: DbOpt = None) -> None:
+    """Bring a retired memory back into recall."""
+    _open(db).restore(memory_id)
+    _say(f"memory {memory_id} is active again")
+
+
+@app.command()
+@handle_errors
+def config(
+    key: Annotated[Optional[str], typer.Argument(help="update_policy or update_every.")] = None,
+    value: Annotated[Optional[str], typer.Argument(help="New value; omit to show.")] = None,
+    db: DbOpt = None,
+    fmt: FormatOpt = None,
+) -> None:
+    """Show or set the store's defaults: update_policy (vanilla, validation, adjustment), update_every (N)."""
+    from . import output
+    from .update import POLICIES
+
+    store = _open(db)
+    keys = ("update_policy", "update_every")
+    if key is not None and key not in keys:
+        raise MempError(f"unknown setting {key!r}; settings are {', '.join(keys)}")
+    if key is not None and value is not None:
+        if key == "update_policy" and value not in POLICIES:
+            raise MempError(f"update_policy must be one of {', '.join(POLICIES)}")
+        if key == "update_every" and (not value.isdigit() or int(value) < 1):
+            raise MempError("update_every must be a whole number from 1")
+        store.set_setting(key, value)
+    shown = {k: store.get_setting(k) for k in ((key,) if key else keys)}
+    output.show_mapping(shown, output.resolve_format(fmt, ("table", "json", "jsonl")), "settings")
 
 
 @app.command("list")
@@ -273,6 +434,7 @@ def recall(
 def list_(
     kind: Annotated[Optional[str], typer.Option(help="Only this kind: trajectory, script, proceduralization.")] = None,
     outcome: Annotated[Optional[str], typer.Option(help="Only success or failure.")] = None,
+    status: Annotated[Optional[str], typer.Option(help="Only active or retired.")] = None,
     limit: Annotated[Optional[int], typer.Option("--limit", "-n", help="At most this many, newest first.")] = None,
     db: DbOpt = None,
     fmt: FormatOpt = None,
@@ -281,7 +443,7 @@ def list_(
     from . import output
 
     fmt = output.resolve_format(fmt, ("table", "json", "jsonl"))
-    output.show_memories(_open(db).list_memories(limit, kind, outcome), fmt)
+    output.show_memories(_open(db).list_memories(limit, kind, outcome, status), fmt)
 
 
 @app.command()

@@ -190,6 +190,20 @@ class _LazyDistiller:
         return script_for(store, self.distiller, traj)
 
 
+def store_trajectories(
+    store: Store, runs: Sequence[Trajectory], options: IngestOptions, warn: Callable[[str], None] | None = None
+) -> list[int]:
+    """Store already-read trajectories as memories (as ingest's second pass does); return the new memory ids."""
+    embed_id = resolve_embed_model(store, options.embed_model)
+    embedder = get_embedder(None if is_default(embed_id) else embed_id)
+    scripts = _LazyDistiller(options.model, warn) if options.build != "trajectory" else None
+    report = IngestReport()
+    ids: list[int] = []
+    for batch in _batches(iter(runs), BATCH):
+        ids.extend(_store_batch(store, batch, options.build, scripts, embedder, embed_id, report))
+    return ids
+
+
 def _store_batch(
     store: Store,
     batch: list[Trajectory],
@@ -198,7 +212,8 @@ def _store_batch(
     embedder: object,
     embed_id: str,
     report: IngestReport,
-) -> None:
+) -> list[int]:
+    """Store the new trajectories of a batch in one transaction; return their memory ids."""
     known = store.known_trajectories([t.id for t in batch])
     fresh: dict[str, Trajectory] = {}
     for traj in batch:
@@ -207,7 +222,7 @@ def _store_batch(
         else:
             fresh[traj.id] = traj
     if not fresh:
-        return
+        return []
     items = []
     vectors = embedder.embed([t.task for t in fresh.values()])  # type: ignore[attr-defined]
     for traj, vector in zip(fresh.values(), vectors):
@@ -221,6 +236,7 @@ def _store_batch(
         if item.trajectory.id in added:
             outcome = str(item.trajectory.outcome)
             report.outcomes[outcome] = report.outcomes.get(outcome, 0) + 1
+    return list(added.values())
 
 
 def rebuild_scripts(

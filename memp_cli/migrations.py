@@ -76,3 +76,56 @@ def m001_initial(db: Database) -> None:
         pk=("recall_id", "memory_id"),
         foreign_keys=[("recall_id", "recalls", "id"), ("memory_id", "memories", "id")],
     )
+
+
+@migrations()
+def m002_outcomes_history_retirement(db: Database) -> None:
+    """Outcome reports with the memories they credit, every change to a memory, and retirement."""
+    db["memories"].add_column("retired_reason", str)
+    db["memories"].add_column("retired_at", str)
+    db["memories"].add_column("merged_into", int)
+    db["memory_history"].create(
+        {
+            "id": int,
+            "memory_id": int,
+            "version": int,
+            "event": str,
+            "old_script": str,
+            "new_script": str,
+            "old_trajectory": str,
+            "new_trajectory": str,
+            "model": str,
+            "reason": str,
+            "created_at": str,
+        },
+        pk="id",
+        not_null={"memory_id", "version", "event", "created_at"},
+    )
+    db["memory_history"].create_index(["memory_id", "version"])
+    # Memories built before history existed get their "built" row, so every version can be restored.
+    db.execute(
+        "INSERT INTO memory_history(memory_id, version, event, new_script, new_trajectory, model, reason, created_at) "
+        "SELECT id, version, 'built', script, trajectory, model, 'ingested', created_at FROM memories"
+    )
+    db["outcomes"].create(
+        {
+            "id": int,
+            "recall_id": str,
+            "outcome": str,
+            "score": float,
+            "policy": str,
+            "trajectory": str,
+            "applied": int,
+            "created_at": str,
+        },
+        pk="id",
+        not_null={"outcome", "policy", "applied", "created_at"},
+    )
+    # One report per recall: a retried `memp update` must not count twice.
+    db.execute("CREATE UNIQUE INDEX idx_outcomes_recall ON outcomes(recall_id) WHERE recall_id IS NOT NULL")
+    db["outcomes"].create_index(["applied"])
+    db["outcome_items"].create(
+        {"outcome_id": int, "memory_id": int},
+        pk=("outcome_id", "memory_id"),
+        foreign_keys=[("outcome_id", "outcomes", "id")],
+    )

@@ -149,3 +149,45 @@ def show_mapping(data: dict[str, Any], fmt: str, title: str) -> None:
             value = str(len(value))
         table.add_row(key, "-" if value is None else str(value))
     _console().print(table)
+
+
+def show_history(memory_id: int, rows: list[dict[str, Any]], fmt: str) -> None:
+    """Write a memory's history in `fmt`."""
+    if fmt == "json":
+        print_json({"memory_id": memory_id, "history": rows})
+        return
+    if fmt == "jsonl":
+        for row in rows:
+            print_json({"memory_id": memory_id, **row}, lines=True)
+        return
+    from rich.table import Table
+
+    table = Table(title=f"memory {memory_id}", title_justify="left")
+    for col in ("v", "event", "when", "model", "reason", "script"):
+        table.add_column(col, overflow="fold")
+    for row in rows:
+        script = (row["new_script"] or "").splitlines()
+        table.add_row(
+            str(row["version"]), row["event"], row["created_at"], row["model"] or "-", row["reason"] or "",
+            "\n".join(script[-4:]),
+        )
+    _console().print(table)
+
+
+def show_retirements(rows: list[Any], fmt: str) -> None:
+    """Write a prune plan in `fmt`."""
+    if fmt == "json":
+        print_json([r.to_dict() for r in rows])
+        return
+    if fmt == "jsonl":
+        for r in rows:
+            print_json(r.to_dict(), lines=True)
+        return
+    from rich.table import Table
+
+    table = Table()
+    for col in ("id", "rule", "task", "reason"):
+        table.add_column(col, overflow="fold")
+    for r in rows:
+        table.add_row(str(r.memory_id), r.rule, r.task, r.reason)
+    _console().print(table)

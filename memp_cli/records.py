@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import math
 from dataclasses import asdict, dataclass, field
 from functools import cached_property
 from typing import Any, Literal
@@ -107,10 +108,28 @@ class Memory:
     succeeded: int
     failed: int
     created_at: str
+    last_recalled_at: str | None
+    retired_reason: str | None
     source_file: str | None
     source_line: int | None
     source_id: str | None
     metadata: dict[str, Any] = field(default_factory=dict)
+
+    def success_mean(self) -> float:
+        """Return the posterior mean success rate: Beta(1, 1), plus the run it was built from, plus each report."""
+        wins = 1 + self.succeeded + (1 if self.outcome == "success" else 0)
+        losses = 1 + self.failed + (1 if self.outcome == "failure" else 0)
+        return wins / (wins + losses)
+
+    def success_bounds(self, z: float = 1.96) -> tuple[float, float]:
+        """Return the Wilson 95% interval of the reported success rate; (0, 1) before any report."""
+        n = self.succeeded + self.failed
+        if n == 0:
+            return 0.0, 1.0
+        p = self.succeeded / n
+        centre = (p + z * z / (2 * n)) / (1 + z * z / n)
+        half = z * math.sqrt(p * (1 - p) / n + z * z / (4 * n * n)) / (1 + z * z / n)
+        return max(0.0, centre - half), min(1.0, centre + half)
 
     def source(self) -> dict[str, Any]:
         """Return where the memory came from."""
@@ -122,6 +141,8 @@ class Memory:
         for key in ("source_file", "source_line", "source_id"):
             data.pop(key)
         data["source"] = self.source()
+        low, high = self.success_bounds()
+        data["success"] = {"mean": round(self.success_mean(), 4), "lower": round(low, 4), "upper": round(high, 4)}
         return data
 
     def render(self) -> str:
@@ -146,11 +167,19 @@ class Match:
     memory: Memory
     score: float
     rank: int
+    similarity: float | None = None
 
     def to_dict(self) -> dict[str, Any]:
-        """Return the match as a JSON-ready dict."""
+        """Return the match as a JSON-ready dict: `score` ranks, `similarity` is the cosine of the tasks."""
         data = self.memory.to_dict()
-        return {"memory_id": data.pop("id"), "rank": self.rank, "score": round(self.score, 4), **data}
+        similarity = self.score if self.similarity is None else self.similarity
+        return {
+            "memory_id": data.pop("id"),
+            "rank": self.rank,
+            "score": round(self.score, 4),
+            "similarity": round(similarity, 4),
+            **data,
+        }
 
 
 @dataclass

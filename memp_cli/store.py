@@ -21,8 +21,8 @@ DB_FILENAME = "memp.db"
 
 _MEMORY_COLUMNS = """
     m.id, m.trajectory_id, m.kind, m.task, t.outcome, t.score, m.script, m.trajectory, m.tokens, m.model,
-    m.prompt_version, m.version, m.status, m.recalled, m.succeeded, m.failed, m.created_at,
-    t.source_file, t.source_line, t.source_id, t.metadata
+    m.prompt_version, m.version, m.status, m.recalled, m.succeeded, m.failed, m.created_at, m.last_recalled_at,
+    m.retired_reason, t.source_file, t.source_line, t.source_id, t.metadata
 """
 
 
@@ -238,18 +238,216 @@ class Store:
                     f"INSERT INTO {VEC_TABLE}(memory_id, embedding) VALUES (?, ?)",
                     [memory_id, _pack(item.vector)],
                 )
+                self._history(
+                    memory_id, 1, "built", None, None, item.script.text if item.script else None,
+                    item.trajectory_text, item.script.model if item.script else None, "ingested", stamp,
+                )
                 added[traj.id] = memory_id
         return added
 
     def set_script(self, memory_id: int, trajectory_id: str, script: Script, tokens: int) -> None:
-        """Replace a memory's script (a rebuild), caching the new one."""
+        """Replace a memory's script (a rebuild) as a new version, caching the new one."""
         with self.write():
             self._save_script(trajectory_id, script)
-            self.db.execute(
-                "UPDATE memories SET script = ?, model = ?, prompt_version = ?, tokens = ?, updated_at = ? "
-                "WHERE id = ?",
-                [script.text, script.model, script.prompt_version, tokens, now(), memory_id],
+            self._revise(memory_id, script.text, None, script.model, script.prompt_version, tokens, "rebuilt",
+                         f"script rebuilt with {script.model}", keep_trajectory=True)
+
+    # -- history and revision -------------------------------------------------------------------------------------
+
+    def _history(
+        self, memory_id: int, version: int, event: str, old_script: str | None, old_trajectory: str | None,
+        new_script: str | None, new_trajectory: str | None, model: str | None, reason: str, stamp: str,
+    ) -> None:
+        self.db.execute(
+            "INSERT INTO memory_history(memory_id, version, event, old_script, new_script, old_trajectory, "
+            "new_trajectory, model, reason, created_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+            [memory_id, version, event, old_script, new_script, old_trajectory, new_trajectory, model, reason, stamp],
+        )
+
+    def _revise(
+        self, memory_id: int, script: str | None, trajectory: str | None, model: str | None,
+        prompt_version: str | None, tokens: int, event: str, reason: str, keep_trajectory: bool = False,
+    ) -> int:
+        """Write a new version of a memory inside an open write; return the version number."""
+        row = self.db.execute(
+            "SELECT version, script, trajectory FROM memories WHERE id = ?", [memory_id]
+        ).fetchone()
+        if row is None:
+            raise NotFoundError(f"no memory with id {memory_id}")
+        version, old_script, old_trajectory = int(row[0]) + 1, row[1], row[2]
+        if keep_trajectory:
+            trajectory = old_trajectory
+        stamp = now()
+        self.db.execute(
+            "UPDATE memories SET script = ?, trajectory = ?, model = ?, prompt_version = ?, tokens = ?, version = ?, "
+            "updated_at = ? WHERE id = ?",
+            [script, trajectory, model, prompt_version, tokens, version, stamp, memory_id],
+        )
+        self._history(memory_id, version, event, old_script, old_trajectory, script, trajectory, model, reason, stamp)
+        return version
+
+    def revise(
+        self, memory_id: int, script: str | None, trajectory: str | None, model: str | None,
+        prompt_version: str | None, tokens: int, event: str, reason: str,
+    ) -> int:
+        """Store a new version of a memory (the old one stays in its history); return the version number."""
+        with self.write():
+            return self._revise(memory_id, script, trajectory, model, prompt_version, tokens, event, reason)
+
+    def history(self, memory_id: int) -> list[dict[str, Any]]:
+        """Return every change to a memory, oldest first."""
+        self.get_memory(memory_id)
+        cols = ["version", "event", "old_script", "new_script", "old_trajectory", "new_trajectory", "model", "reason",
+                "created_at"]
+        rows = self.db.execute(
+            f"SELECT {', '.join(cols)} FROM memory_history WHERE memory_id = ? ORDER BY id", [memory_id]
+        ).fetchall()
+        return [dict(zip(cols, r)) for r in rows]
+
+    def version_content(self, memory_id: int, version: int) -> tuple[str | None, str | None, str | None]:
+        """Return (script, trajectory, model) of a memory as it was at `version`."""
+        row = self.db.execute(
+            "SELECT new_script, new_trajectory, model FROM memory_history WHERE memory_id = ? AND version = ? "
+            "ORDER BY id DESC LIMIT 1",
+            [memory_id, version],
+        ).fetchone()
+        if row is None:
+            raise NotFoundError(f"memory {memory_id} has no version {version}")
+        return row[0], row[1], row[2]
+
+    # -- outcomes -------------------------------------------------------------------------------------------------
+
+    def recall_memory_ids(self, recall_id: str) -> list[int]:
+        """Return the memories a recall returned, in rank order."""
+        if self.db.execute("SELECT 1 FROM recalls WHERE id = ?", [recall_id]).fetchone() is None:
+            raise NotFoundError(f"no recall with id {recall_id}")
+        rows = self.db.execute(
+            "SELECT memory_id FROM recall_items WHERE recall_id = ? ORDER BY rank", [recall_id]
+        ).fetchall()
+        return [int(r[0]) for r in rows]
+
+    def record_outcome(
+        self, recall_id: str | None, memory_ids: Sequence[int], outcome: str, score: float | None, policy: str,
+        trajectory_json: str | None, applied: bool,
+    ) -> int:
+        """Record an outcome and credit or blame each memory used, in one transaction; return the outcome id."""
+        column = "succeeded" if outcome == "success" else "failed"
+        with self.write():
+            if recall_id is not None and self.db.execute(
+                "SELECT 1 FROM outcomes WHERE recall_id = ?", [recall_id]
+            ).fetchone():
+                raise StoreError(f"the outcome of recall {recall_id} was reported already")
+            cur = self.db.execute(
+                "INSERT INTO outcomes(recall_id, outcome, score, policy, trajectory, applied, created_at) "
+                "VALUES (?, ?, ?, ?, ?, ?, ?)",
+                [recall_id, outcome, score, policy, trajectory_json, int(applied), now()],
             )
+            outcome_id = int(cur.lastrowid or 0)
+            for memory_id in dict.fromkeys(memory_ids):
+                self.db.execute("INSERT INTO outcome_items(outcome_id, memory_id) VALUES (?, ?)",
+                                [outcome_id, memory_id])
+                self.db.execute(f"UPDATE memories SET {column} = {column} + 1 WHERE id = ?", [memory_id])
+        return outcome_id
+
+    def pending_outcomes(self) -> list[dict[str, Any]]:
+        """Return outcomes whose update policy has not been applied yet, oldest first."""
+        cols = ["id", "recall_id", "outcome", "score", "policy", "trajectory"]
+        rows = self.db.execute(
+            f"SELECT {', '.join(cols)} FROM outcomes WHERE applied = 0 ORDER BY id"
+        ).fetchall()
+        result = [dict(zip(cols, r)) for r in rows]
+        for item in result:
+            item["memory_ids"] = [
+                int(r[0]) for r in self.db.execute(
+                    "SELECT memory_id FROM outcome_items WHERE outcome_id = ? ORDER BY rowid", [item["id"]]
+                ).fetchall()
+            ]
+        return result
+
+    def mark_applied(self, outcome_id: int) -> None:
+        """Mark an outcome's update policy as carried out."""
+        with self.write():
+            self.db.execute("UPDATE outcomes SET applied = 1 WHERE id = ?", [outcome_id])
+
+    # -- settings -------------------------------------------------------------------------------------------------
+
+    def get_setting(self, key: str) -> str | None:
+        """Return a store setting."""
+        return self._meta(f"setting:{key}")
+
+    def set_setting(self, key: str, value: str) -> None:
+        """Store a setting."""
+        with self.write():
+            self.db.execute("INSERT OR REPLACE INTO meta(key, value) VALUES (?, ?)", [f"setting:{key}", value])
+
+    # -- retirement -----------------------------------------------------------------------------------------------
+
+    def retire(self, memory_id: int, reason: str, merged_into: int | None = None) -> None:
+        """Keep a memory out of recall (restorable), merging its statistics into another when given."""
+        stamp = now()
+        with self.write():
+            row = self.db.execute(
+                "SELECT version, script, trajectory, recalled, succeeded, failed, status FROM memories WHERE id = ?",
+                [memory_id],
+            ).fetchone()
+            if row is None:
+                raise NotFoundError(f"no memory with id {memory_id}")
+            if row[6] != "active":
+                return
+            if merged_into is not None:
+                self.db.execute(
+                    "UPDATE memories SET recalled = recalled + ?, succeeded = succeeded + ?, failed = failed + ? "
+                    "WHERE id = ?",
+                    [row[3], row[4], row[5], merged_into],
+                )
+            self.db.execute(
+                "UPDATE memories SET status = 'retired', retired_reason = ?, retired_at = ?, merged_into = ? "
+                "WHERE id = ?",
+                [reason, stamp, merged_into, memory_id],
+            )
+            event = "merged" if merged_into is not None else "retired"
+            self._history(memory_id, row[0], event, row[1], row[2], row[1], row[2], None, reason, stamp)
+
+    def restore(self, memory_id: int) -> None:
+        """Bring a retired memory back into recall."""
+        stamp = now()
+        with self.write():
+            row = self.db.execute(
+                "SELECT version, script, trajectory, status FROM memories WHERE id = ?", [memory_id]
+            ).fetchone()
+            if row is None:
+                raise NotFoundError(f"no memory with id {memory_id}")
+            if row[3] == "active":
+                return
+            self.db.execute(
+                "UPDATE memories SET status = 'active', retired_reason = NULL, retired_at = NULL, merged_into = NULL "
+                "WHERE id = ?",
+                [memory_id],
+            )
+            self._history(memory_id, row[0], "restored", row[1], row[2], row[1], row[2], None, "restored", stamp)
+
+    def purge_retired(self) -> int:
+        """Delete retired memories for good, with their vectors, history, trajectories and cached scripts."""
+        with self.write():
+            ids = [r[0] for r in self.db.execute("SELECT id FROM memories WHERE status = 'retired'").fetchall()]
+            for memory_id in ids:
+                tid = self.db.execute("SELECT trajectory_id FROM memories WHERE id = ?", [memory_id]).fetchone()[0]
+                self.db.execute(f"DELETE FROM {VEC_TABLE} WHERE memory_id = ?", [memory_id])
+                self.db.execute("DELETE FROM memory_history WHERE memory_id = ?", [memory_id])
+                self.db.execute("DELETE FROM recall_items WHERE memory_id = ?", [memory_id])
+                self.db.execute("DELETE FROM outcome_items WHERE memory_id = ?", [memory_id])
+                self.db.execute("DELETE FROM memories WHERE id = ?", [memory_id])
+                self.db.execute("DELETE FROM scripts WHERE trajectory_id = ?", [tid])
+                self.db.execute("DELETE FROM trajectories WHERE id = ?", [tid])
+        return len(ids)
+
+    def vector(self, memory_id: int) -> list[float]:
+        """Return a memory's task vector."""
+        row = self.db.execute(f"SELECT embedding FROM {VEC_TABLE} WHERE memory_id = ?", [memory_id]).fetchone()
+        if row is None:
+            raise NotFoundError(f"memory {memory_id} has no vector")
+        blob = row[0]
+        return list(struct.unpack(f"{len(blob) // 4}f", blob))
 
     def log_recall(self, recall_id: str, task: str, policy: str, k: int, hits: Sequence[tuple[int, float]]) -> None:
         """Record a recall and the memories it returned, counting each as recalled."""
@@ -316,10 +514,14 @@ class Store:
         return found[0]
 
     def list_memories(
-        self, limit: int | None = None, kind: str | None = None, outcome: str | None = None
+        self, limit: int | None = None, kind: str | None = None, outcome: str | None = None,
+        status: str | None = None,
     ) -> list[Memory]:
-        """Return memories, newest first, optionally filtered by kind and outcome."""
+        """Return memories, newest first, optionally filtered by kind, outcome and status."""
         where, params = ["1 = 1"], []
+        if status:
+            where.append("m.status = ?")
+            params.append(status)
         if kind:
             where.append("m.kind = ?")
             params.append(kind)

@@ -1,0 +1,103 @@
+"""memp from Python: the same functions the CLI calls, on one open store.
+
+    from memp_cli import Memory
+
+    mem = Memory("agent.db")
+    mem.ingest("runs/")
+    recall = mem.recall("restart nginx after a config change")
+    prompt_block = mem.prompt(recall)
+    ...run the agent...
+    mem.update(recall.id, outcome="failure", trajectory={"task": ..., "steps": [...]})
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+from . import records
+from .formats import native
+from .ingest import IngestOptions, IngestReport, ingest
+from .prune import Retirement, Rules, plan
+from .recall import recall
+from .records import Recall, Trajectory
+from .store import Store, open_store
+from .update import UpdateReport, report, revert
+
+
+class Memory:
+    """A memp store, opened once; every method is one CLI command."""
+
+    def __init__(self, db: str | Path | None = None, model: str | None = None, embed_model: str | None = None):
+        self.store: Store = open_store(Path(db) if db is not None else None)
+        self.model = model
+        self.embed_model = embed_model
+
+    def ingest(self, *paths: str | Path, **options: Any) -> IngestReport:
+        """Ingest files or folders; options are IngestOptions fields (build, fmt, keep_best, ...)."""
+        opts = IngestOptions(model=self.model, embed_model=self.embed_model, **options)
+        return ingest(self.store, [str(p) for p in paths], opts)
+
+    def recall(self, task: str, k: int = 3, **options: Any) -> Recall:
+        """Recall the memories that best fit `task` (options: policy, min_score, max_tokens, rank)."""
+        return recall(self.store, task, k, embed_model=self.embed_model, **options)
+
+    def prompt(self, result: Recall) -> str:
+        """Return a recall as a block to paste into an agent's prompt, fenced and labelled as data."""
+        from .output import prompt_block
+
+        return prompt_block(result)
+
+    def update(
+        self,
+        recall_id: str | None = None,
+        memory_ids: Sequence[int] = (),
+        outcome: str | None = None,
+        score: float | None = None,
+        trajectory: Trajectory | dict[str, Any] | None = None,
+        **options: Any,
+    ) -> UpdateReport:
+        """Report how a run went (options: policy, every, success_threshold, build)."""
+        run = native.parse_line(trajectory, "<update>", 1) if isinstance(trajectory, dict) else trajectory
+        return report(
+            self.store, recall_id, memory_ids, outcome, score, trajectory=run, model=self.model, **options
+        )
+
+    def prune(self, apply: bool = False, **rules: Any) -> list[Retirement]:
+        """Return the prune plan (rules are Rules fields); carry it out with apply=True."""
+        retirements = plan(
+            self.store.list_memories(status="active"),
+            Rules(**rules),
+            lambda m: self.store.nearest(self.store.vector(m.id), 10),
+        )
+        if apply:
+            for r in retirements:
+                self.store.retire(r.memory_id, f"{r.rule}: {r.reason}", r.merge_into)
+        return retirements
+
+    def get(self, memory_id: int) -> records.Memory:
+        """Return one stored memory."""
+        return self.store.get_memory(memory_id)
+
+    def history(self, memory_id: int) -> list[dict[str, Any]]:
+        """Return every change to a memory."""
+        return self.store.history(memory_id)
+
+    def revert(self, memory_id: int, version: int) -> int:
+        """Restore a memory's content at `version`; return the new version number."""
+        return revert(self.store, memory_id, version)
+
+    def stats(self) -> dict[str, Any]:
+        """Return counts of what is stored."""
+        return self.store.stats()
+
+    def close(self) -> None:
+        """Close the store."""
+        self.store.close()
+
+    def __enter__(self) -> Memory:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()

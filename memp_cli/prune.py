@@ -1,0 +1,100 @@
+"""Which memories to retire and why: pure policy over usage statistics, duplicates, age and capacity."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from dataclasses import asdict, dataclass
+from datetime import datetime, timedelta, timezone
+
+from .records import Memory
+
+
+@dataclass
+class Rules:
+    """The prune rules; each is off when its setting is None or False."""
+
+    # The Mem^p paper's discard preset: recalled at least `min_recalls` times and a success rate under `max_rate`.
+    discard: bool = True
+    min_recalls: int = 3
+    max_rate: float = 0.5
+    # Statistical: retire when the 95% Wilson upper bound of the success rate is below this.
+    confident_below: float | None = None
+    stale_days: int | None = None
+    dedupe: float | None = None
+    max_memories: int | None = None
+
+
+@dataclass
+class Retirement:
+    """One line of the plan."""
+
+    memory_id: int
+    task: str
+    rule: str
+    reason: str
+    merge_into: int | None = None
+
+    def to_dict(self) -> dict[str, object]:
+        """Return the line as a JSON-ready dict."""
+        return asdict(self)
+
+
+def usefulness(memory: Memory) -> tuple[float, int, str]:
+    """Return a sort key: higher is more worth keeping (success estimate, then use, then recency)."""
+    return (memory.success_mean(), memory.recalled, memory.created_at)
+
+
+def _age_days(memory: Memory, now: datetime) -> float:
+    stamp = datetime.fromisoformat(memory.last_recalled_at or memory.created_at)
+    if stamp.tzinfo is None:
+        stamp = stamp.replace(tzinfo=timezone.utc)
+    return (now - stamp) / timedelta(days=1)
+
+
+def plan(
+    memories: Sequence[Memory],
+    rules: Rules,
+    neighbours: Callable[[Memory], list[tuple[int, float]]] | None = None,
+    now: datetime | None = None,
+) -> list[Retirement]:
+    """Return the retirements the rules call for, each memory at most once, with a reason for each."""
+    now = now or datetime.now(timezone.utc)
+    active = [m for m in memories if m.status == "active"]
+    out: dict[int, Retirement] = {}
+
+    def retire(m: Memory, rule: str, reason: str, into: int | None = None) -> None:
+        if m.id not in out:
+            out[m.id] = Retirement(m.id, m.task, rule, reason, into)
+
+    for m in active:
+        uses = m.succeeded + m.failed
+        if rules.discard and m.recalled >= rules.min_recalls and uses and m.succeeded / uses < rules.max_rate:
+            retire(m, "discard", f"recalled {m.recalled} times, succeeded {m.succeeded} of {uses} (< {rules.max_rate:g})")
+            continue
+        if rules.confident_below is not None and uses:
+            upper = m.success_bounds()[1]
+            if upper < rules.confident_below:
+                retire(m, "bound", f"success rate below {rules.confident_below:g} with 95% confidence (upper {upper:.2f})")
+                continue
+        if rules.stale_days is not None:
+            age = _age_days(m, now)
+            if age > rules.stale_days:
+                what = "recalled" if m.last_recalled_at else "recalled since it was built"
+                retire(m, "stale", f"not {what} for {age:.0f} days (> {rules.stale_days})")
+
+    if rules.dedupe is not None and neighbours is not None:
+        by_id = {m.id: m for m in active}
+        for m in sorted(active, key=usefulness, reverse=True):
+            if m.id in out:
+                continue
+            for other_id, similarity in neighbours(m):
+                other = by_id.get(other_id)
+                if other is None or other.id == m.id or other.id in out or similarity < rules.dedupe:
+                    continue
+                retire(other, "duplicate", f"task duplicates memory {m.id} (cosine {similarity:.3f}); merged", m.id)
+
+    if rules.max_memories is not None:
+        kept = sorted((m for m in active if m.id not in out), key=usefulness, reverse=True)
+        for m in kept[rules.max_memories :]:
+            retire(m, "capacity", f"over the cap of {rules.max_memories} memories, least useful first")
+    return list(out.values())

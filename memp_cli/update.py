@@ -1,0 +1,244 @@
+"""Outcomes -> credit to the memories used, and the update policies: vanilla, validation, adjustment."""
+
+from __future__ import annotations
+
+import json
+import sys
+from collections.abc import Callable, Sequence
+from dataclasses import asdict, dataclass, field, replace
+from typing import Any
+
+from . import formats
+from .distill import SCHEMA, SYSTEM, Distiller, DistillError, offline_procedure, parse_procedure
+from .errors import MempError, NotFoundError
+from .records import OUTCOMES, Memory, Step, Trajectory, render_memory
+from .store import Store
+from .tokens import count_tokens
+
+POLICIES = ("vanilla", "validation", "adjustment")
+DEFAULT_POLICY = "adjustment"
+REVISE_VERSION = "revise-v1"
+OFFLINE_REVISE = "offline-revise-v1"
+
+REVISE_PROMPT = """A procedure from memory was followed on a new task, and the task failed. Revise the procedure so
+the next agent does not fail the same way: keep what still holds, correct or add steps, and add the cause of this
+failure to the pitfalls.
+
+<procedure>
+{memory}
+</procedure>
+
+<failed_run>
+{trajectory}
+</failed_run>
+
+Answer with one JSON object only: {{"when_to_use": "...", "parameters": ["..."], "steps": ["..."], "pitfalls": ["..."]}}
+"""
+
+
+@dataclass
+class UpdateReport:
+    """What one `memp update` did."""
+
+    outcome_id: int
+    outcome: str
+    credited: list[int]
+    policy: str
+    pending: int = 0
+    added: list[int] = field(default_factory=list)
+    revised: dict[int, int] = field(default_factory=dict)
+    offline_revisions: int = 0
+
+    def to_dict(self) -> dict[str, Any]:
+        """Return the report as a JSON-ready dict."""
+        data = asdict(self)
+        data["revised"] = {str(k): v for k, v in self.revised.items()}
+        return data
+
+
+def decide_outcome(outcome: str | None, score: float | None, threshold: float) -> str:
+    """Return success or failure from an explicit outcome or a score against the threshold."""
+    if outcome is not None:
+        if outcome not in OUTCOMES:
+            raise MempError(f"--outcome must be one of {', '.join(OUTCOMES)}")
+        return outcome
+    if score is None:
+        raise MempError("say how it went: --outcome success|failure or --score X")
+    return "success" if score >= threshold else "failure"
+
+
+def read_one_trajectory(path: str, fmt: str = "auto") -> Trajectory:
+    """Return the single trajectory in a file, redacted."""
+    from .redact import Redactor
+
+    with formats.sources([path]) as (found, _):
+        runs = [t for src in found for t in formats.read(src, fmt)]
+    if len(runs) != 1:
+        raise MempError(f"{path}: expected one trajectory for this outcome, found {len(runs)}")
+    return Redactor().trajectory(runs[0])
+
+
+def _trajectory_json(traj: Trajectory) -> str:
+    return json.dumps(
+        {
+            "task": traj.task,
+            "steps": [s.to_dict() for s in traj.steps],
+            "outcome": traj.outcome,
+            "score": traj.score,
+            "metadata": traj.metadata,
+            "source_file": traj.source_file,
+            "source_line": traj.source_line,
+            "id": traj.source_id,
+        },
+        ensure_ascii=False,
+    )
+
+
+def _trajectory_from_json(text: str) -> Trajectory:
+    data = json.loads(text)
+    steps = [Step(**s) for s in data["steps"]]
+    return Trajectory(
+        data["task"], steps, data["outcome"], data.get("score"), data.get("id"), data.get("metadata") or {},
+        data.get("source_file"), data.get("source_line"),
+    )
+
+
+class Reviser:
+    """Revises a memory from a failure it led to: with an llm model, else offline by adding the failure as pitfalls."""
+
+    def __init__(self, model: str | None, warn: Callable[[str], None]) -> None:
+        self.warn = warn
+        self._distiller = Distiller(model, warn) if model != "offline" else None
+        self.offline = 0
+
+    def revise(self, memory: Memory, failed: Trajectory) -> tuple[str, str, str]:
+        """Return (new script, model, prompt version)."""
+        model = self._distiller._model if self._distiller else None
+        if model is not None:
+            try:
+                kwargs: dict[str, Any] = {"system": SYSTEM}
+                if getattr(model, "supports_schema", False):
+                    kwargs["schema"] = SCHEMA
+                prompt = REVISE_PROMPT.format(memory=memory.render(), trajectory=failed.render())
+                answer = model.prompt(prompt, **kwargs).text()
+                return parse_procedure(answer).render(), model.model_id, REVISE_VERSION
+            except DistillError as exc:
+                self.warn(f"model {model.model_id} gave no usable revision ({exc}); revising offline")
+            except Exception as exc:  # noqa: BLE001 - provider errors come in many types
+                self.warn(f"model {model.model_id} failed ({exc}); revising offline")
+        self.offline += 1
+        return offline_revision(memory, failed), "offline", OFFLINE_REVISE
+
+
+def offline_revision(memory: Memory, failed: Trajectory) -> str:
+    """Return the memory's script with what went wrong in the failed run added as pitfalls."""
+    lessons = [p for p in offline_procedure(failed).pitfalls if not p.startswith("This run failed overall")]
+    lessons.append(f"Following this procedure failed on: {failed.task}. Check each step's result before going on.")
+    script = memory.script or ""
+    new = [f"- {lesson}" for lesson in lessons if f"- {lesson}" not in script]
+    if not new:
+        return script
+    if "Pitfalls:" in script:
+        return script.rstrip() + "\n" + "\n".join(new)
+    return (script.rstrip() + "\n" if script else "") + "Pitfalls:\n" + "\n".join(new)
+
+
+def resolve_policy(store: Store, policy: str | None) -> str:
+    """Return the update policy: the one given, else the store's default, else adjustment."""
+    chosen = policy or store.get_setting("update_policy") or DEFAULT_POLICY
+    if chosen not in POLICIES:
+        raise MempError(f"unknown update policy {chosen!r}; choose one of {', '.join(POLICIES)}")
+    return chosen
+
+
+def report(
+    store: Store,
+    recall_id: str | None = None,
+    memory_ids: Sequence[int] = (),
+    outcome: str | None = None,
+    score: float | None = None,
+    success_threshold: float = 1.0,
+    trajectory: Trajectory | None = None,
+    policy: str | None = None,
+    model: str | None = None,
+    every: int | None = None,
+    build: str = "proceduralization",
+    warn: Callable[[str], None] | None = None,
+) -> UpdateReport:
+    """Credit or blame the memories used, then apply the update policy (now, or once `every` outcomes are pending)."""
+    warn = warn or (lambda msg: print(f"memp: {msg}", file=sys.stderr))
+    if (recall_id is None) == (not memory_ids):
+        raise MempError("name what was used: --recall ID or --memory ID (one of them)")
+    decided = decide_outcome(outcome, score, success_threshold)
+    chosen = resolve_policy(store, policy)
+    batch = every if every is not None else int(store.get_setting("update_every") or 1)
+    if batch < 1:
+        raise MempError("--every must be at least 1")
+    used = store.recall_memory_ids(recall_id) if recall_id else list(memory_ids)
+    missing = set(used) - {m.id for m in store.get_memories(used)}
+    if missing:
+        raise NotFoundError(f"no memory with id {min(missing)}")
+    run_json = None
+    if trajectory is not None:
+        # The report says how the run went, whatever the file said.
+        run = replace(trajectory, outcome=decided, score=score if score is not None else trajectory.score)
+        run_json = _trajectory_json(run)
+    outcome_id = store.record_outcome(recall_id, used, decided, score, chosen, run_json, applied=False)
+    result = UpdateReport(outcome_id, decided, used, chosen)
+    pending = store.pending_outcomes()
+    if len(pending) >= batch:
+        for item in pending:
+            _apply(store, item, model, build, warn, result)
+            store.mark_applied(item["id"])
+        pending = []
+    result.pending = len(pending)
+    return result
+
+
+def flush(
+    store: Store, model: str | None = None, build: str = "proceduralization", warn: Callable[[str], None] | None = None
+) -> UpdateReport:
+    """Apply every pending outcome's policy now."""
+    warn = warn or (lambda msg: print(f"memp: {msg}", file=sys.stderr))
+    result = UpdateReport(0, "", [], "flush")
+    for item in store.pending_outcomes():
+        _apply(store, item, model, build, warn, result)
+        store.mark_applied(item["id"])
+    return result
+
+
+def _apply(
+    store: Store, item: dict[str, Any], model: str | None, build: str, warn: Callable[[str], None],
+    result: UpdateReport,
+) -> None:
+    """Carry out one outcome's policy: add the new run as a memory, and revise what led to a failure."""
+    from .ingest import IngestOptions, store_trajectories
+
+    policy, outcome = item["policy"], item["outcome"]
+    run = _trajectory_from_json(item["trajectory"]) if item["trajectory"] else None
+    if policy == "adjustment" and outcome == "failure" and item["memory_ids"] and run is not None:
+        reviser = Reviser(model, warn)
+        for memory in store.get_memories(item["memory_ids"]):
+            if memory.status != "active":
+                continue
+            script, used_model, version = reviser.revise(memory, run)
+            if script == (memory.script or ""):
+                continue
+            tokens = count_tokens(render_memory(script, memory.trajectory))
+            reason = f"failed in recall {item['recall_id']}" if item["recall_id"] else f"failed (outcome {item['id']})"
+            result.revised[memory.id] = store.revise(
+                memory.id, script, memory.trajectory, used_model, version, tokens, "revised", reason
+            )
+        result.offline_revisions += reviser.offline
+    add = run is not None and (policy == "vanilla" or outcome == "success")
+    if add and run is not None:
+        added = store_trajectories(store, [run], IngestOptions(build=build, model=model), warn)
+        result.added.extend(added)
+
+
+def revert(store: Store, memory_id: int, version: int) -> int:
+    """Restore a memory's content as it was at `version`, as a new version; return that version number."""
+    script, trajectory, model = store.version_content(memory_id, version)
+    tokens = count_tokens(render_memory(script, trajectory))
+    return store.revise(memory_id, script, trajectory, model, None, tokens, "reverted", f"reverted to v{version}")
+
