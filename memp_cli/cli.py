@@ -13,7 +13,7 @@ from typing import Annotated, Any, Optional, TypeVar
 
 import typer
 
-from .errors import MempError
+from .errors import MempError, sqlite_message
 
 app = typer.Typer(
     name="memp",
@@ -77,6 +77,12 @@ def handle_errors(fn: F) -> F:
             # A reader such as `head` closed the pipe: not an error of ours.
             sys.stderr.close()
             raise typer.Exit(0) from None
+        except Exception as exc:
+            message = sqlite_message(exc)
+            if message is None:
+                raise
+            print(f"memp: error: {message}", file=sys.stderr)
+            raise typer.Exit(1) from None
 
     return wrapper  # type: ignore[return-value]
 
@@ -208,6 +214,11 @@ def ingest(
         )
     if report.redacted:
         _say(f"masked {report.redacted} secrets")
+    if report.held:
+        _say(
+            f"{report.held} memories read like instructions to the next agent and are held back from recall; "
+            "see `memp list --status held`, then `memp approve ID`"
+        )
     if report.offline_scripts:
         _say(
             f"{report.offline_scripts} scripts were written by the offline distiller; "
@@ -221,6 +232,11 @@ def ingest(
 def build(
     rebuild: Annotated[
         bool, typer.Option("--rebuild", help="Redo every script, not only those the offline distiller wrote.")
+    ] = False,
+    pending: Annotated[
+        bool,
+        typer.Option("--pending", help="Redo the pending ones: scripts written offline because no model answered. "
+                     "This is what build does by default."),
     ] = False,
     model: ModelOpt = None,
     db: DbOpt = None,
@@ -405,6 +421,14 @@ def restore(memory_id: Annotated[int, typer.Argument(help="Memory id.")], db: Db
 
 @app.command()
 @handle_errors
+def approve(memory_id: Annotated[int, typer.Argument(help="Memory id.")], db: DbOpt = None) -> None:
+    """Let a held memory (its text read like an instruction to the agent) into recall."""
+    was = _open(db).approve(memory_id)
+    _say(f"memory {memory_id} approved (it was held for {was})" if was else f"memory {memory_id} was not held")
+
+
+@app.command()
+@handle_errors
 def config(
     key: Annotated[Optional[str], typer.Argument(help="update_policy or update_every.")] = None,
     value: Annotated[Optional[str], typer.Argument(help="New value; omit to show.")] = None,
@@ -434,7 +458,7 @@ def config(
 def list_(
     kind: Annotated[Optional[str], typer.Option(help="Only this kind: trajectory, script, proceduralization.")] = None,
     outcome: Annotated[Optional[str], typer.Option(help="Only success or failure.")] = None,
-    status: Annotated[Optional[str], typer.Option(help="Only active or retired.")] = None,
+    status: Annotated[Optional[str], typer.Option(help="Only active, held (awaiting approval) or retired.")] = None,
     limit: Annotated[Optional[int], typer.Option("--limit", "-n", help="At most this many, newest first.")] = None,
     db: DbOpt = None,
     fmt: FormatOpt = None,
@@ -468,6 +492,21 @@ def stats(db: DbOpt = None, fmt: FormatOpt = None) -> None:
 
     fmt = output.resolve_format(fmt, ("table", "json", "jsonl"))
     output.show_mapping(_open(db).stats(), fmt, "memp store")
+
+
+@app.command()
+@handle_errors
+def check(db: DbOpt = None, fmt: FormatOpt = None) -> None:
+    """Verify the store: SQLite integrity, and that every memory has its trajectory, vector and history."""
+    from . import output
+
+    fmt = output.resolve_format(fmt, ("table", "json", "jsonl"))
+    report = _open(db).check()
+    output.show_mapping(report, fmt, "memp check")
+    if not report["ok"]:
+        for problem in report["problems"]:
+            _say(problem)
+        raise typer.Exit(1)
 
 
 def main() -> None:

@@ -6,9 +6,10 @@ import json
 import os
 import re
 import sys
+import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, TypeVar
 
 from .records import Script, Step, Trajectory
 from .tokens import count_tokens
@@ -88,6 +89,26 @@ class Procedure:
 
 class DistillError(Exception):
     """A model answered with something that is not a procedure."""
+
+
+T = TypeVar("T")
+RETRIES = 3
+
+
+def with_retries(call: Callable[[], T], attempts: int = RETRIES) -> T:
+    """Return `call()`, retried with exponential backoff on any error (time-outs, rate limits, malformed answers).
+
+    The first delay is $MEMP_RETRY_DELAY seconds (default 1), doubling each time; the last error is raised.
+    """
+    delay = float(os.environ.get("MEMP_RETRY_DELAY", "1"))
+    for attempt in range(attempts):
+        try:
+            return call()
+        except Exception:
+            if attempt == attempts - 1:
+                raise
+            time.sleep(delay * 2**attempt)
+    raise AssertionError("unreachable")
 
 
 def _is_failed(step: Step) -> bool:
@@ -235,11 +256,11 @@ class Distiller:
             self.fallbacks += 1
             return offline_script(traj)
         try:
-            return self._ask(traj)
+            return with_retries(lambda: self._ask(traj))
         except DistillError as exc:
             self.warn(f"model {self.model_name} gave no usable procedure ({exc}); offline script kept for now")
         except Exception as exc:  # noqa: BLE001 - network and provider errors come in many types
-            # One failure of the service usually means all will fail: stop paying for time-outs.
+            # Still failing after the retries: stop paying for time-outs; `memp build` redoes these later.
             self.warn(f"model {self.model_name} failed ({exc}); using the offline distiller for the rest of this run")
             self._model = None
         self.fallbacks += 1

@@ -105,8 +105,10 @@ class LlmEmbedder:
         """Return llm's vectors, normalised so cosine search treats every model alike."""
         import numpy as np
 
+        from .distill import with_retries
+
         try:
-            vectors = np.asarray(list(self._model.embed_multi(list(texts))), dtype=np.float32)
+            vectors = np.asarray(with_retries(lambda: list(self._model.embed_multi(list(texts)))), dtype=np.float32)
         except Exception as exc:  # noqa: BLE001 - plugins raise anything; say which model failed
             raise ModelError(f"embedding model {self.model_id} failed: {exc}") from exc
         if vectors.size == 0:

@@ -34,3 +34,22 @@ class ModelError(MempError):
 
 class NotFoundError(MempError):
     """A memory, trajectory or recall id that does not exist."""
+
+
+def sqlite_message(exc: BaseException) -> str | None:
+    """Return a one-line explanation when `exc` is an SQLite error, else None."""
+    if not type(exc).__module__.startswith(("sqlean", "sqlite3", "pysqlite3")):
+        return None
+    text = str(exc)
+    hints = {
+        "readonly": "the store is read-only here; use a writable --db",
+        "disk is full": "the disk is full; nothing from this command was written",
+        "database is locked": "the store stayed locked by another process for too long; try again",
+        "not a database": "this file is not a memp store (not SQLite, or encrypted)",
+        "malformed": "the store file is corrupt; restore a backup or start a new --db",
+        "unable to open": "the store cannot be opened at this path",
+    }
+    for needle, hint in hints.items():
+        if needle in text:
+            return f"{hint} ({text})"
+    return f"store error: {text}"

@@ -11,6 +11,7 @@ from . import formats
 from .distill import Distiller
 from .embed import DEFAULT_EMBED_MODEL, get_embedder, is_default, resolve_embed_model
 from .errors import MempError
+from .guard import flag
 from .judge import Judge
 from .records import BUILD_POLICIES, OUTCOMES, Script, Trajectory, render_memory
 from .redact import Redactor
@@ -51,6 +52,7 @@ class IngestReport:
     judged: int = 0
     redacted: int = 0
     offline_scripts: int = 0
+    held: int = 0
     outcomes: dict[str, int] = field(default_factory=dict)
     model: str | None = None
     embed_model: str = DEFAULT_EMBED_MODEL
@@ -228,12 +230,14 @@ def _store_batch(
     for traj, vector in zip(fresh.values(), vectors):
         script = scripts.script(store, traj) if scripts is not None else None
         text, tokens = build_memory(traj, build, script)
-        items.append(NewMemory(traj, build, script, text, tokens, vector))
+        held = flag(render_memory(script.text if script else None, text) + "\n" + traj.task)
+        items.append(NewMemory(traj, build, script, text, tokens, vector, held))
     added = store.add_memories(items, embed_id)
     report.added += len(added)
     report.skipped += len(items) - len(added)
     for item in items:
         if item.trajectory.id in added:
+            report.held += bool(item.flag)
             outcome = str(item.trajectory.outcome)
             report.outcomes[outcome] = report.outcomes.get(outcome, 0) + 1
     return list(added.values())

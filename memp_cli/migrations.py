@@ -129,3 +129,9 @@ def m002_outcomes_history_retirement(db: Database) -> None:
         pk=("outcome_id", "memory_id"),
         foreign_keys=[("outcome_id", "outcomes", "id")],
     )
+
+
+@migrations()
+def m003_held_memories(db: Database) -> None:
+    """Why a memory is held back from recall until approved (text that reads like an instruction)."""
+    db["memories"].add_column("flag", str)

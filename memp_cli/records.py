@@ -110,6 +110,7 @@ class Memory:
     created_at: str
     last_recalled_at: str | None
     retired_reason: str | None
+    flag: str | None
     source_file: str | None
     source_line: int | None
     source_id: str | None

@@ -12,7 +12,7 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
-from .errors import ModelMismatchError, NotFoundError, StoreError
+from .errors import ModelMismatchError, NotFoundError, StoreError, sqlite_message
 from .records import Memory, Script, Trajectory
 
 BUSY_TIMEOUT_MS = 30_000
@@ -22,7 +22,7 @@ DB_FILENAME = "memp.db"
 _MEMORY_COLUMNS = """
     m.id, m.trajectory_id, m.kind, m.task, t.outcome, t.score, m.script, m.trajectory, m.tokens, m.model,
     m.prompt_version, m.version, m.status, m.recalled, m.succeeded, m.failed, m.created_at, m.last_recalled_at,
-    m.retired_reason, t.source_file, t.source_line, t.source_id, t.metadata
+    m.retired_reason, m.flag, t.source_file, t.source_line, t.source_id, t.metadata
 """
 
 
@@ -56,6 +56,7 @@ class NewMemory:
     trajectory_text: str | None
     tokens: int
     vector: list[float]
+    flag: str | None = None
 
 
 class Store:
@@ -82,16 +83,29 @@ class Store:
             self.db.execute("PRAGMA foreign_keys = ON")
             self._migrate()
         except sqlean.DatabaseError as exc:
-            raise StoreError(f"{path}: cannot open store: {exc}") from exc
+            raise StoreError(f"{path}: cannot open store: {sqlite_message(exc)}") from exc
         except OSError as exc:
             raise StoreError(f"{path}: cannot create store: {exc.strerror}") from exc
 
     def _migrate(self) -> None:
+        """Bring the schema up to date under the write lock, refusing stores that are not memp's or are newer."""
         from .migrations import migrations
 
-        if migrations.pending(self.db):
-            with self.write():
-                pass  # take the write lock so two processes do not migrate at once
+        known = [m.name for m in migrations._migrations]
+        applied = {m.name for m in migrations.applied(self.db)}
+        newer = applied - set(known)
+        if newer:
+            raise StoreError(
+                f"{self.path}: written by a newer memp (schema change {sorted(newer)[-1]}); upgrade memp to open it"
+            )
+        if not migrations.pending(self.db):
+            return
+        others = [t for t in self.db.table_names() if not t.startswith(("_sqlite", "sqlite_"))]
+        if not applied and others:
+            raise StoreError(f"{self.path}: not a memp store (it holds other tables: {', '.join(others[:3])})")
+        # One process migrates; the others wait on the lock, then find nothing pending. Each migration runs in a
+        # savepoint inside this transaction, so a failure leaves no migration half-applied.
+        with self.write():
             migrations.apply(self.db)
 
     def close(self) -> None:
@@ -219,7 +233,7 @@ class Store:
                     self._save_script(traj.id, item.script)
                 cur = self.db.execute(
                     "INSERT INTO memories(trajectory_id, kind, task, script, trajectory, tokens, model, "
-                    "prompt_version, created_at, updated_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                    "prompt_version, created_at, updated_at, status, flag) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
                     [
                         traj.id,
                         item.kind,
@@ -231,6 +245,8 @@ class Store:
                         item.script.prompt_version if item.script else None,
                         stamp,
                         stamp,
+                        "held" if item.flag else "active",
+                        item.flag,
                     ],
                 )
                 memory_id = int(cur.lastrowid or 0)
@@ -267,6 +283,7 @@ class Store:
     def _revise(
         self, memory_id: int, script: str | None, trajectory: str | None, model: str | None,
         prompt_version: str | None, tokens: int, event: str, reason: str, keep_trajectory: bool = False,
+        flag: str | None = None,
     ) -> int:
         """Write a new version of a memory inside an open write; return the version number."""
         row = self.db.execute(
@@ -283,16 +300,37 @@ class Store:
             "updated_at = ? WHERE id = ?",
             [script, trajectory, model, prompt_version, tokens, version, stamp, memory_id],
         )
+        if flag:
+            self.db.execute("UPDATE memories SET status = 'held', flag = ? WHERE id = ?", [flag, memory_id])
         self._history(memory_id, version, event, old_script, old_trajectory, script, trajectory, model, reason, stamp)
         return version
 
     def revise(
         self, memory_id: int, script: str | None, trajectory: str | None, model: str | None,
-        prompt_version: str | None, tokens: int, event: str, reason: str,
+        prompt_version: str | None, tokens: int, event: str, reason: str, flag: str | None = None,
     ) -> int:
-        """Store a new version of a memory (the old one stays in its history); return the version number."""
+        """Store a new version of a memory (the old one stays in its history); return the version number.
+
+        A `flag` holds the memory back from recall until approved.
+        """
         with self.write():
-            return self._revise(memory_id, script, trajectory, model, prompt_version, tokens, event, reason)
+            return self._revise(memory_id, script, trajectory, model, prompt_version, tokens, event, reason,
+                                flag=flag)
+
+    def approve(self, memory_id: int) -> str | None:
+        """Let a held memory into recall; return the flag it was held for (None if it was not held)."""
+        with self.write():
+            row = self.db.execute(
+                "SELECT version, script, trajectory, status, flag FROM memories WHERE id = ?", [memory_id]
+            ).fetchone()
+            if row is None:
+                raise NotFoundError(f"no memory with id {memory_id}")
+            if row[3] != "held":
+                return None
+            self.db.execute("UPDATE memories SET status = 'active', flag = NULL WHERE id = ?", [memory_id])
+            self._history(memory_id, row[0], "approved", row[1], row[2], row[1], row[2], None,
+                          f"approved despite {row[4]}", now())
+            return str(row[4])
 
     def history(self, memory_id: int) -> list[dict[str, Any]]:
         """Return every change to a memory, oldest first."""
@@ -581,6 +619,51 @@ class Store:
             "embed_dim": embed[1] if embed else None,
             "bytes": self.path.stat().st_size if self.path.exists() else 0,
         }
+
+
+    def check(self) -> dict[str, Any]:
+        """Return integrity findings: SQLite's own checks, and memories, vectors and trajectories that do not match."""
+        problems: list[str] = []
+        integrity = [r[0] for r in self.db.execute("PRAGMA integrity_check").fetchall()]
+        if integrity != ["ok"]:
+            problems.extend(f"integrity: {line}" for line in integrity[:10])
+        fk = self.db.execute("PRAGMA foreign_key_check").fetchall()
+        if fk:
+            problems.append(f"{len(fk)} rows point at rows that do not exist (first in table {fk[0][0]})")
+        counts = {
+            "trajectories": self.db.execute("SELECT count(*) FROM trajectories").fetchone()[0],
+            "memories": self.db.execute("SELECT count(*) FROM memories").fetchone()[0],
+            "vectors": 0,
+            "history_rows": self.db.execute("SELECT count(*) FROM memory_history").fetchone()[0],
+            "recalls": self.db.execute("SELECT count(*) FROM recalls").fetchone()[0],
+            "outcomes": self.db.execute("SELECT count(*) FROM outcomes").fetchone()[0],
+            "pending_outcomes": self.db.execute("SELECT count(*) FROM outcomes WHERE applied = 0").fetchone()[0],
+        }
+        orphans = self.db.execute(
+            "SELECT count(*) FROM trajectories t WHERE NOT EXISTS (SELECT 1 FROM memories m WHERE m.trajectory_id = t.id)"
+        ).fetchone()[0]
+        if orphans:
+            problems.append(f"{orphans} trajectories have no memory")
+        no_history = self.db.execute(
+            "SELECT count(*) FROM memories m WHERE NOT EXISTS (SELECT 1 FROM memory_history h WHERE h.memory_id = m.id)"
+        ).fetchone()[0]
+        if no_history:
+            problems.append(f"{no_history} memories have no history")
+        if self.embed_model() is not None:
+            counts["vectors"] = self.db.execute(f"SELECT count(*) FROM {VEC_TABLE}").fetchone()[0]
+            missing = self.db.execute(
+                f"SELECT count(*) FROM memories m WHERE NOT EXISTS (SELECT 1 FROM {VEC_TABLE} v WHERE v.memory_id = m.id)"
+            ).fetchone()[0]
+            stray = self.db.execute(
+                f"SELECT count(*) FROM {VEC_TABLE} v WHERE NOT EXISTS (SELECT 1 FROM memories m WHERE m.id = v.memory_id)"
+            ).fetchone()[0]
+            if missing:
+                problems.append(f"{missing} memories have no vector")
+            if stray:
+                problems.append(f"{stray} vectors belong to no memory")
+        elif counts["memories"]:
+            problems.append("memories exist but no embedding model is recorded")
+        return {"path": str(self.path), "ok": not problems, "problems": problems, **counts}
 
 
 def open_store(path: Path | None = None) -> Store:

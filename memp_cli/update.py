@@ -9,8 +9,9 @@ from dataclasses import asdict, dataclass, field, replace
 from typing import Any
 
 from . import formats
-from .distill import SCHEMA, SYSTEM, Distiller, DistillError, offline_procedure, parse_procedure
+from .distill import SCHEMA, SYSTEM, Distiller, DistillError, offline_procedure, parse_procedure, with_retries
 from .errors import MempError, NotFoundError
+from .guard import flag
 from .records import OUTCOMES, Memory, Step, Trajectory, render_memory
 from .store import Store
 from .tokens import count_tokens
@@ -48,6 +49,7 @@ class UpdateReport:
     added: list[int] = field(default_factory=list)
     revised: dict[int, int] = field(default_factory=dict)
     offline_revisions: int = 0
+    held: int = 0
 
     def to_dict(self) -> dict[str, Any]:
         """Return the report as a JSON-ready dict."""
@@ -120,8 +122,8 @@ class Reviser:
                 if getattr(model, "supports_schema", False):
                     kwargs["schema"] = SCHEMA
                 prompt = REVISE_PROMPT.format(memory=memory.render(), trajectory=failed.render())
-                answer = model.prompt(prompt, **kwargs).text()
-                return parse_procedure(answer).render(), model.model_id, REVISE_VERSION
+                answer = with_retries(lambda: parse_procedure(model.prompt(prompt, **kwargs).text()))
+                return answer.render(), model.model_id, REVISE_VERSION
             except DistillError as exc:
                 self.warn(f"model {model.model_id} gave no usable revision ({exc}); revising offline")
             except Exception as exc:  # noqa: BLE001 - provider errors come in many types
@@ -226,9 +228,11 @@ def _apply(
                 continue
             tokens = count_tokens(render_memory(script, memory.trajectory))
             reason = f"failed in recall {item['recall_id']}" if item["recall_id"] else f"failed (outcome {item['id']})"
+            held = flag(script)
             result.revised[memory.id] = store.revise(
-                memory.id, script, memory.trajectory, used_model, version, tokens, "revised", reason
+                memory.id, script, memory.trajectory, used_model, version, tokens, "revised", reason, held
             )
+            result.held += bool(held)
         result.offline_revisions += reviser.offline
     add = run is not None and (policy == "vanilla" or outcome == "success")
     if add and run is not None:

@@ -82,6 +82,7 @@ def isolated(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[Path]:
     """Give every test its own store and llm user dir, with no keys and no memp settings from outside."""
     monkeypatch.setenv("MEMP_DB", str(tmp_path / "memp.db"))
     monkeypatch.setenv("LLM_USER_PATH", str(tmp_path / "llm"))
+    monkeypatch.setenv("MEMP_RETRY_DELAY", "0")
     for var in ("MEMP_MODEL", "MEMP_EMBED_MODEL", "MEMP_FORMAT", "OPENAI_API_KEY", "LLM_OPENAI_SHOW_RESPONSES"):
         monkeypatch.delenv(var, raising=False)
     yield tmp_path

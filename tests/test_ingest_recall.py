@@ -123,16 +123,17 @@ def test_script_cache_and_token_usage_recorded(memp, fake_chat, isolated: Path) 
         by_model.setdefault(model, []).append((version, tin, tout))
     assert len(by_model["fake-chat"]) == 2
     assert all(v == "distill-v1" and tin > 100 and tout > 0 for v, tin, tout in by_model["fake-chat"])
-    # After the service failed, the rest of the run used the offline distiller instead of failing again.
+    # The third run was tried 3 times (with backoff); then the rest of the run used the offline distiller.
     assert len(by_model["offline"]) == 3
-    assert len(fake_chat.prompts) == 3
+    assert len(fake_chat.prompts) == 2 + 3
 
 
 def test_malformed_model_answer_keeps_offline_script(memp, fake_chat, tmp_path: Path) -> None:
     src = write_jsonl(tmp_path / "one.jsonl", [traj("sort the mail")])
-    fake_chat.queue("Sure! Here is a procedure: do it well.")
+    fake_chat.queue(*["Sure! Here is a procedure: do it well."] * 3)
     result = memp("ingest", str(src), "-m", "fake-chat")
     assert "no usable procedure" in result.stderr
+    assert len(fake_chat.prompts) == 3
     (memory,) = memp.json("list")
     assert memory["model"] == "offline" and "Steps:" in memory["script"]
 
