@@ -17,6 +17,8 @@ from .records import Memory, Script, Trajectory
 
 BUSY_TIMEOUT_MS = 30_000
 VEC_TABLE = "memory_vec"
+# sqlite-vec answers at most this many neighbours per KNN query.
+MAX_KNN = 4096
 DB_FILENAME = "memp.db"
 
 _MEMORY_COLUMNS = """
@@ -511,14 +513,21 @@ class Store:
         """Return (memory id, cosine similarity) of the `k` active memories nearest to `vector`, best first."""
         if self.embed_model() is None or k <= 0:
             return []
-        # The KNN runs alone in a CTE: sqlite-vec needs `k = ?` on the vec0 scan itself.
-        rows = self.db.execute(
-            f"WITH knn AS (SELECT memory_id, distance FROM {VEC_TABLE} WHERE embedding MATCH ? AND k = ?) "
-            "SELECT knn.memory_id, knn.distance FROM knn JOIN memories m ON m.id = knn.memory_id "
-            "WHERE m.status = 'active' ORDER BY knn.distance",
-            [_pack(vector), k],
-        ).fetchall()
-        return [(int(r[0]), 1.0 - float(r[1])) for r in rows]
+        blob = _pack(vector)
+        fetch = min(k, MAX_KNN)
+        while True:
+            # The KNN runs alone in a CTE: sqlite-vec needs `k = ?` on the vec0 scan itself. Held and retired
+            # memories are filtered after it, so widen the scan until k active ones are found or none are left.
+            rows = self.db.execute(
+                f"WITH knn AS (SELECT memory_id, distance FROM {VEC_TABLE} WHERE embedding MATCH ? AND k = ?) "
+                "SELECT knn.memory_id, knn.distance, m.status = 'active' FROM knn "
+                "JOIN memories m ON m.id = knn.memory_id ORDER BY knn.distance",
+                [blob, fetch],
+            ).fetchall()
+            active = [(int(r[0]), 1.0 - float(r[1])) for r in rows if r[2]]
+            if len(active) >= k or len(rows) < fetch or fetch >= MAX_KNN:
+                return active[:k]
+            fetch = min(fetch * 4, MAX_KNN)
 
     def random_memories(self, k: int, seed: int | None = None) -> list[int]:
         """Return the ids of up to `k` active memories drawn at random."""

@@ -111,31 +111,34 @@ def json_lines(source: Source) -> Iterator[tuple[int, Any]]:
                 if b"\x00" in raw:
                     raise InputError(source.label, number, "binary data, not a text trajectory file")
                 try:
-                    text = raw.decode("utf-8")
+                    text = raw.decode("utf-8-sig" if number == 1 else "utf-8")
                 except UnicodeDecodeError:
                     raise InputError(source.label, number, "not UTF-8 text") from None
-                try:
-                    yield number, json.loads(text)
-                except json.JSONDecodeError as exc:
-                    raise InputError(source.label, number, f"invalid JSON: {exc.msg} (column {exc.colno})") from None
+                yield number, _decode(text, source.label, number)
     except OSError as exc:
         raise InputError(source.label, None, f"cannot read: {exc.strerror}") from None
 
 
 def load_json(source: Source) -> Any:
     """Return the file decoded as one JSON document; errors name the line."""
+    return _decode(read_text(source), source.label, None)
+
+
+def _decode(text: str, label: str, line: int | None) -> Any:
+    """Return decoded JSON, or raise InputError naming the line (of the file, or within a document)."""
     try:
-        raw = source.path.read_bytes()
-    except OSError as exc:
-        raise InputError(source.label, None, f"cannot read: {exc.strerror}") from None
-    if b"\x00" in raw:
-        raise InputError(source.label, raw[: raw.index(b"\x00")].count(b"\n") + 1, "binary data, not JSON")
-    try:
-        return json.loads(raw.decode("utf-8"))
-    except UnicodeDecodeError as exc:
-        raise InputError(source.label, raw[: exc.start].count(b"\n") + 1, "not UTF-8 text") from None
+        return json.loads(text, parse_constant=_no_constant)
     except json.JSONDecodeError as exc:
-        raise InputError(source.label, exc.lineno, f"invalid JSON: {exc.msg} (column {exc.colno})") from None
+        at = line if line is not None else exc.lineno
+        raise InputError(label, at, f"invalid JSON: {exc.msg} (column {exc.colno})") from None
+    except RecursionError:
+        raise InputError(label, line, "JSON nested too deeply") from None
+    except ValueError as exc:
+        raise InputError(label, line, str(exc)) from None
+
+
+def _no_constant(name: str) -> Any:
+    raise ValueError(f"{name} is not a number JSON allows")
 
 
 def read_text(source: Source) -> str:
@@ -147,7 +150,7 @@ def read_text(source: Source) -> str:
     if b"\x00" in raw:
         raise InputError(source.label, raw[: raw.index(b"\x00")].count(b"\n") + 1, "binary data, not text")
     try:
-        return raw.decode("utf-8")
+        return raw.decode("utf-8-sig")
     except UnicodeDecodeError as exc:
         raise InputError(source.label, raw[: exc.start].count(b"\n") + 1, "not UTF-8 text") from None
 
@@ -197,8 +200,8 @@ def _first_line(source: Source) -> Any:
         with source.path.open("rb") as handle:
             for raw in handle:
                 if raw.strip():
-                    return json.loads(raw[:MAX_LINE_BYTES])
-    except (ValueError, OSError):
+                    return json.loads(raw[:MAX_LINE_BYTES].decode("utf-8-sig"))
+    except (ValueError, OSError, RecursionError):
         return None
     return None
 
