@@ -257,10 +257,22 @@ def build(
 def recall(
     task: Annotated[str, typer.Argument(help="The new task, or - to read one task per line from stdin.")],
     k: Annotated[int, typer.Option("-k", "--top", help="How many memories to return at most.")] = 3,
-    policy: Annotated[str, typer.Option("--policy", "-p", help="query (task embedding, cosine) or random.")] = "query",
+    policy: Annotated[
+        str,
+        typer.Option(
+            "--policy",
+            "-p",
+            help="query (task embedding, cosine), avefact (mean best keyword similarity), hybrid (full text and "
+            "vectors, rank-fused) or random.",
+        ),
+    ] = "query",
     min_score: Annotated[
-        Optional[float], typer.Option("--min-score", help="Drop matches below this cosine similarity (0 to 1).")
+        Optional[float],
+        typer.Option("--min-score", help="Drop matches whose task cosine similarity is below this (0 to 1), any policy."),
     ] = None,
+    confident: Annotated[
+        bool, typer.Option("--confident", help="Nothing unless confident: the calibrated floor (0.5 for memp-minilm).")
+    ] = False,
     max_tokens: Annotated[
         Optional[int], typer.Option("--max-tokens", help="Return only as many memories as fit in this many tokens.")
     ] = None,
@@ -284,11 +296,14 @@ def recall(
         fmt = output.resolve_format(fmt or "jsonl")
         for line in sys.stdin:
             if line.strip():
-                result = run_recall(store, line, k, policy, min_score, max_tokens, embed_model, rank=rank)
+                result = run_recall(
+                    store, line, k, policy, min_score, max_tokens, embed_model, rank=rank, confident=confident
+                )
                 output.show_recall(result, fmt)
         return
     fmt = output.resolve_format(fmt)
-    output.show_recall(run_recall(store, task, k, policy, min_score, max_tokens, embed_model, rank=rank), fmt)
+    result = run_recall(store, task, k, policy, min_score, max_tokens, embed_model, rank=rank, confident=confident)
+    output.show_recall(result, fmt)
 
 
 @app.command()
@@ -492,6 +507,41 @@ def stats(db: DbOpt = None, fmt: FormatOpt = None) -> None:
 
     fmt = output.resolve_format(fmt, ("table", "json", "jsonl"))
     output.show_mapping(_open(db).stats(), fmt, "memp store")
+
+
+@app.command("eval")
+@handle_errors
+def eval_(
+    paths: Annotated[list[str], typer.Argument(help="Labelled trajectory files or folders.", show_default=False)],
+    label: Annotated[
+        str, typer.Option("--label", "-l", help="Metadata field to match, e.g. task_type or repo.")
+    ] = "task_type",
+    k: Annotated[int, typer.Option("-k", help="hit@k and MRR look at this many matches.")] = 5,
+    policies: Annotated[str, typer.Option(help="Comma-separated policies to compare.")] = "query,avefact,hybrid,random",
+    test_share: Annotated[float, typer.Option(help="Share of groups held out as test tasks.")] = 0.2,
+    group: Annotated[
+        Optional[str],
+        typer.Option(help="Metadata field whose groups stay on one side of the split (default: the task text)."),
+    ] = None,
+    max_test: Annotated[Optional[int], typer.Option(help="Test at most this many tasks.")] = None,
+    input_format: Annotated[str, typer.Option("--input-format", "-F", help="As ingest's --format.")] = "auto",
+    embed_model: EmbedOpt = None,
+    fmt: FormatOpt = None,
+) -> None:
+    """Measure retrieval on labelled trajectories: hit@1, hit@k and MRR of same-label memories, per policy.
+
+    A store is built from the training side in a temporary folder; your own store is not touched.
+    """
+    from . import output
+    from .evaluate import evaluate
+
+    fmt = output.resolve_format(fmt, ("table", "json", "jsonl"))
+    result = evaluate(
+        paths, label, k, [p.strip() for p in policies.split(",") if p.strip()], test_share, group, input_format,
+        max_test, embed_model=embed_model,
+    )
+    _say(f"{result['train']} runs to learn from, {result['test']} test tasks, {result['labels']} labels")
+    output.show_eval(result, fmt)
 
 
 @app.command()

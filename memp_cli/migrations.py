@@ -135,3 +135,17 @@ def m002_outcomes_history_retirement(db: Database) -> None:
 def m003_held_memories(db: Database) -> None:
     """Why a memory is held back from recall until approved (text that reads like an instruction)."""
     db["memories"].add_column("flag", str)
+
+
+@migrations()
+def m004_keywords_and_full_text(db: Database) -> None:
+    """Per-task keywords with their vectors (AveFact), and a full-text index over task and script (hybrid)."""
+    db["keywords"].create({"id": int, "word": str, "embedding": bytes}, pk="id", not_null={"word"})
+    db["keywords"].create_index(["word"], unique=True)
+    db["memory_keywords"].create(
+        {"memory_id": int, "keyword_id": int},
+        pk=("memory_id", "keyword_id"),
+        foreign_keys=[("memory_id", "memories", "id"), ("keyword_id", "keywords", "id")],
+    )
+    # Triggers keep the index in step with every insert, revision and purge.
+    db["memories"].enable_fts(["task", "script"], create_triggers=True, tokenize="porter")

@@ -191,3 +191,27 @@ def show_retirements(rows: list[Any], fmt: str) -> None:
     for r in rows:
         table.add_row(str(r.memory_id), r.rule, r.task, r.reason)
     _console().print(table)
+
+
+def show_eval(result: dict[str, Any], fmt: str) -> None:
+    """Write `memp eval` results: one object per policy as JSON, or a table."""
+    if fmt == "json":
+        print_json(result["policies"])
+        return
+    if fmt == "jsonl":
+        for row in result["policies"]:
+            print_json(row, lines=True)
+        return
+    from rich.table import Table
+
+    k = result["policies"][0]["k"] if result["policies"] else 0
+    table = Table(title=f"label {result['label']}: {result['test']} tests, {result['train']} memories",
+                  title_justify="left")
+    for col in ("policy", "hit@1", f"hit@{k}", "MRR", "tokens", "ms median", "ms p95"):
+        table.add_column(col, justify="right" if col != "policy" else "left")
+    for row in result["policies"]:
+        table.add_row(
+            row["policy"], f"{row['hit_at_1']:.3f}", f"{row['hit_at_k']:.3f}", f"{row['mrr']:.3f}",
+            f"{row['tokens_per_recall']:.0f}", f"{row['latency_ms_median']:.1f}", f"{row['latency_ms_p95']:.1f}",
+        )
+    _console().print(table)

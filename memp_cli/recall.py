@@ -4,18 +4,26 @@ from __future__ import annotations
 
 import uuid
 from collections.abc import Sequence
+from typing import Any
 
-from .embed import get_embedder, is_default, resolve_embed_model
+from .embed import DEFAULT_EMBED_MODEL, get_embedder, is_default, resolve_embed_model
 from .errors import MempError
 from .records import Match, Recall
 from .store import Store
 
-POLICIES = ("query", "random")
+POLICIES = ("query", "avefact", "hybrid", "random")
 RANKS = ("similarity", "utility")
 # How far a memory's success estimate (0 to 1, 0.5 when nothing is known) moves its score from the cosine.
 UTILITY_WEIGHT = 0.2
-# Utility re-ranks a wider pool of nearest memories than it returns.
+# Utility re-ranks a wider pool of candidates than it returns.
 UTILITY_POOL = 4
+# Reciprocal rank fusion: each list adds 1 / (RRF_K + rank); 60 is the constant of Cormack et al. (2009).
+RRF_K = 60
+HYBRID_POOL = 50
+# --confident: the task cosine below which memp-minilm's matches are mostly of another kind of task. Measured with
+# `memp eval` on ALFWorld expert runs and on the bundled examples (see README): 0.5 keeps nearly all right top-1
+# matches and drops most cross-domain ones.
+CONFIDENT = {DEFAULT_EMBED_MODEL: 0.5}
 
 
 def new_recall_id() -> str:
@@ -35,6 +43,65 @@ def _within_budget(matches: Sequence[Match], max_tokens: int | None) -> list[Mat
     return kept
 
 
+class _KeywordCache:
+    """One AveFact keyword index per store, rebuilt only when memories or keywords change."""
+
+    def __init__(self) -> None:
+        self.key: Any = None
+        self.index: Any = None
+
+    def get(self, store: Store, embedder: Any) -> Any:
+        from . import keywords
+
+        keywords.ensure(store, embedder)
+        key = (id(store), store.keyword_state())
+        if key != self.key:
+            self.index, self.key = keywords.KeywordIndex(store), key
+        return self.index
+
+
+_keyword_cache = _KeywordCache()
+
+
+def _rrf(*ranked: Sequence[tuple[int, float]]) -> list[tuple[int, float]]:
+    """Return ids fused by reciprocal rank over several best-first lists, best first."""
+    fused: dict[int, float] = {}
+    for hits in ranked:
+        for rank, (memory_id, _) in enumerate(hits, 1):
+            fused[memory_id] = fused.get(memory_id, 0.0) + 1.0 / (RRF_K + rank)
+    return sorted(fused.items(), key=lambda kv: kv[1], reverse=True)
+
+
+def candidates(
+    store: Store, task: str, policy: str, pool: int, embedder: Any, seed: int | None = None
+) -> tuple[list[tuple[int, float]], list[float]]:
+    """Return (memory id, policy score) best first, and the task's vector."""
+    from . import keywords
+
+    # The task is embedded on its own: int8 activations are quantised per batch, so batch-mates would nudge it.
+    vector = embedder.embed([task])[0]
+    if policy == "avefact":
+        words = keywords.extract(task) or [task]
+        scored = _keyword_cache.get(store, embedder).scores(embedder.embed(words))
+        return sorted(scored, key=lambda kv: kv[1], reverse=True)[:pool], vector
+    if policy == "query":
+        return store.nearest(vector, pool), vector
+    if policy == "hybrid":
+        dense = store.nearest(vector, max(pool, HYBRID_POOL))
+        sparse = store.full_text(keywords.extract(task), max(pool, HYBRID_POOL))
+        return _rrf(dense, sparse)[:pool], vector
+    if policy == "random":
+        return [(memory_id, 0.0) for memory_id in store.random_memories(pool, seed)], vector
+    raise MempError(f"unknown recall policy {policy!r}; choose one of {', '.join(POLICIES)}")
+
+
+def confident_floor(embed_id: str) -> float:
+    """Return the calibrated --confident similarity floor for an embedding model."""
+    if embed_id not in CONFIDENT:
+        raise MempError(f"--confident is calibrated for {', '.join(CONFIDENT)} only; pass --min-score for {embed_id}")
+    return CONFIDENT[embed_id]
+
+
 def recall(
     store: Store,
     task: str,
@@ -46,8 +113,13 @@ def recall(
     seed: int | None = None,
     log: bool = True,
     rank: str = "similarity",
+    confident: bool = False,
 ) -> Recall:
-    """Return the top-`k` memories for `task`, logged under a new recall id for later outcome reporting."""
+    """Return the top-`k` memories for `task`, logged under a new recall id for later outcome reporting.
+
+    `min_score` (and `confident`) filter on `similarity`, the cosine of the two tasks, whatever the policy: one
+    threshold means the same for every policy.
+    """
     task = task.strip()
     if not task:
         raise MempError("the task is empty")
@@ -55,23 +127,24 @@ def recall(
         raise MempError("-k must be at least 1")
     if rank not in RANKS:
         raise MempError(f"unknown --rank {rank!r}; choose one of {', '.join(RANKS)}")
-    pool = k * UTILITY_POOL if rank == "utility" else k
-    if policy == "query":
-        embed_id = resolve_embed_model(store, embed_model)
-        embedder = get_embedder(None if is_default(embed_id) else embed_id)
-        hits = store.nearest(embedder.embed([task])[0], pool)
-    elif policy == "random":
-        hits = [(memory_id, 0.0) for memory_id in store.random_memories(k, seed)]
-    else:
+    if policy not in POLICIES:
         raise MempError(f"unknown recall policy {policy!r}; choose one of {', '.join(POLICIES)}")
-    if min_score is not None:
-        hits = [(i, s) for i, s in hits if s >= min_score]
-    similarity = dict(hits)
+    embed_id = resolve_embed_model(store, embed_model)
+    if confident:
+        floor = confident_floor(embed_id)
+        min_score = floor if min_score is None else max(min_score, floor)
+    embedder = get_embedder(None if is_default(embed_id) else embed_id)
+    pool = k * UTILITY_POOL if rank == "utility" else k
+    hits, vector = candidates(store, task, policy, pool, embedder, seed)
+    similarity = dict(hits) if policy == "query" else store.similarities(vector, [i for i, _ in hits])
+    scores = dict(hits)
     memories = store.get_memories([i for i, _ in hits])
-    matches = [Match(m, similarity[m.id], 0, similarity[m.id]) for m in memories]
+    matches = [Match(m, scores[m.id], 0, similarity.get(m.id, 0.0)) for m in memories]
+    if min_score is not None:
+        matches = [m for m in matches if (m.similarity or 0.0) >= min_score]
     if rank == "utility":
         for match in matches:
-            match.score = match.similarity + UTILITY_WEIGHT * (match.memory.success_mean() - 0.5)  # type: ignore[operator]
+            match.score = (match.similarity or 0.0) + UTILITY_WEIGHT * (match.memory.success_mean() - 0.5)
         matches.sort(key=lambda m: m.score, reverse=True)
     matches = _within_budget(matches[:k], max_tokens)
     for position, match in enumerate(matches, 1):

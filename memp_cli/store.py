@@ -473,6 +473,7 @@ class Store:
             for memory_id in ids:
                 tid = self.db.execute("SELECT trajectory_id FROM memories WHERE id = ?", [memory_id]).fetchone()[0]
                 self.db.execute(f"DELETE FROM {VEC_TABLE} WHERE memory_id = ?", [memory_id])
+                self.db.execute("DELETE FROM memory_keywords WHERE memory_id = ?", [memory_id])
                 self.db.execute("DELETE FROM memory_history WHERE memory_id = ?", [memory_id])
                 self.db.execute("DELETE FROM recall_items WHERE memory_id = ?", [memory_id])
                 self.db.execute("DELETE FROM outcome_items WHERE memory_id = ?", [memory_id])
@@ -629,6 +630,85 @@ class Store:
             "bytes": self.path.stat().st_size if self.path.exists() else 0,
         }
 
+
+    # -- keywords (AveFact) and full text (hybrid) -----------------------------------------------------------------
+
+    def memories_without_keywords(self) -> list[tuple[int, str]]:
+        """Return (memory id, task) of memories whose keywords were not extracted yet."""
+        rows = self.db.execute(
+            "SELECT id, task FROM memories m WHERE NOT EXISTS "
+            "(SELECT 1 FROM memory_keywords k WHERE k.memory_id = m.id) ORDER BY id"
+        ).fetchall()
+        return [(int(r[0]), str(r[1])) for r in rows]
+
+    def known_keywords(self, words: Sequence[str]) -> set[str]:
+        """Return which of `words` have a stored vector."""
+        found: set[str] = set()
+        for start in range(0, len(words), 500):
+            chunk = list(words[start : start + 500])
+            marks = ",".join("?" * len(chunk))
+            found.update(r[0] for r in self.db.execute(f"SELECT word FROM keywords WHERE word IN ({marks})", chunk))
+        return found
+
+    def add_keywords(self, vectors: dict[str, list[float]], links: Sequence[tuple[int, list[str]]]) -> None:
+        """Store keyword vectors and which memory has which keywords, in one transaction."""
+        with self.write():
+            for word, vector in vectors.items():
+                self.db.execute("INSERT OR IGNORE INTO keywords(word, embedding) VALUES (?, ?)", [word, _pack(vector)])
+            for memory_id, words in links:
+                for word in dict.fromkeys(words):
+                    self.db.execute(
+                        "INSERT OR IGNORE INTO memory_keywords(memory_id, keyword_id) "
+                        "SELECT ?, id FROM keywords WHERE word = ?",
+                        [memory_id, word],
+                    )
+
+    def keyword_state(self) -> tuple[int, ...]:
+        """Return numbers that change whenever keywords, memberships or memory statuses change."""
+        row = self.db.execute(
+            "SELECT (SELECT coalesce(max(id), 0) FROM keywords), (SELECT count(*) FROM memory_keywords), "
+            "(SELECT count(*) FROM memories WHERE status = 'active'), (SELECT coalesce(max(id), 0) FROM memories)"
+        ).fetchone()
+        return tuple(int(v) for v in row)
+
+    def keyword_index(self) -> tuple[list[int], list[list[int]], list[str], list[bytes]]:
+        """Return active memory ids, each one's keyword positions, and the keywords with their vector blobs."""
+        words, blobs, position = [], [], {}
+        for kid, word, blob in self.db.execute("SELECT id, word, embedding FROM keywords ORDER BY id"):
+            position[kid] = len(words)
+            words.append(word)
+            blobs.append(blob)
+        members: dict[int, list[int]] = {}
+        for memory_id, kid in self.db.execute(
+            "SELECT k.memory_id, k.keyword_id FROM memory_keywords k JOIN memories m ON m.id = k.memory_id "
+            "WHERE m.status = 'active' ORDER BY k.memory_id"
+        ):
+            members.setdefault(int(memory_id), []).append(position[kid])
+        ids = list(members)
+        return ids, [members[i] for i in ids], words, blobs
+
+    def full_text(self, terms: Sequence[str], n: int) -> list[tuple[int, float]]:
+        """Return (memory id, BM25 score, higher is better) of active memories matching any of `terms`."""
+        if not terms:
+            return []
+        query = " OR ".join('"' + t.replace('"', '""') + '"' for t in terms)
+        rows = self.db.execute(
+            "SELECT f.rowid, -bm25(memories_fts) AS score FROM memories_fts f JOIN memories m ON m.id = f.rowid "
+            "WHERE memories_fts MATCH ? AND m.status = 'active' ORDER BY bm25(memories_fts) LIMIT ?",
+            [query, n],
+        ).fetchall()
+        return [(int(r[0]), float(r[1])) for r in rows]
+
+    def similarities(self, vector: Sequence[float], memory_ids: Sequence[int]) -> dict[int, float]:
+        """Return the cosine between `vector` and each memory's task vector."""
+        if not memory_ids or self.embed_model() is None:
+            return {}
+        marks = ",".join("?" * len(memory_ids))
+        rows = self.db.execute(
+            f"SELECT memory_id, vec_distance_cosine(embedding, ?) FROM {VEC_TABLE} WHERE memory_id IN ({marks})",
+            [_pack(vector), *memory_ids],
+        ).fetchall()
+        return {int(r[0]): 1.0 - float(r[1]) for r in rows}
 
     def check(self) -> dict[str, Any]:
         """Return integrity findings: SQLite's own checks, and memories, vectors and trajectories that do not match."""
