@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
-from sqlite_utils import Database, Migrations
+from typing import TYPE_CHECKING, Any
 
-migrations = Migrations("memp")
+if TYPE_CHECKING:
+    from sqlite_utils import Database
+
+MIGRATION_SET = "memp"
 
 
-@migrations()
 def m001_initial(db: Database) -> None:
     """Trajectories, the memories built from them, the script cache and the recall log."""
     db["meta"].create({"key": str, "value": str}, pk="key")
@@ -78,7 +80,6 @@ def m001_initial(db: Database) -> None:
     )
 
 
-@migrations()
 def m002_outcomes_history_retirement(db: Database) -> None:
     """Outcome reports with the memories they credit, every change to a memory, and retirement."""
     db["memories"].add_column("retired_reason", str)
@@ -131,13 +132,11 @@ def m002_outcomes_history_retirement(db: Database) -> None:
     )
 
 
-@migrations()
 def m003_held_memories(db: Database) -> None:
     """Why a memory is held back from recall until approved (text that reads like an instruction)."""
     db["memories"].add_column("flag", str)
 
 
-@migrations()
 def m004_keywords_and_full_text(db: Database) -> None:
     """Per-task keywords with their vectors (AveFact), and a full-text index over task and script (hybrid)."""
     db["keywords"].create({"id": int, "word": str, "embedding": bytes}, pk="id", not_null={"word"})
@@ -149,3 +148,18 @@ def m004_keywords_and_full_text(db: Database) -> None:
     )
     # Triggers keep the index in step with every insert, revision and purge.
     db["memories"].enable_fts(["task", "script"], create_triggers=True, tokenize="porter")
+
+
+# In order. Append only: a released step is never edited, a change is a new step.
+STEPS = [m001_initial, m002_outcomes_history_retirement, m003_held_memories, m004_keywords_and_full_text]
+NAMES = [step.__name__ for step in STEPS]
+
+
+def migration_set() -> Any:
+    """Return the steps as sqlite-utils Migrations (imported here: opening an up-to-date store does not need it)."""
+    from sqlite_utils import Migrations
+
+    migrations = Migrations(MIGRATION_SET)
+    for step in STEPS:
+        migrations()(step)
+    return migrations
