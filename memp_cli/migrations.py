@@ -150,8 +150,23 @@ def m004_keywords_and_full_text(db: Database) -> None:
     db["memories"].enable_fts(["task", "script"], create_triggers=True, tokenize="porter")
 
 
+def m005_binary_index(db: Database) -> None:
+    """A binary-quantised copy of the task vectors: the first pass of recall in large stores."""
+    exists = db.execute("SELECT 1 FROM sqlite_master WHERE name = 'memory_vec'").fetchone()
+    if exists:
+        dim = int(db.execute("SELECT value FROM meta WHERE key = 'embed_dim'").fetchone()[0])
+        db.execute(f"CREATE VIRTUAL TABLE memory_bits USING vec0(memory_id INTEGER PRIMARY KEY, embedding bit[{dim}])")
+        db.execute("INSERT INTO memory_bits(memory_id, embedding) SELECT memory_id, vec_quantize_binary(embedding) FROM memory_vec")
+
+
 # In order. Append only: a released step is never edited, a change is a new step.
-STEPS = [m001_initial, m002_outcomes_history_retirement, m003_held_memories, m004_keywords_and_full_text]
+STEPS = [
+    m001_initial,
+    m002_outcomes_history_retirement,
+    m003_held_memories,
+    m004_keywords_and_full_text,
+    m005_binary_index,
+]
 NAMES = [step.__name__ for step in STEPS]
 
 
@@ -163,3 +178,4 @@ def migration_set() -> Any:
     for step in STEPS:
         migrations()(step)
     return migrations
+

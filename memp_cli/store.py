@@ -17,6 +17,12 @@ from .records import Memory, Script, Trajectory
 
 BUSY_TIMEOUT_MS = 30_000
 VEC_TABLE = "memory_vec"
+BIT_TABLE = "memory_bits"
+# From this many memories on, recall scans one-bit vectors first and rescores the best OVERSAMPLE × k (at least
+# MIN_CANDIDATES) with the full vectors: 30x less to scan, same top results (see bench/run.py for recall@k).
+QUANTIZED_ABOVE = 20_000
+OVERSAMPLE = 10
+MIN_CANDIDATES = 100
 # sqlite-vec answers at most this many neighbours per KNN query.
 MAX_KNN = 4096
 DB_FILENAME = "memp.db"
@@ -43,6 +49,16 @@ def default_path() -> Path:
     return Path(typer.get_app_dir("memp")) / DB_FILENAME
 
 
+def _vec_extension() -> str:
+    """Return the path of sqlite-vec's loadable extension, without importing its Python module (which loads numpy)."""
+    import importlib.util
+
+    spec = importlib.util.find_spec("sqlite_vec")
+    if spec is None or not spec.submodule_search_locations:
+        raise StoreError("sqlite-vec is not installed")
+    return os.path.join(list(spec.submodule_search_locations)[0], "vec0")
+
+
 def _pack(vector: Sequence[float]) -> bytes:
     """Return a float32 blob as sqlite-vec reads it."""
     return struct.pack(f"{len(vector)}f", *vector)
@@ -66,7 +82,6 @@ class Store:
 
     def __init__(self, path: Path) -> None:
         import sqlean
-        import sqlite_vec
 
         self.path = path
         try:
@@ -76,7 +91,7 @@ class Store:
                 os.close(os.open(path, os.O_CREAT | os.O_WRONLY, 0o600))
             conn = sqlean.connect(str(path), timeout=BUSY_TIMEOUT_MS / 1000)
             conn.enable_load_extension(True)
-            sqlite_vec.load(conn)
+            conn.load_extension(_vec_extension())
             conn.enable_load_extension(False)
             # Queries run on the plain connection; sqlite-utils is loaded only to migrate (it costs 0.1 s to import).
             self.db = conn
@@ -172,6 +187,10 @@ class Store:
                 f"CREATE VIRTUAL TABLE IF NOT EXISTS {VEC_TABLE} USING vec0("
                 f"memory_id INTEGER PRIMARY KEY, embedding float[{dim}] distance_metric=cosine)"
             )
+            self.db.execute(
+                f"CREATE VIRTUAL TABLE IF NOT EXISTS {BIT_TABLE} USING vec0("
+                f"memory_id INTEGER PRIMARY KEY, embedding bit[{dim}])"
+            )
             self.db.execute("INSERT OR REPLACE INTO meta(key, value) VALUES ('embed_model', ?)", [model_id])
             self.db.execute("INSERT OR REPLACE INTO meta(key, value) VALUES ('embed_dim', ?)", [str(dim)])
 
@@ -263,9 +282,11 @@ class Store:
                     ],
                 )
                 memory_id = int(cur.lastrowid or 0)
+                blob = _pack(item.vector)
+                self.db.execute(f"INSERT INTO {VEC_TABLE}(memory_id, embedding) VALUES (?, ?)", [memory_id, blob])
                 self.db.execute(
-                    f"INSERT INTO {VEC_TABLE}(memory_id, embedding) VALUES (?, ?)",
-                    [memory_id, _pack(item.vector)],
+                    f"INSERT INTO {BIT_TABLE}(memory_id, embedding) VALUES (?, vec_quantize_binary(?))",
+                    [memory_id, blob],
                 )
                 self._history(
                     memory_id, 1, "built", None, None, item.script.text if item.script else None,
@@ -484,6 +505,7 @@ class Store:
             for memory_id in ids:
                 tid = self.db.execute("SELECT trajectory_id FROM memories WHERE id = ?", [memory_id]).fetchone()[0]
                 self.db.execute(f"DELETE FROM {VEC_TABLE} WHERE memory_id = ?", [memory_id])
+                self.db.execute(f"DELETE FROM {BIT_TABLE} WHERE memory_id = ?", [memory_id])
                 self.db.execute("DELETE FROM memory_keywords WHERE memory_id = ?", [memory_id])
                 self.db.execute("DELETE FROM memory_history WHERE memory_id = ?", [memory_id])
                 self.db.execute("DELETE FROM recall_items WHERE memory_id = ?", [memory_id])
@@ -521,22 +543,44 @@ class Store:
 
     # -- reading --------------------------------------------------------------------------------------------------
 
-    def nearest(self, vector: Sequence[float], k: int) -> list[tuple[int, float]]:
-        """Return (memory id, cosine similarity) of the `k` active memories nearest to `vector`, best first."""
+    def vector_count(self) -> int:
+        """Return how many vectors the store holds."""
+        if self.embed_model() is None:
+            return 0
+        return int(self.db.execute(f"SELECT count(*) FROM {VEC_TABLE}").fetchone()[0])
+
+    def nearest(self, vector: Sequence[float], k: int, exact: bool | None = None) -> list[tuple[int, float]]:
+        """Return (memory id, cosine similarity) of the `k` active memories nearest to `vector`, best first.
+
+        Large stores search the binary index first (unless `exact`); small ones scan the full vectors.
+        """
         if self.embed_model() is None or k <= 0:
             return []
+        if exact is None:
+            exact = self.vector_count() < QUANTIZED_ABOVE
         blob = _pack(vector)
         fetch = min(k, MAX_KNN)
         while True:
-            # The KNN runs alone in a CTE: sqlite-vec needs `k = ?` on the vec0 scan itself. Held and retired
-            # memories are filtered after it, so widen the scan until k active ones are found or none are left.
-            rows = self.db.execute(
-                f"WITH knn AS (SELECT memory_id, distance FROM {VEC_TABLE} WHERE embedding MATCH ? AND k = ?) "
-                "SELECT knn.memory_id, knn.distance, m.status = 'active' FROM knn "
-                "JOIN memories m ON m.id = knn.memory_id ORDER BY knn.distance",
-                [blob, fetch],
-            ).fetchall()
+            if exact:
+                # The KNN runs alone in a CTE: sqlite-vec needs `k = ?` on the vec0 scan itself.
+                sql = (
+                    f"WITH knn AS (SELECT memory_id, distance FROM {VEC_TABLE} WHERE embedding MATCH ? AND k = ?) "
+                    "SELECT knn.memory_id, knn.distance, m.status = 'active' FROM knn "
+                    "JOIN memories m ON m.id = knn.memory_id ORDER BY knn.distance"
+                )
+                params: list[Any] = [blob, fetch]
+            else:
+                sql = (
+                    f"WITH candidates AS (SELECT memory_id FROM {BIT_TABLE} "
+                    "WHERE embedding MATCH vec_quantize_binary(?) AND k = ?) "
+                    "SELECT c.memory_id, vec_distance_cosine(v.embedding, ?) AS d, m.status = 'active' "
+                    f"FROM candidates c JOIN {VEC_TABLE} v ON v.memory_id = c.memory_id "
+                    "JOIN memories m ON m.id = c.memory_id ORDER BY d"
+                )
+                params = [blob, min(MAX_KNN, max(MIN_CANDIDATES, OVERSAMPLE * fetch)), blob]
+            rows = self.db.execute(sql, params).fetchall()
             active = [(int(r[0]), 1.0 - float(r[1])) for r in rows if r[2]]
+            # Held and retired memories are filtered after the scan: widen it until k active ones are found.
             if len(active) >= k or len(rows) < fetch or fetch >= MAX_KNN:
                 return active[:k]
             fetch = min(fetch * 4, MAX_KNN)
@@ -757,6 +801,9 @@ class Store:
             stray = self.db.execute(
                 f"SELECT count(*) FROM {VEC_TABLE} v WHERE NOT EXISTS (SELECT 1 FROM memories m WHERE m.id = v.memory_id)"
             ).fetchone()[0]
+            bits = self.db.execute(f"SELECT count(*) FROM {BIT_TABLE}").fetchone()[0]
+            if bits != counts["vectors"]:
+                problems.append(f"the binary index holds {bits} vectors, not {counts['vectors']}")
             if missing:
                 problems.append(f"{missing} memories have no vector")
             if stray:

@@ -77,10 +77,17 @@ class FakePlugin:
         register(FakeEmbed())
 
 
+@pytest.fixture(scope="session")
+def model_cache(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """One cache of the optimised embedding model for the whole run, as a user's machine keeps one."""
+    return tmp_path_factory.mktemp("memp-cache")
+
+
 @pytest.fixture(autouse=True)
-def isolated(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[Path]:
+def isolated(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, model_cache: Path) -> Iterator[Path]:
     """Give every test its own store and llm user dir, with no keys and no memp settings from outside."""
     monkeypatch.setenv("MEMP_DB", str(tmp_path / "memp.db"))
+    monkeypatch.setenv("MEMP_CACHE", str(model_cache))
     monkeypatch.setenv("LLM_USER_PATH", str(tmp_path / "llm"))
     monkeypatch.setenv("MEMP_RETRY_DELAY", "0")
     for var in ("MEMP_MODEL", "MEMP_EMBED_MODEL", "MEMP_FORMAT", "OPENAI_API_KEY", "LLM_OPENAI_SHOW_RESPONSES"):

@@ -144,3 +144,26 @@ def test_help_imports_no_heavy_module() -> None:
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
     assert "Usage: memp" in out
     assert out.strip().splitlines()[-1] == "HEAVY="
+
+
+def test_quantized_search_returns_the_exact_top_results(memp, isolated: Path, monkeypatch) -> None:
+    import memp_cli.store as store_module
+    from memp_cli.store import open_store
+
+    # Rescore only 12 of the 41 memories, so the binary pass really chooses.
+    monkeypatch.setattr(store_module, "MIN_CANDIDATES", 12)
+    monkeypatch.setattr(store_module, "OVERSAMPLE", 4)
+    memp("ingest", str(EXAMPLES))
+    rows = [traj(f"{verb} the {thing} in room {i}") for i, (verb, thing) in enumerate(
+        (v, t) for v in ("clean", "repair", "paint", "move", "check") for t in ("desk", "lamp", "door", "sink", "oven")
+    )]
+    memp("ingest", str(write_jsonl(isolated / "more.jsonl", rows)), "--build", "trajectory")
+    store = open_store(isolated / "memp.db")
+    assert store.vector_count() == 41
+    for task in ("clean a cup and put it in the coffee machine", "repair the oven", "free disk space", "nginx"):
+        vector = OnnxEmbedder().embed([task])[0]
+        exact = store.nearest(vector, 3, exact=True)
+        quantized = store.nearest(vector, 3, exact=False)
+        assert [i for i, _ in quantized] == [i for i, _ in exact]
+        assert [round(s, 5) for _, s in quantized] == [round(s, 5) for _, s in exact]
+    assert memp.json("check")["ok"] is True
