@@ -150,8 +150,8 @@ def test_quantized_search_returns_the_exact_top_results(memp, isolated: Path, mo
     import memp_cli.store as store_module
     from memp_cli.store import open_store
 
-    # Rescore only 12 of the 41 memories, so the binary pass really chooses.
-    monkeypatch.setattr(store_module, "MIN_CANDIDATES", 12)
+    # Rescore only 20 of the 41 memories, so the binary pass really chooses.
+    monkeypatch.setattr(store_module, "MIN_CANDIDATES", 20)
     monkeypatch.setattr(store_module, "OVERSAMPLE", 4)
     memp("ingest", str(EXAMPLES))
     rows = [traj(f"{verb} the {thing} in room {i}") for i, (verb, thing) in enumerate(
