@@ -1,0 +1,28 @@
+"""The benchmark script runs and reports what it promises (numbers are printed by it, never asserted here)."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def test_bench_runs_on_a_small_store(tmp_path: Path) -> None:
+    cmd = [sys.executable, str(ROOT / "bench/run.py"), "--sizes", "300", "--runs", "3", "--batch", "20",
+           "--ingest", "40", "--format", "json"]
+    done = subprocess.run(cmd, capture_output=True, text=True, timeout=600, env={
+        **__import__("os").environ, "MEMP_CACHE": str(tmp_path / "cache"), "LLM_USER_PATH": str(tmp_path / "llm"),
+    })
+    assert done.returncode == 0, done.stderr[-2000:]
+    result = json.loads(done.stdout)
+    (row,) = result["sizes"]
+    assert row["size"] == 300 and result["ingest"]["trajectories"] == 40
+    assert row["search"]["default"]["recall_at_5"] == 1.0  # below the threshold memp scans exactly
+    assert 0 < row["search"]["binary"]["recall_at_5"] <= 1
+    assert row["llm_similar"]["fresh_process_ms_median"] > 0 and row["speedup_in_process"] > 0
+    for key in ("recall_fresh_ms_median", "recall_fresh_ms_p95", "recall_peak_rss_mb", "batch_recall_qps",
+                "store_bytes_per_memory"):
+        assert row[key] > 0
