@@ -19,7 +19,7 @@ from typing import Any
 from . import records
 from .formats import native
 from .ingest import IngestOptions, IngestReport, ingest
-from .prune import Retirement, Rules, plan
+from .prune import Retirement, Rules, plan_store
 from .recall import recall
 from .records import Recall, Trajectory
 from .store import Store, open_store
@@ -66,15 +66,7 @@ class Memory:
 
     def prune(self, apply: bool = False, **rules: Any) -> list[Retirement]:
         """Return the prune plan (rules are Rules fields); carry it out with apply=True."""
-        retirements = plan(
-            self.store.list_memories(status="active"),
-            Rules(**rules),
-            lambda m: self.store.nearest(self.store.vector(m.id), 10),
-        )
-        if apply:
-            for r in retirements:
-                self.store.retire(r.memory_id, f"{r.rule}: {r.reason}", r.merge_into)
-        return retirements
+        return plan_store(self.store, Rules(**rules), apply)[0]
 
     def get(self, memory_id: int) -> records.Memory:
         """Return one stored memory."""

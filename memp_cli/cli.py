@@ -407,7 +407,7 @@ def prune(
 ) -> None:
     """Plan which memories to retire, with a reason each; --apply retires them (restorable until --purge)."""
     from . import output
-    from .prune import Rules, plan
+    from .prune import Rules, plan_store
 
     fmt = output.resolve_format(fmt, ("table", "json", "jsonl"))
     store = _open(db)
@@ -416,12 +416,8 @@ def prune(
         return
     rules = Rules(discard=discard, confident_below=confident_below, stale_days=stale_days, dedupe=dedupe,
                   max_memories=max_memories)
-    memories = store.list_memories(status="active")
-    retirements = plan(memories, rules, lambda m: store.nearest(store.vector(m.id), 10))
-    if apply:
-        for r in retirements:
-            store.retire(r.memory_id, f"{r.rule}: {r.reason}", r.merge_into)
-    _say(f"{'retired' if apply else 'would retire'} {len(retirements)} of {len(memories)} active memories"
+    retirements, active = plan_store(store, rules, apply)
+    _say(f"{'retired' if apply else 'would retire'} {len(retirements)} of {active} active memories"
          + ("" if apply or not retirements else "; --apply to do it"))
     output.show_retirements(retirements, fmt)
 

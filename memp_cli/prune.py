@@ -5,8 +5,12 @@ from __future__ import annotations
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass
 from datetime import datetime, timedelta, timezone
+from typing import TYPE_CHECKING
 
 from .records import Memory
+
+if TYPE_CHECKING:
+    from .store import Store
 
 
 @dataclass
@@ -98,3 +102,13 @@ def plan(
         for m in kept[rules.max_memories :]:
             retire(m, "capacity", f"over the cap of {rules.max_memories} memories, least useful first")
     return list(out.values())
+
+
+def plan_store(store: Store, rules: Rules, apply: bool = False) -> tuple[list[Retirement], int]:
+    """Return the plan for a store's active memories (and how many there are); carry it out when `apply`."""
+    memories = store.list_memories(status="active")
+    retirements = plan(memories, rules, lambda m: store.nearest(store.vector(m.id), 10))
+    if apply:
+        for r in retirements:
+            store.retire(r.memory_id, f"{r.rule}: {r.reason}", r.merge_into)
+    return retirements, len(memories)

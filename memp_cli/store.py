@@ -361,18 +361,7 @@ class Store:
 
     def approve(self, memory_id: int) -> str | None:
         """Let a held memory into recall; return the flag it was held for (None if it was not held)."""
-        with self.write():
-            row = self.db.execute(
-                "SELECT version, script, trajectory, status, flag FROM memories WHERE id = ?", [memory_id]
-            ).fetchone()
-            if row is None:
-                raise NotFoundError(f"no memory with id {memory_id}")
-            if row[3] != "held":
-                return None
-            self.db.execute("UPDATE memories SET status = 'active', flag = NULL WHERE id = ?", [memory_id])
-            self._history(memory_id, row[0], "approved", row[1], row[2], row[1], row[2], None,
-                          f"approved despite {row[4]}", now())
-            return str(row[4])
+        return self._reactivate(memory_id, "held", "approved")
 
     def history(self, memory_id: int) -> list[dict[str, Any]]:
         """Return every change to a memory, oldest first."""
@@ -490,21 +479,27 @@ class Store:
 
     def restore(self, memory_id: int) -> None:
         """Bring a retired memory back into recall."""
-        stamp = now()
+        self._reactivate(memory_id, "retired", "restored")
+
+    def _reactivate(self, memory_id: int, from_status: str, event: str) -> str | None:
+        """Make a held or retired memory active again, with a history row; return why it was out of recall."""
         with self.write():
             row = self.db.execute(
-                "SELECT version, script, trajectory, status FROM memories WHERE id = ?", [memory_id]
+                "SELECT version, script, trajectory, status, coalesce(flag, retired_reason) FROM memories WHERE id = ?",
+                [memory_id],
             ).fetchone()
             if row is None:
                 raise NotFoundError(f"no memory with id {memory_id}")
-            if row[3] == "active":
-                return
+            if row[3] != from_status:
+                return None
             self.db.execute(
-                "UPDATE memories SET status = 'active', retired_reason = NULL, retired_at = NULL, merged_into = NULL "
-                "WHERE id = ?",
+                "UPDATE memories SET status = 'active', flag = NULL, retired_reason = NULL, retired_at = NULL, "
+                "merged_into = NULL WHERE id = ?",
                 [memory_id],
             )
-            self._history(memory_id, row[0], "restored", row[1], row[2], row[1], row[2], None, "restored", stamp)
+            reason = f"{event} (was {from_status}: {row[4]})"
+            self._history(memory_id, row[0], event, row[1], row[2], row[1], row[2], None, reason, now())
+            return str(row[4])
 
     def purge_retired(self) -> int:
         """Delete retired memories for good, with their vectors, history, trajectories and cached scripts."""
