@@ -294,6 +294,8 @@ def recall(
     store = _open(db)
     if task == "-":
         fmt = output.resolve_format(fmt or "jsonl")
+        if policy in ("query", "hybrid"):
+            store.preload_vectors()
         for line in sys.stdin:
             if line.strip():
                 result = run_recall(

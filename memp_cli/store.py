@@ -87,6 +87,7 @@ class Store:
         self.path = path
         self._embed: tuple[str, int] | None = None
         self._vectors: int | None = None
+        self._preloaded: Any = None
         try:
             path.parent.mkdir(parents=True, exist_ok=True)
             if not path.exists():
@@ -552,13 +553,43 @@ class Store:
             self._vectors = int(self.db.execute("SELECT count(*) FROM memories").fetchone()[0])
         return self._vectors
 
+    def preload_vectors(self) -> None:
+        """Hold the active memories' vectors in memory, for many searches in one process (batch recall).
+
+        Reading them costs one scan (~0.1 s at 10k memories); each search is then an exact matrix product (~1 ms at
+        10k), instead of a scan of the vector table per query. Writes made meanwhile are not seen by it.
+        """
+        import numpy as np
+
+        if self.embed_model() is None:
+            return
+        rows = self.db.execute(
+            f"SELECT v.memory_id, v.embedding FROM {VEC_TABLE} v JOIN memories m ON m.id = v.memory_id "
+            "WHERE m.status = 'active'"
+        ).fetchall()
+        dim = self.embed_model()[1]  # type: ignore[index]
+        ids = np.array([r[0] for r in rows], dtype=np.int64)
+        matrix = np.frombuffer(b"".join(r[1] for r in rows), dtype=np.float32).reshape(len(rows), dim)
+        self._preloaded = (ids, matrix)
+
     def nearest(self, vector: Sequence[float], k: int, exact: bool | None = None) -> list[tuple[int, float]]:
         """Return (memory id, cosine similarity) of the `k` active memories nearest to `vector`, best first.
 
-        Large stores search the binary index first (unless `exact`); small ones scan the full vectors.
+        Large stores search the binary index first (unless `exact`); small ones scan the full vectors; preloaded
+        vectors are searched in memory.
         """
         if self.embed_model() is None or k <= 0:
             return []
+        if self._preloaded is not None and exact is None:
+            import numpy as np
+
+            ids, matrix = self._preloaded
+            if not len(ids):
+                return []
+            sims = matrix @ np.asarray(vector, dtype=np.float32)
+            top = np.argpartition(-sims, min(k, len(ids)) - 1)[:k]
+            top = top[np.argsort(-sims[top])]
+            return [(int(ids[i]), float(sims[i])) for i in top]
         if exact is None:
             exact = self.vector_count() < QUANTIZED_ABOVE
         blob = _pack(vector)

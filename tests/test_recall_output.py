@@ -61,6 +61,11 @@ def test_jsonl_batch_from_stdin(memp, stocked) -> None:
     assert first["matches"][0]["metadata"]["task_type"] == "tls_renewal"
     assert second["matches"][0]["metadata"]["task_type"] == "pick_cool_then_place"
     assert first["recall_id"] != second["recall_id"]
+    # Batch mode searches preloaded vectors in memory: the same answers as one recall at a time.
+    for line in (first, second):
+        single = memp.json("recall", line["task"], "-k", "1")["matches"]
+        assert [m["memory_id"] for m in single] == [m["memory_id"] for m in line["matches"]]
+        assert single[0]["similarity"] == pytest.approx(line["matches"][0]["similarity"], abs=1e-4)
 
 
 def test_prompt_format_fences_memories_as_data(memp, tmp_path: Path) -> None:
