@@ -512,7 +512,8 @@ def stats(db: DbOpt = None, fmt: FormatOpt = None) -> None:
 def eval_(
     paths: Annotated[list[str], typer.Argument(help="Labelled trajectory files or folders.", show_default=False)],
     label: Annotated[
-        str, typer.Option("--label", "-l", help="Metadata field to match, e.g. task_type or repo.")
+        str,
+        typer.Option("--label", "-l", help="Metadata field to match, e.g. task_type or repo; or outcome."),
     ] = "task_type",
     k: Annotated[int, typer.Option("-k", help="hit@k and MRR look at this many matches.")] = 5,
     policies: Annotated[str, typer.Option(help="Comma-separated policies to compare.")] = "query,avefact,hybrid,random",

@@ -38,6 +38,11 @@ class PolicyScore:
         return {key: round(value, 4) if isinstance(value, float) else value for key, value in asdict(self).items()}
 
 
+def label_of(metadata: dict[str, Any], outcome: str | None, label: str) -> Any:
+    """Return a run's label: a metadata field, or its outcome when the label is "outcome"."""
+    return outcome if label == "outcome" else metadata.get(label)
+
+
 def _is_test(key: str, share: float) -> bool:
     """Return True for the share of keys that go to the test side (stable across runs and machines)."""
     digest = hashlib.sha256(key.encode("utf-8")).digest()
@@ -79,7 +84,7 @@ def evaluate(
         for src in outcome_files:
             options.outcomes.update(formats.read_outcomes(src))
         runs = [t for src in found for t in formats.read(src, fmt, options)]
-    labelled = [r for r in runs if r.metadata.get(label) is not None]
+    labelled = [r for r in runs if label_of(r.metadata, r.outcome, label) is not None]
     if not labelled:
         raise MempError(f"no trajectory has the label {label!r} in its metadata")
     train, test = split(labelled, label, group, test_share)
@@ -97,8 +102,8 @@ def evaluate(
                 started = time.perf_counter()
                 result = recall(store, run.task, k, policy, embed_model=embed_model, seed=i, log=False)
                 latencies.append(1000 * (time.perf_counter() - started))
-                want = run.metadata[label]
-                labels = [m.memory.metadata.get(label) for m in result.matches]
+                want = label_of(run.metadata, run.outcome, label)
+                labels = [label_of(m.memory.metadata, m.memory.outcome, label) for m in result.matches]
                 hits1 += labels[:1] == [want]
                 hitsk += want in labels
                 reciprocal += 1 / (labels.index(want) + 1) if want in labels else 0.0
@@ -116,7 +121,7 @@ def evaluate(
         store.close()
     return {
         "label": label,
-        "labels": len({r.metadata[label] for r in labelled}),
+        "labels": len({label_of(r.metadata, r.outcome, label) for r in labelled}),
         "train": len(train),
         "test": len(test),
         "unlabelled": len(runs) - len(labelled),

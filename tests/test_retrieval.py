@@ -121,6 +121,8 @@ def test_eval_command_reports_every_policy(memp) -> None:
     assert query["hit_at_1"] >= 0.6
     table = memp("eval", str(EXAMPLES), "--label", "env", "--test-share", "0.4", "--format", "table").stdout
     assert "hit@1" in table and "avefact" in table
+    by_outcome = memp.json("eval", str(EXAMPLES), "--label", "outcome", "--test-share", "0.4")
+    assert len(by_outcome) == 4 and all(r["tests"] == rows[0]["tests"] for r in by_outcome)
     bad = memp("eval", str(EXAMPLES), "--label", "nope", ok=False)
     assert bad.exit_code == 1 and "no trajectory has the label 'nope'" in bad.stderr
 
