@@ -273,6 +273,13 @@ def recall(
     confident: Annotated[
         bool, typer.Option("--confident", help="Nothing unless confident: the calibrated floor (0.5 for memp-minilm).")
     ] = False,
+    keywords_model: Annotated[
+        Optional[str],
+        typer.Option(
+            help="llm model that extracts AveFact keywords (default: $MEMP_KEYWORDS_MODEL, else what the store used, "
+            "else offline). Changing it extracts the memories' keywords again."
+        ),
+    ] = None,
     max_tokens: Annotated[
         Optional[int], typer.Option("--max-tokens", help="Return only as many memories as fit in this many tokens.")
     ] = None,
@@ -299,12 +306,16 @@ def recall(
         for line in sys.stdin:
             if line.strip():
                 result = run_recall(
-                    store, line, k, policy, min_score, max_tokens, embed_model, rank=rank, confident=confident
+                    store, line, k, policy, min_score, max_tokens, embed_model, rank=rank, confident=confident,
+                    keywords_model=keywords_model,
                 )
                 output.show_recall(result, fmt)
         return
     fmt = output.resolve_format(fmt)
-    result = run_recall(store, task, k, policy, min_score, max_tokens, embed_model, rank=rank, confident=confident)
+    result = run_recall(
+        store, task, k, policy, min_score, max_tokens, embed_model, rank=rank, confident=confident,
+        keywords_model=keywords_model,
+    )
     output.show_recall(result, fmt)
 
 
@@ -524,6 +535,9 @@ def eval_(
     ] = None,
     max_test: Annotated[Optional[int], typer.Option(help="Test at most this many tasks.")] = None,
     input_format: Annotated[str, typer.Option("--input-format", "-F", help="As ingest's --format.")] = "auto",
+    keywords_model: Annotated[
+        Optional[str], typer.Option(help="llm model that extracts AveFact keywords (default: offline).")
+    ] = None,
     embed_model: EmbedOpt = None,
     fmt: FormatOpt = None,
 ) -> None:
@@ -537,7 +551,7 @@ def eval_(
     fmt = output.resolve_format(fmt, ("table", "json", "jsonl"))
     result = evaluate(
         paths, label, k, [p.strip() for p in policies.split(",") if p.strip()], test_share, group, input_format,
-        max_test, embed_model=embed_model,
+        max_test, embed_model=embed_model, keywords_model=keywords_model,
     )
     _say(f"{result['train']} runs to learn from, {result['test']} test tasks, {result['labels']} labels")
     output.show_eval(result, fmt)

@@ -72,6 +72,7 @@ def evaluate(
     build: str = "trajectory",
     embed_model: str | None = None,
     on_progress: Callable[[int], None] | None = None,
+    keywords_model: str | None = None,
 ) -> dict[str, Any]:
     """Return the split's sizes and one PolicyScore per policy."""
     unknown = [p for p in policies if p not in POLICIES]
@@ -100,7 +101,10 @@ def evaluate(
             reciprocal, tokens, latencies = 0.0, [], []
             for i, run in enumerate(test):
                 started = time.perf_counter()
-                result = recall(store, run.task, k, policy, embed_model=embed_model, seed=i, log=False)
+                result = recall(
+                    store, run.task, k, policy, embed_model=embed_model, seed=i, log=False,
+                    keywords_model=keywords_model,
+                )
                 latencies.append(1000 * (time.perf_counter() - started))
                 want = label_of(run.metadata, run.outcome, label)
                 labels = [label_of(m.memory.metadata, m.memory.outcome, label) for m in result.matches]

@@ -50,10 +50,10 @@ class _KeywordCache:
         self.key: Any = None
         self.index: Any = None
 
-    def get(self, store: Store, embedder: Any) -> Any:
+    def get(self, store: Store, embedder: Any, extractor: Any) -> Any:
         from . import keywords
 
-        keywords.ensure(store, embedder)
+        keywords.ensure(store, embedder, extractor)
         key = (id(store), store.keyword_state())
         if key != self.key:
             self.index, self.key = keywords.KeywordIndex(store), key
@@ -73,7 +73,8 @@ def _rrf(*ranked: Sequence[tuple[int, float]]) -> list[tuple[int, float]]:
 
 
 def candidates(
-    store: Store, task: str, policy: str, pool: int, embedder: Any, seed: int | None = None
+    store: Store, task: str, policy: str, pool: int, embedder: Any, seed: int | None = None,
+    keywords_model: str | None = None,
 ) -> tuple[list[tuple[int, float]], list[float]]:
     """Return (memory id, policy score) best first, and the task's vector."""
     from . import keywords
@@ -81,8 +82,10 @@ def candidates(
     # The task is embedded on its own: int8 activations are quantised per batch, so batch-mates would nudge it.
     vector = embedder.embed([task])[0]
     if policy == "avefact":
-        words = keywords.extract(task) or [task]
-        scored = _keyword_cache.get(store, embedder).scores(embedder.embed(words))
+        extractor = keywords.extractor_for(store, keywords_model)
+        index = _keyword_cache.get(store, embedder, extractor)
+        words = extractor(task) or [task]
+        scored = index.scores(embedder.embed(words))
         return sorted(scored, key=lambda kv: kv[1], reverse=True)[:pool], vector
     if policy == "query":
         return store.nearest(vector, pool), vector
@@ -114,6 +117,7 @@ def recall(
     log: bool = True,
     rank: str = "similarity",
     confident: bool = False,
+    keywords_model: str | None = None,
 ) -> Recall:
     """Return the top-`k` memories for `task`, logged under a new recall id for later outcome reporting.
 
@@ -135,7 +139,7 @@ def recall(
         min_score = floor if min_score is None else max(min_score, floor)
     embedder = get_embedder(None if is_default(embed_id) else embed_id)
     pool = k * UTILITY_POOL if rank == "utility" else k
-    hits, vector = candidates(store, task, policy, pool, embedder, seed)
+    hits, vector = candidates(store, task, policy, pool, embedder, seed, keywords_model)
     similarity = dict(hits) if policy == "query" else store.similarities(vector, [i for i, _ in hits])
     scores = dict(hits)
     memories = store.get_memories([i for i, _ in hits])

@@ -730,6 +730,11 @@ class Store:
         ).fetchall()
         return [(int(r[0]), str(r[1])) for r in rows]
 
+    def reset_keywords(self) -> None:
+        """Forget which memory has which keywords (another extractor will fill them in again)."""
+        with self.write():
+            self.db.execute("DELETE FROM memory_keywords")
+
     def known_keywords(self, words: Sequence[str]) -> set[str]:
         """Return which of `words` have a stored vector."""
         found: set[str] = set()

@@ -136,3 +136,20 @@ def test_eval_on_alfworld_expert(memp) -> None:
     # Measured on this third of the folders: avefact 0.875, query 0.66 (the full set: 0.915 and 0.865).
     assert by["avefact"]["hit_at_1"] >= 0.8 and by["avefact"]["hit_at_1"] > by["query"]["hit_at_1"]
     assert by["avefact"]["mrr"] > by["random"]["mrr"] + 0.4
+
+
+def test_avefact_keywords_from_a_model(memp, fake_chat, tmp_path: Path) -> None:
+    _store(memp, tmp_path, {"water the garden": "garden", "repair the bike": "bike"})
+    memp.json("recall", "fix my bicycle", "-p", "avefact")  # offline keywords first
+    fake_chat.queue('["water", "garden"]', '{"keywords": ["repair", "bicycle"]}', '["fix", "bicycle"]')
+    got = memp.json("recall", "fix my bicycle", "-p", "avefact", "-k", "1", "--keywords-model", "fake-chat")
+    assert got["matches"][0]["task"] == "repair the bike"
+    assert [p.prompt.split("<task>\n")[1].split("\n")[0] for p in fake_chat.prompts] == [
+        "water the garden", "repair the bike", "fix my bicycle",
+    ]
+    # The store remembers its extractor: the next recall asks the model for the new task's keywords only.
+    fake_chat.queue('["water", "plants"]')
+    assert _top(memp, "water the plants", "avefact", "-k", "1") == ["water the garden"]
+    assert len(fake_chat.prompts) == 4
+    bad = memp("recall", "x", "-p", "avefact", "--keywords-model", "no-such-model", ok=False)
+    assert bad.exit_code == 1 and "keyword model no-such-model unavailable" in bad.stderr
