@@ -11,6 +11,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any, TypeVar
 
+from .errors import ModelError
 from .records import Script, Step, Trajectory
 from .tokens import count_tokens
 
@@ -208,6 +209,18 @@ def offline_script(traj: Trajectory) -> Script:
     return Script(offline_procedure(traj).render(), OFFLINE_MODEL, OFFLINE_VERSION)
 
 
+def chat_model(name: str, role: str = "model") -> Any:
+    """Return the `llm` chat model called `name` (id or alias), or raise ModelError when it is unknown or lacks a key."""
+    import llm
+
+    try:
+        model = llm.get_model(name)
+        model.get_key()  # raises when the model needs a key nobody set
+    except (llm.UnknownModelError, llm.NeedsKeyException) as exc:
+        raise ModelError(f"{role} {name} unavailable: {exc}") from None
+    return model
+
+
 def resolve_model_name(name: str | None) -> str:
     """Return the chat model to use: the name given, else $MEMP_MODEL, else llm's default."""
     if name:
@@ -229,13 +242,10 @@ class Distiller:
         self.fallbacks = 0
         if self.model_name == OFFLINE_MODEL:
             return
-        import llm
-
         try:
-            candidate = llm.get_model(self.model_name)
-            candidate.get_key()  # raises when the model needs a key nobody set
-        except (llm.UnknownModelError, llm.NeedsKeyException) as exc:
-            self.warn(f"model {self.model_name} unavailable ({exc}); using the offline distiller")
+            candidate = chat_model(self.model_name)
+        except ModelError as exc:
+            self.warn(f"{exc}; using the offline distiller")
             return
         self._model = candidate
         self.model_name = candidate.model_id

@@ -91,13 +91,9 @@ class ModelJudge:
     """Asks an `llm` model to grade the run against a rubric."""
 
     def __init__(self, model: str) -> None:
-        import llm
+        from .distill import chat_model
 
-        try:
-            self._model = llm.get_model(model)
-            self._model.get_key()
-        except (llm.UnknownModelError, llm.NeedsKeyException) as exc:
-            raise MempError(f"judge model {model} unavailable: {exc}") from None
+        self._model = chat_model(model, "judge model")
         self.name = f"model:{self._model.model_id}"
 
     def score(self, traj: Trajectory) -> tuple[float, str | None]:

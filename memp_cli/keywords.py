@@ -9,7 +9,6 @@ import sys
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
-from .errors import MempError
 
 if TYPE_CHECKING:
     from .embed import Embedder
@@ -60,13 +59,9 @@ class Extractor:
         self._model: Any = None
         self.name = OFFLINE
         if model and model != OFFLINE:
-            import llm
+            from .distill import chat_model
 
-            try:
-                self._model = llm.get_model(model)
-                self._model.get_key()
-            except (llm.UnknownModelError, llm.NeedsKeyException) as exc:
-                raise MempError(f"keyword model {model} unavailable: {exc}") from None
+            self._model = chat_model(model, "keyword model")
             self.name = self._model.model_id
 
     def __call__(self, task: str) -> list[str]:
