@@ -159,6 +159,13 @@ def m005_binary_index(db: Database) -> None:
         db.execute("INSERT INTO memory_bits(memory_id, embedding) SELECT memory_id, vec_quantize_binary(embedding) FROM memory_vec")
 
 
+
+def m006_plain_vectors(db: Database) -> None:
+    """Task vectors in a plain table too: sqlite-vec's vec0 answers lookups by id in ~0.3 ms each, this in ~5 us."""
+    db.execute("CREATE TABLE memory_vectors (memory_id INTEGER PRIMARY KEY, embedding BLOB NOT NULL)")
+    if db.execute("SELECT 1 FROM sqlite_master WHERE name = 'memory_vec'").fetchone():
+        db.execute("INSERT INTO memory_vectors(memory_id, embedding) SELECT memory_id, embedding FROM memory_vec")
+
 # In order. Append only: a released step is never edited, a change is a new step.
 STEPS = [
     m001_initial,
@@ -166,6 +173,7 @@ STEPS = [
     m003_held_memories,
     m004_keywords_and_full_text,
     m005_binary_index,
+    m006_plain_vectors,
 ]
 NAMES = [step.__name__ for step in STEPS]
 
