@@ -214,8 +214,7 @@ def ingest_throughput(tmp: Path, n: int, seed: int) -> dict[str, Any]:
     with src.open("w") as out:
         for i in range(n):
             run = trajectory(rng, i)
-            out.write(json.dumps({"task": run.task, "steps": [s.to_dict() for s in run.steps],
-                                  "outcome": run.outcome}) + "\n")
+            out.write(json.dumps(run.to_dict()) + "\n")
     seconds, rss = timed_process([*MEMP, "ingest", str(src), "--db", str(tmp / "ingest.db"), "-m", "offline"])
     return {"trajectories": n, "per_second": round(n / seconds, 1), "peak_rss_mb": rss}
 

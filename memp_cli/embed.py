@@ -36,7 +36,6 @@ class OnnxEmbedder:
     """all-MiniLM-L6-v2, int8 ONNX, run with onnxruntime and tokenizers: no torch, no download."""
 
     model_id = DEFAULT_EMBED_MODEL
-    dimensions = 384
 
     def __init__(self, folder: Path = MODEL_DIR) -> None:
         import onnxruntime

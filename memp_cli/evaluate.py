@@ -6,7 +6,7 @@ import hashlib
 import statistics
 import tempfile
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
@@ -49,9 +49,7 @@ def _is_test(key: str, share: float) -> bool:
     return int.from_bytes(digest[:4], "big") / 2**32 < share
 
 
-def split(
-    runs: Sequence[Trajectory], label: str, group: str | None, share: float
-) -> tuple[list[Trajectory], list[Trajectory]]:
+def split(runs: Sequence[Trajectory], group: str | None, share: float) -> tuple[list[Trajectory], list[Trajectory]]:
     """Return (train, test): whole groups (by `group` metadata, else by task text) fall on one side only."""
     train, test = [], []
     for run in runs:
@@ -71,7 +69,6 @@ def evaluate(
     max_test: int | None = None,
     build: str = "trajectory",
     embed_model: str | None = None,
-    on_progress: Callable[[int], None] | None = None,
     keywords_model: str | None = None,
 ) -> dict[str, Any]:
     """Return the split's sizes and one PolicyScore per policy."""
@@ -88,7 +85,7 @@ def evaluate(
     labelled = [r for r in runs if label_of(r.metadata, r.outcome, label) is not None]
     if not labelled:
         raise MempError(f"no trajectory has the label {label!r} in its metadata")
-    train, test = split(labelled, label, group, test_share)
+    train, test = split(labelled, group, test_share)
     test = test[:max_test] if max_test else test
     if not train or not test:
         raise MempError(f"the split left {len(train)} to learn from and {len(test)} to test; add data or change --test-share")
@@ -112,8 +109,6 @@ def evaluate(
                 hitsk += want in labels
                 reciprocal += 1 / (labels.index(want) + 1) if want in labels else 0.0
                 tokens.append(sum(m.memory.tokens for m in result.matches))
-                if on_progress:
-                    on_progress(1)
             latencies.sort()
             n = len(test)
             rows.append(

@@ -65,15 +65,7 @@ class CommandJudge:
 
     def score(self, traj: Trajectory) -> tuple[float, str | None]:
         """Return the command's score for `traj`."""
-        payload = json.dumps(
-            {
-                "task": traj.task,
-                "steps": [s.to_dict() for s in traj.steps],
-                "outcome": traj.outcome,
-                "score": traj.score,
-                "metadata": traj.metadata,
-            }
-        )
+        payload = json.dumps(traj.to_dict())
         try:
             done = subprocess.run(
                 self.command, shell=True, input=payload, capture_output=True, text=True, timeout=TIMEOUT_S

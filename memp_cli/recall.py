@@ -53,10 +53,11 @@ class _KeywordCache:
     def get(self, store: Store, embedder: Any, extractor: Any) -> Any:
         from . import keywords
 
-        keywords.ensure(store, embedder, extractor)
-        key = (id(store), store.keyword_state())
-        if key != self.key:
-            self.index, self.key = keywords.KeywordIndex(store), key
+        if (id(store), extractor.name, store.keyword_state()) != self.key:
+            # Memories or statuses changed: extract what is missing, then rebuild the index once.
+            keywords.ensure(store, embedder, extractor)
+            self.index = keywords.KeywordIndex(store)
+            self.key = (id(store), extractor.name, store.keyword_state())
         return self.index
 
 

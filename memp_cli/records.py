@@ -7,10 +7,8 @@ import json
 import math
 from dataclasses import asdict, dataclass, field
 from functools import cached_property
-from typing import Any, Literal
+from typing import Any
 
-Outcome = Literal["success", "failure"]
-BuildPolicy = Literal["trajectory", "script", "proceduralization"]
 BUILD_POLICIES: tuple[str, ...] = ("trajectory", "script", "proceduralization")
 OUTCOMES: tuple[str, ...] = ("success", "failure")
 
@@ -59,6 +57,17 @@ class Trajectory:
             separators=(",", ":"),
         )
         return hashlib.sha256(canonical.encode("utf-8")).hexdigest()[:32]
+
+    def to_dict(self) -> dict[str, Any]:
+        """Return the trajectory as a record of memp's native format."""
+        return {
+            "task": self.task,
+            "steps": [s.to_dict() for s in self.steps],
+            "outcome": self.outcome,
+            "score": self.score,
+            "id": self.source_id,
+            "metadata": self.metadata,
+        }
 
     def render(self) -> str:
         """Return the trajectory as compact text for a prompt."""

@@ -12,7 +12,8 @@ from . import formats
 from .distill import SCHEMA, SYSTEM, Distiller, DistillError, offline_procedure, parse_procedure, with_retries
 from .errors import MempError, NotFoundError
 from .guard import flag
-from .records import OUTCOMES, Memory, Step, Trajectory, render_memory
+from .formats import native
+from .records import OUTCOMES, Memory, Trajectory, render_memory
 from .store import Store
 from .tokens import count_tokens
 
@@ -81,28 +82,15 @@ def read_one_trajectory(path: str, fmt: str = "auto") -> Trajectory:
 
 
 def _trajectory_json(traj: Trajectory) -> str:
+    """Return a run as JSON in the native format, with where it came from, to apply its policy later."""
     return json.dumps(
-        {
-            "task": traj.task,
-            "steps": [s.to_dict() for s in traj.steps],
-            "outcome": traj.outcome,
-            "score": traj.score,
-            "metadata": traj.metadata,
-            "source_file": traj.source_file,
-            "source_line": traj.source_line,
-            "id": traj.source_id,
-        },
-        ensure_ascii=False,
+        {**traj.to_dict(), "source_file": traj.source_file, "source_line": traj.source_line}, ensure_ascii=False
     )
 
 
 def _trajectory_from_json(text: str) -> Trajectory:
     data = json.loads(text)
-    steps = [Step(**s) for s in data["steps"]]
-    return Trajectory(
-        data["task"], steps, data["outcome"], data.get("score"), data.get("id"), data.get("metadata") or {},
-        data.get("source_file"), data.get("source_line"),
-    )
+    return native.parse_line(data, data.get("source_file") or "<update>", data.get("source_line") or 0)
 
 
 class Reviser:

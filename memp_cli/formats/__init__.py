@@ -111,10 +111,10 @@ def json_lines(source: Source) -> Iterator[tuple[int, Any]]:
                 if b"\x00" in raw:
                     raise InputError(source.label, number, "binary data, not a text trajectory file")
                 try:
-                    text = raw.decode("utf-8-sig" if number == 1 else "utf-8")
+                    decoded = raw.decode("utf-8-sig" if number == 1 else "utf-8")
                 except UnicodeDecodeError:
                     raise InputError(source.label, number, "not UTF-8 text") from None
-                yield number, _decode(text, source.label, number)
+                yield number, _decode(decoded, source.label, number)
     except OSError as exc:
         raise InputError(source.label, None, f"cannot read: {exc.strerror}") from None
 
