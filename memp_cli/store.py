@@ -17,15 +17,16 @@ from .records import Memory, Script, Trajectory
 
 BUSY_TIMEOUT_MS = 30_000
 VEC_TABLE = "memory_vec"
-BIT_TABLE = "memory_bits"
+# The sign bits of the task vectors, packed in pages (see bits.py): the first pass of recall in large stores.
+BIT_TABLE = "memory_bit_pages"
 # The same vectors in a plain table, for reads by id (rescoring, similarities): vec0 point lookups are slow.
 PLAIN_TABLE = "memory_vectors"
-# From this many memories on, recall scans one-bit vectors first and rescores the best OVERSAMPLE × k (at least
-# MIN_CANDIDATES) with the full vectors from the plain table. Measured here at 100k: 26 ms against 105 ms for the
-# exact scan, recall@5 0.98-0.99 against exact; below 10k the exact scan takes under 10 ms anyway.
-QUANTIZED_ABOVE = 10_000
-OVERSAMPLE = 10
-MIN_CANDIDATES = 100
+# From this many memories on, recall scans the sign bits first and rescores the best OVERSAMPLE × k (at least
+# MIN_CANDIDATES) with the full vectors from the plain table: see bench/run.py for the times and recall@5 against
+# the exact scan at each size.
+QUANTIZED_ABOVE = 5_000
+OVERSAMPLE = 20
+MIN_CANDIDATES = 200
 # sqlite-vec answers at most this many neighbours per KNN query.
 MAX_KNN = 4096
 DB_FILENAME = "memp.db"
@@ -198,10 +199,6 @@ class Store:
                 f"CREATE VIRTUAL TABLE IF NOT EXISTS {VEC_TABLE} USING vec0("
                 f"memory_id INTEGER PRIMARY KEY, embedding float[{dim}] distance_metric=cosine)"
             )
-            self.db.execute(
-                f"CREATE VIRTUAL TABLE IF NOT EXISTS {BIT_TABLE} USING vec0("
-                f"memory_id INTEGER PRIMARY KEY, embedding bit[{dim}])"
-            )
             self.db.execute("INSERT OR REPLACE INTO meta(key, value) VALUES ('embed_model', ?)", [model_id])
             self.db.execute("INSERT OR REPLACE INTO meta(key, value) VALUES ('embed_dim', ?)", [str(dim)])
 
@@ -249,6 +246,7 @@ class Store:
         added: dict[str, int] = {}
         if not items:
             return added
+        vectors: list[list[float]] = []
         with self.write():
             self._ensure_vectors(embed_model, len(items[0].vector))
             stamp = now()
@@ -296,16 +294,45 @@ class Store:
                 blob = _pack(item.vector)
                 self.db.execute(f"INSERT INTO {VEC_TABLE}(memory_id, embedding) VALUES (?, ?)", [memory_id, blob])
                 self.db.execute(f"INSERT INTO {PLAIN_TABLE}(memory_id, embedding) VALUES (?, ?)", [memory_id, blob])
-                self.db.execute(
-                    f"INSERT INTO {BIT_TABLE}(memory_id, embedding) VALUES (?, vec_quantize_binary(?))",
-                    [memory_id, blob],
-                )
+                vectors.append(item.vector)
                 self._history(
                     memory_id, 1, "built", None, None, item.script.text if item.script else None,
                     item.trajectory_text, item.script.model if item.script else None, "ingested", stamp,
                 )
                 added[traj.id] = memory_id
+            if added:
+                self._append_bits(list(added.values()), vectors)
         return added
+
+    def _append_bits(self, memory_ids: Sequence[int], vectors: Sequence[Sequence[float]]) -> None:
+        """Add memories' sign bits to the bit pages, filling the last page first (inside a write)."""
+        from . import bits
+
+        row = self.db.execute(f"SELECT page, ids, bits FROM {BIT_TABLE} ORDER BY page DESC LIMIT 1").fetchone()
+        last = None
+        first = 0
+        if row is not None:
+            first = int(row[0])
+            if len(row[1]) // 8 < bits.PAGE_VECTORS:
+                last = (row[1], row[2])
+            else:
+                first += 1
+        for offset, (ids_blob, bits_blob) in enumerate(bits.append(last, memory_ids, bits.sign_bits(vectors))):
+            self.db.execute(
+                f"INSERT OR REPLACE INTO {BIT_TABLE}(page, ids, bits) VALUES (?, ?, ?)",
+                [first + offset, ids_blob, bits_blob],
+            )
+
+    def _drop_bits(self, memory_ids: set[int]) -> None:
+        """Take memories out of the bit pages (inside a write)."""
+        from . import bits
+
+        for page, ids_blob, bits_blob in self.db.execute(f"SELECT page, ids, bits FROM {BIT_TABLE}").fetchall():
+            kept = bits.without((ids_blob, bits_blob), memory_ids)
+            if kept is None:
+                self.db.execute(f"DELETE FROM {BIT_TABLE} WHERE page = ?", [page])
+            elif len(kept[0]) != len(ids_blob):
+                self.db.execute(f"UPDATE {BIT_TABLE} SET ids = ?, bits = ? WHERE page = ?", [*kept, page])
 
     def set_script(self, memory_id: int, trajectory_id: str, script: Script, tokens: int) -> None:
         """Replace a memory's script (a rebuild) as a new version, caching the new one."""
@@ -512,7 +539,6 @@ class Store:
             for memory_id in ids:
                 tid = self.db.execute("SELECT trajectory_id FROM memories WHERE id = ?", [memory_id]).fetchone()[0]
                 self.db.execute(f"DELETE FROM {VEC_TABLE} WHERE memory_id = ?", [memory_id])
-                self.db.execute(f"DELETE FROM {BIT_TABLE} WHERE memory_id = ?", [memory_id])
                 self.db.execute(f"DELETE FROM {PLAIN_TABLE} WHERE memory_id = ?", [memory_id])
                 self.db.execute("DELETE FROM memory_keywords WHERE memory_id = ?", [memory_id])
                 self.db.execute("DELETE FROM memory_history WHERE memory_id = ?", [memory_id])
@@ -521,6 +547,8 @@ class Store:
                 self.db.execute("DELETE FROM memories WHERE id = ?", [memory_id])
                 self.db.execute("DELETE FROM scripts WHERE trajectory_id = ?", [tid])
                 self.db.execute("DELETE FROM trajectories WHERE id = ?", [tid])
+            if ids:
+                self._drop_bits(set(ids))
         return len(ids)
 
     def vector(self, memory_id: int) -> list[float]:
@@ -598,6 +626,7 @@ class Store:
             exact = self.vector_count() < QUANTIZED_ABOVE
         blob = _pack(vector)
         fetch = min(k, MAX_KNN)
+        pages = None
         while True:
             if exact:
                 # The KNN runs alone in a CTE: sqlite-vec needs `k = ?` on the vec0 scan itself.
@@ -608,14 +637,18 @@ class Store:
                 )
                 params: list[Any] = [blob, fetch]
             else:
+                from . import bits
+
+                if pages is None:
+                    pages = self.db.execute(f"SELECT ids, bits FROM {BIT_TABLE}").fetchall()
+                candidates = bits.nearest(pages, vector, min(MAX_KNN, max(MIN_CANDIDATES, OVERSAMPLE * fetch)))
+                marks = ",".join("?" * len(candidates))
                 sql = (
-                    f"WITH candidates AS (SELECT memory_id FROM {BIT_TABLE} "
-                    "WHERE embedding MATCH vec_quantize_binary(?) AND k = ?) "
-                    "SELECT c.memory_id, vec_distance_cosine(v.embedding, ?) AS d, m.status = 'active' "
-                    f"FROM candidates c JOIN {PLAIN_TABLE} v ON v.memory_id = c.memory_id "
-                    "JOIN memories m ON m.id = c.memory_id ORDER BY d"
+                    "SELECT v.memory_id, vec_distance_cosine(v.embedding, ?) AS d, m.status = 'active' "
+                    f"FROM {PLAIN_TABLE} v JOIN memories m ON m.id = v.memory_id "
+                    f"WHERE v.memory_id IN ({marks}) ORDER BY d"
                 )
-                params = [blob, min(MAX_KNN, max(MIN_CANDIDATES, OVERSAMPLE * fetch)), blob]
+                params = [blob, *candidates]
             rows = self.db.execute(sql, params).fetchall()
             active = [(int(r[0]), 1.0 - float(r[1])) for r in rows if r[2]]
             # Held and retired memories are filtered after the scan: widen it until k active ones are found.
@@ -844,8 +877,11 @@ class Store:
             stray = self.db.execute(
                 f"SELECT count(*) FROM {VEC_TABLE} v WHERE NOT EXISTS (SELECT 1 FROM memories m WHERE m.id = v.memory_id)"
             ).fetchone()[0]
-            for table, what in ((BIT_TABLE, "the binary index"), (PLAIN_TABLE, "the plain vector table")):
-                held = self.db.execute(f"SELECT count(*) FROM {table}").fetchone()[0]
+            for sql, what in (
+                (f"SELECT coalesce(sum(length(ids)), 0) / 8 FROM {BIT_TABLE}", "the bit pages"),
+                (f"SELECT count(*) FROM {PLAIN_TABLE}", "the plain vector table"),
+            ):
+                held = self.db.execute(sql).fetchone()[0]
                 if held != counts["vectors"]:
                     problems.append(f"{what} holds {held} vectors, not {counts['vectors']}")
             if missing:
