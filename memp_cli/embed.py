@@ -36,11 +36,11 @@ class OnnxEmbedder:
 
     model_id = DEFAULT_EMBED_MODEL
 
-    def __init__(self, folder: Path = MODEL_DIR) -> None:
+    def __init__(self, folder: Path = MODEL_DIR, tokenizer: Any = None) -> None:
         import onnxruntime
 
         self._session = _load_session(onnxruntime, _model_file(folder))
-        self._tokenizer = _tokenizer(folder)
+        self._tokenizer = tokenizer or _tokenizer(folder)
 
     def embed(self, texts: Sequence[str]) -> list[list[float]]:
         """Return L2-normalised mean-pooled vectors, as sentence-transformers computes them."""
@@ -76,21 +76,23 @@ class MiniLM:
         self._model_file = _model_file(folder)
         self._onnx: OnnxEmbedder | None = None
         self._numpy: Any = None
+        self._tokenizer: Any = None
         self._texts = 0
 
     def embed(self, texts: Sequence[str]) -> list[list[float]]:
         """Return one unit vector per text."""
         self._texts += len(texts)
+        if self._tokenizer is None:
+            self._tokenizer = _tokenizer(self._folder)
         if self._onnx is None and self._texts > self.FEW:
-            self._onnx = OnnxEmbedder(self._folder)
+            self._onnx = OnnxEmbedder(self._folder, self._tokenizer)
         if self._onnx is not None:
             return self._onnx.embed(texts)
         if self._numpy is None:
             from . import minilm
 
-            self._numpy = (minilm.load(self._model_file, _derived(self._model_file, "weights")), _tokenizer(self._folder))
-        model, tokenizer = self._numpy
-        return [model.vector(tokenizer.encode(text)).tolist() for text in texts]
+            self._numpy = minilm.load(self._model_file, _derived(self._model_file, "weights"))
+        return [self._numpy.vector(self._tokenizer.encode(text)).tolist() for text in texts]
 
 
 def _model_file(folder: Path) -> Path:
