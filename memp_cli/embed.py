@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import hashlib
 import os
 from collections.abc import Sequence
 from functools import lru_cache
@@ -91,7 +90,7 @@ class MiniLM:
         if self._numpy is None:
             from . import minilm
 
-            self._numpy = minilm.load(self._model_file, _derived(self._model_file, "weights"))
+            self._numpy = minilm.load(self._model_file, _derived(self._model_file, "weights", minilm.FORMAT))
         return [self._numpy.vector(self._tokenizer.encode(text)).tolist() for text in texts]
 
 
@@ -120,17 +119,18 @@ def cache_dir() -> Path:
     """Return where memp keeps files it derives on this machine: $MEMP_CACHE, else a cache folder in the app dir."""
     if os.environ.get("MEMP_CACHE"):
         return Path(os.environ["MEMP_CACHE"])
-    import click
+    import typer  # its own copy of click's get_app_dir: importing click as well would cost ~13 ms
 
-    return Path(click.get_app_dir("memp")) / "cache"
+    return Path(typer.get_app_dir("memp")) / "cache"
 
 
 def _derived(model_file: Path, kind: str, version: str = "") -> Path | None:
     """Return where this machine keeps a file derived from the model (keyed by the model file and `version`)."""
     try:
         stat = model_file.stat()
-        key = f"{version}-{stat.st_size}-{stat.st_mtime_ns}"
-        return cache_dir() / f"memp-minilm-{hashlib.sha256(key.encode()).hexdigest()[:16]}.{kind}"
+        # Named by the model file's size and mtime in plain text: hashing them would load OpenSSL (~5 ms) for nothing.
+        key = f"{stat.st_size}-{stat.st_mtime_ns}" + (f"-{version}" if version else "")
+        return cache_dir() / f"memp-minilm-{key}.{kind}"
     except OSError:
         return None
 

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-import uuid
+import os
 from collections.abc import Sequence
 from typing import Any
 
@@ -28,7 +28,8 @@ CONFIDENT = {DEFAULT_EMBED_MODEL: 0.5}
 
 def new_recall_id() -> str:
     """Return a short unique id for a recall."""
-    return "r-" + uuid.uuid4().hex[:12]
+    # 48 random bits, as uuid4().hex[:12] gave, without importing uuid (~10 ms of a fresh recall).
+    return "r-" + os.urandom(6).hex()
 
 
 def _within_budget(matches: Sequence[Match], max_tokens: int | None) -> list[Match]:

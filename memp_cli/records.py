@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import hashlib
 import json
 import math
 from dataclasses import asdict, dataclass, field
@@ -56,6 +55,8 @@ class Trajectory:
             ensure_ascii=False,
             separators=(",", ":"),
         )
+        import hashlib  # here, not at the top: loading OpenSSL costs a fresh `memp recall` ~5 ms it never uses
+
         return hashlib.sha256(canonical.encode("utf-8")).hexdigest()[:32]
 
     def to_dict(self) -> dict[str, Any]:

@@ -580,9 +580,13 @@ class Store:
     # -- reading --------------------------------------------------------------------------------------------------
 
     def vector_count(self) -> int:
-        """Return how many memories the store holds (read once per open store: it only picks the search path)."""
+        """Return how many vectors the store holds (read once per open store: it only picks the search path)."""
         if self._vectors is None:
-            self._vectors = int(self.db.execute("SELECT count(*) FROM memories").fetchone()[0])
+            # Summed from the bit pages' id blobs (a few dozen rows, their lengths read from the record headers):
+            # count(*) over memories walks an index of every memory, ~2.5 ms of a fresh recall at 100k.
+            self._vectors = int(
+                self.db.execute(f"SELECT coalesce(sum(length(ids)), 0) / 8 FROM {BIT_TABLE}").fetchone()[0]
+            )
         return self._vectors
 
     def preload_vectors(self) -> None:

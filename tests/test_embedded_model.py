@@ -10,7 +10,7 @@ import pytest
 from conftest import EXAMPLES, SHARED
 
 from memp_cli.embed import MAX_TOKENS, MODEL_DIR, MiniLM, OnnxEmbedder
-from memp_cli.wordpiece import WordPiece
+from memp_cli.wordpiece import Vocabulary, WordPiece
 
 REFERENCE = json.loads((Path(__file__).parent / "data" / "minilm_reference.json").read_text())
 TRICKY = [
@@ -45,15 +45,22 @@ def real_texts() -> list[str]:
     return texts
 
 
-def test_tokenizer_gives_the_ids_of_the_tokenizers_library_on_tricky_text() -> None:
+@pytest.mark.parametrize("lookup", ["search", "dict"])
+def test_tokenizer_gives_the_ids_of_the_tokenizers_library_on_tricky_text(
+    lookup: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
     from tokenizers import Tokenizer
 
     reference = Tokenizer.from_file(str(MODEL_DIR / "tokenizer.json"))
     reference.enable_truncation(max_length=MAX_TOKENS)
     reference.no_padding()
-    ours = WordPiece(MODEL_DIR / "vocab.txt", MAX_TOKENS)
+    if lookup == "dict":
+        monkeypatch.setattr(Vocabulary, "SEARCH_BUDGET", 0)
     for text in TRICKY + example_tasks():
+        # A new tokenizer per text: each starts by searching the file (a fresh `memp recall`) unless told not to.
+        ours = WordPiece(MODEL_DIR / "vocab.txt", MAX_TOKENS)
         assert ours.encode(text) == reference.encode(text).ids, text
+        assert (ours.vocab._ids is not None) == (lookup == "dict") or len(text) > 1000
     assert len(ours.encode("word " * 400)) == MAX_TOKENS
 
 
@@ -111,11 +118,11 @@ def test_weight_cache_is_written_once_and_rebuilt_when_damaged(model_cache: Path
     from memp_cli import minilm
     from memp_cli.embed import _derived
 
-    path = _derived(MODEL_DIR / "model.onnx", "weights")
+    path = _derived(MODEL_DIR / "model.onnx", "weights", minilm.FORMAT)
     assert path is not None and path.parent == model_cache
     MiniLM().embed(["warm the cache"])
     assert path.exists()
     before = MiniLM().embed(["put a mug in the sink"])[0]
     path.write_bytes(b"\x00" * 16)
     assert MiniLM().embed(["put a mug in the sink"])[0] == before
-    assert minilm.map_weights(path)["l0.q.w"].shape == (384, 384)
+    assert minilm.map_weights(path)["l0.qkv.w"].shape == (3 * 384, 384)
