@@ -297,27 +297,56 @@ def recall(
 ) -> None:
     """Recall the memories that best fit TASK. Prints a recall id to report the outcome with later."""
     from . import output
-    from .recall import recall as run_recall
+    from .recall import recall_many
 
     store = _open(db)
+    options = dict(
+        k=k, policy=policy, min_score=min_score, max_tokens=max_tokens, embed_model=embed_model, rank=rank,
+        confident=confident, keywords_model=keywords_model,
+    )
     if task == "-":
         fmt = output.resolve_format(fmt or "jsonl")
         if policy in ("query", "hybrid"):
             store.preload_vectors()
-        for line in sys.stdin:
-            if line.strip():
-                result = run_recall(
-                    store, line, k, policy, min_score, max_tokens, embed_model, rank=rank, confident=confident,
-                    keywords_model=keywords_model,
-                )
+        for tasks in _waiting_lines():
+            for result in recall_many(store, tasks, **options):
                 output.show_recall(result, fmt)
+            sys.stdout.flush()
         return
     fmt = output.resolve_format(fmt)
-    result = run_recall(
-        store, task, k, policy, min_score, max_tokens, embed_model, rank=rank, confident=confident,
-        keywords_model=keywords_model,
-    )
-    output.show_recall(result, fmt)
+    output.show_recall(recall_many(store, [task], **options)[0], fmt)
+
+
+# Most tasks recalled together: enough to keep every core embedding, few enough that answers flow steadily.
+BATCH_LINES = 64
+
+
+def _waiting_lines() -> Any:
+    """Yield the non-blank lines of stdin in groups: whatever has arrived, at most BATCH_LINES at a time.
+
+    An agent that writes one task and waits gets its answer at once; a file or a pipe full of tasks is recalled
+    in groups, which embed side by side on every core and are logged in one write.
+    """
+    try:
+        fd = sys.stdin.fileno()
+    except (AttributeError, OSError, ValueError):
+        fd = None  # stdin is not a file (tests, embedding hosts): read it line by line
+    if fd is None:
+        lines = [line for line in sys.stdin if line.strip()]
+        for start in range(0, len(lines), BATCH_LINES):
+            yield lines[start : start + BATCH_LINES]
+        return
+    encoding = sys.stdin.encoding or "utf-8"
+    pending = b""
+    while True:
+        chunk = os.read(fd, 1 << 16)  # returns what has arrived (one line from a terminal), b"" at the end
+        pending += chunk
+        *complete, pending = pending.split(b"\n") if chunk else [*pending.split(b"\n"), b""]
+        lines = [text for text in (line.decode(encoding, "replace") for line in complete) if text.strip()]
+        for start in range(0, len(lines), BATCH_LINES):
+            yield lines[start : start + BATCH_LINES]
+        if not chunk:
+            return
 
 
 @app.command()

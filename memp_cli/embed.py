@@ -43,20 +43,27 @@ class OnnxEmbedder:
 
     def embed(self, texts: Sequence[str]) -> list[list[float]]:
         """Return L2-normalised mean-pooled vectors, as sentence-transformers computes them."""
-        import numpy as np
-
-        out: list[list[float]] = []
         # One text per run: the int8 graph quantises activations with one scale per input tensor, so in a padded
         # batch a text's vector depended on its batchmates (cosine 0.98-0.99 to itself embedded alone). One at a
-        # time every text gets the same vector wherever it is embedded, at ~200 texts/s instead of ~300.
-        for text in texts:
-            ids = np.asarray([self._tokenizer.encode(text)], dtype=np.int64)
-            (hidden,) = self._session.run(
-                None, {"input_ids": ids, "attention_mask": np.ones_like(ids), "token_type_ids": np.zeros_like(ids)}
-            )
-            pooled = hidden[0].mean(axis=0)
-            out.append((pooled / max(float(np.linalg.norm(pooled)), 1e-12)).tolist())
-        return out
+        # time every text gets the same vector wherever it is embedded. Many texts run on several threads at once
+        # (onnxruntime releases the GIL and its sessions take concurrent runs): one core each.
+        workers = min(len(texts), threads())
+        if workers <= 1:
+            return [self._one(text) for text in texts]
+        from concurrent.futures import ThreadPoolExecutor
+
+        with ThreadPoolExecutor(workers) as pool:
+            return list(pool.map(self._one, texts))
+
+    def _one(self, text: str) -> list[float]:
+        import numpy as np
+
+        ids = np.asarray([self._tokenizer.encode(text)], dtype=np.int64)
+        (hidden,) = self._session.run(
+            None, {"input_ids": ids, "attention_mask": np.ones_like(ids), "token_type_ids": np.zeros_like(ids)}
+        )
+        pooled = hidden[0].mean(axis=0)
+        return (pooled / max(float(np.linalg.norm(pooled)), 1e-12)).tolist()
 
 
 class MiniLM:
@@ -107,10 +114,18 @@ def _tokenizer(folder: Path) -> Any:
     return WordPiece(folder / "vocab.txt", MAX_TOKENS)
 
 
+def threads() -> int:
+    """Return how many texts memp embeds at once: $MEMP_THREADS, else one per core."""
+    try:
+        return max(1, int(os.environ.get("MEMP_THREADS") or os.cpu_count() or 1))
+    except ValueError:
+        return 1
+
+
 def _options(onnxruntime: Any) -> Any:
     options = onnxruntime.SessionOptions()
-    # Agents call memp in parallel; one intra-op thread each avoids oversubscribing small machines.
-    options.intra_op_num_threads = int(os.environ.get("MEMP_THREADS", "1"))
+    # One thread inside each run: agents call memp in parallel, and many texts run side by side instead (threads()).
+    options.intra_op_num_threads = 1
     options.log_severity_level = 3
     return options
 

@@ -188,6 +188,22 @@ def m007_bit_pages(db: Database) -> None:
         page += 1
 
 
+def m008_full_text_on_text_changes(db: Database) -> None:
+    """Re-index a memory's full text only when its task or script changes, not on every recall's counter update.
+
+    sqlite-utils' trigger fired on any update: each recall re-tokenised the task and script of every memory it
+    returned (~0.5 ms a memory, most of the cost of logging a recall).
+    """
+    db.execute("DROP TRIGGER IF EXISTS memories_au")
+    db.execute(
+        'CREATE TRIGGER "memories_au" AFTER UPDATE OF "task", "script" ON "memories" BEGIN\n'
+        '  INSERT INTO "memories_fts" ("memories_fts", rowid, "task", "script") '
+        'VALUES(\'delete\', old.rowid, old."task", old."script");\n'
+        '  INSERT INTO "memories_fts" (rowid, "task", "script") VALUES (new.rowid, new."task", new."script");\n'
+        "END"
+    )
+
+
 # In order. Append only: a released step is never edited, a change is a new step.
 STEPS = [
     m001_initial,
@@ -197,6 +213,7 @@ STEPS = [
     m005_binary_index,
     m006_plain_vectors,
     m007_bit_pages,
+    m008_full_text_on_text_changes,
 ]
 NAMES = [step.__name__ for step in STEPS]
 

@@ -75,28 +75,26 @@ def _rrf(*ranked: Sequence[tuple[int, float]]) -> list[tuple[int, float]]:
 
 
 def candidates(
-    store: Store, task: str, policy: str, pool: int, embedder: Any, seed: int | None = None,
+    store: Store, task: str, vector: list[float], policy: str, pool: int, embedder: Any, seed: int | None = None,
     keywords_model: str | None = None,
-) -> tuple[list[tuple[int, float]], list[float]]:
-    """Return (memory id, policy score) best first, and the task's vector."""
+) -> list[tuple[int, float]]:
+    """Return (memory id, policy score) best first for a task and its vector."""
     from . import keywords
 
-    # The task is embedded on its own: int8 activations are quantised per batch, so batch-mates would nudge it.
-    vector = embedder.embed([task])[0]
     if policy == "avefact":
         extractor = keywords.extractor_for(store, keywords_model)
         index = _keyword_cache.get(store, embedder, extractor)
         words = extractor(task) or [task]
         scored = index.scores(embedder.embed(words))
-        return sorted(scored, key=lambda kv: kv[1], reverse=True)[:pool], vector
+        return sorted(scored, key=lambda kv: kv[1], reverse=True)[:pool]
     if policy == "query":
-        return store.nearest(vector, pool), vector
+        return store.nearest(vector, pool)
     if policy == "hybrid":
         dense = store.nearest(vector, max(pool, HYBRID_POOL))
         sparse = store.full_text(keywords.extract(task), max(pool, HYBRID_POOL))
-        return _rrf(dense, sparse)[:pool], vector
+        return _rrf(dense, sparse)[:pool]
     if policy == "random":
-        return [(memory_id, 0.0) for memory_id in store.random_memories(pool, seed)], vector
+        return [(memory_id, 0.0) for memory_id in store.random_memories(pool, seed)]
     raise MempError(f"unknown recall policy {policy!r}; choose one of {', '.join(POLICIES)}")
 
 
@@ -107,9 +105,17 @@ def confident_floor(embed_id: str) -> float:
     return CONFIDENT[embed_id]
 
 
-def recall(
+def recall(store: Store, task: str, k: int = 3, policy: str = "query", **options: Any) -> Recall:
+    """Return the top-`k` memories for `task`, logged under a new recall id for later outcome reporting.
+
+    Options are those of `recall_many`.
+    """
+    return recall_many(store, [task], k, policy, **options)[0]
+
+
+def recall_many(
     store: Store,
-    task: str,
+    tasks: Sequence[str],
     k: int = 3,
     policy: str = "query",
     min_score: float | None = None,
@@ -120,14 +126,14 @@ def recall(
     rank: str = "similarity",
     confident: bool = False,
     keywords_model: str | None = None,
-) -> Recall:
-    """Return the top-`k` memories for `task`, logged under a new recall id for later outcome reporting.
+) -> list[Recall]:
+    """Return one recall per task, each as `recall` would: the tasks embedded together and logged in one write.
 
     `min_score` (and `confident`) filter on `similarity`, the cosine of the two tasks, whatever the policy: one
     threshold means the same for every policy.
     """
-    task = task.strip()
-    if not task:
+    tasks = [task.strip() for task in tasks]
+    if not all(tasks):
         raise MempError("the task is empty")
     if k < 1:
         raise MempError("-k must be at least 1")
@@ -141,21 +147,33 @@ def recall(
         min_score = floor if min_score is None else max(min_score, floor)
     embedder = get_embedder(None if is_default(embed_id) else embed_id)
     pool = k * UTILITY_POOL if rank == "utility" else k
-    hits, vector = candidates(store, task, policy, pool, embedder, seed, keywords_model)
-    similarity = dict(hits) if policy == "query" else store.similarities(vector, [i for i, _ in hits])
-    scores = dict(hits)
-    memories = store.get_memories([i for i, _ in hits])
-    matches = [Match(m, scores[m.id], 0, similarity.get(m.id, 0.0)) for m in memories]
-    if min_score is not None:
-        matches = [m for m in matches if (m.similarity or 0.0) >= min_score]
-    if rank == "utility":
-        for match in matches:
-            match.score = (match.similarity or 0.0) + UTILITY_WEIGHT * (match.memory.success_mean() - 0.5)
-        matches.sort(key=lambda m: m.score, reverse=True)
-    matches = _within_budget(matches[:k], max_tokens)
-    for position, match in enumerate(matches, 1):
-        match.rank = position
-    result = Recall(new_recall_id(), task, policy, matches)
+    # Each task is embedded on its own run (int8 activations are quantised per run, so batch-mates would nudge it);
+    # many tasks spread those runs over the machine's cores. Searching each as it arrived, beside the embedding
+    # threads, measured slower: every numpy call then waited its turn for the GIL.
+    vectors = embedder.embed(tasks)
+    if policy == "query":
+        all_hits = store.nearest_many(vectors, pool)
+    else:
+        all_hits = [
+            candidates(store, task, vector, policy, pool, embedder, seed, keywords_model)
+            for task, vector in zip(tasks, vectors)
+        ]
+    found = {m.id: m for m in store.get_memories(sorted({i for hits in all_hits for i, _ in hits}))}
+    results = []
+    for task, vector, hits in zip(tasks, vectors, all_hits):
+        hits = [(i, score) for i, score in hits if i in found]
+        similarity = dict(hits) if policy == "query" else store.similarities(vector, [i for i, _ in hits])
+        matches = [Match(found[i], score, 0, similarity.get(i, 0.0)) for i, score in hits]
+        if min_score is not None:
+            matches = [m for m in matches if (m.similarity or 0.0) >= min_score]
+        if rank == "utility":
+            for match in matches:
+                match.score = (match.similarity or 0.0) + UTILITY_WEIGHT * (match.memory.success_mean() - 0.5)
+            matches.sort(key=lambda m: m.score, reverse=True)
+        matches = _within_budget(matches[:k], max_tokens)
+        for position, match in enumerate(matches, 1):
+            match.rank = position
+        results.append(Recall(new_recall_id(), task, policy, matches))
     if log:
-        store.log_recall(result.id, task, policy, k, [(m.memory.id, m.score) for m in matches])
-    return result
+        store.log_recalls([(r.id, r.task, policy, k, [(m.memory.id, m.score) for m in r.matches]) for r in results])
+    return results

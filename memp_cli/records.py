@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import json
 import math
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field, fields
 from functools import cached_property
 from typing import Any
 
@@ -148,9 +148,8 @@ class Memory:
 
     def to_dict(self) -> dict[str, Any]:
         """Return the memory as a JSON-ready dict."""
-        data = asdict(self)
-        for key in ("source_file", "source_line", "source_id"):
-            data.pop(key)
+        # A shallow copy of the fields: asdict's deep copy cost batch recall ~1 ms a memory.
+        data = {f.name: getattr(self, f.name) for f in fields(self) if not f.name.startswith("source_")}
         data["source"] = self.source()
         low, high = self.success_bounds()
         data["success"] = {"mean": round(self.success_mean(), 4), "lower": round(low, 4), "upper": round(high, 4)}

@@ -561,21 +561,28 @@ class Store:
 
     def log_recall(self, recall_id: str, task: str, policy: str, k: int, hits: Sequence[tuple[int, float]]) -> None:
         """Record a recall and the memories it returned, counting each as recalled."""
+        self.log_recalls([(recall_id, task, policy, k, hits)])
+
+    def log_recalls(self, recalls: Sequence[tuple[str, str, str, int, Sequence[tuple[int, float]]]]) -> None:
+        """Record recalls (id, task, policy, k, hits) and the memories they returned, in one write."""
         stamp = now()
         with self.write():
-            self.db.execute(
+            self.db.executemany(
                 "INSERT INTO recalls(id, task, policy, k, created_at) VALUES (?, ?, ?, ?, ?)",
-                [recall_id, task, policy, k, stamp],
+                [(recall_id, task, policy, k, stamp) for recall_id, task, policy, k, _ in recalls],
             )
-            for rank, (memory_id, score) in enumerate(hits, 1):
-                self.db.execute(
-                    "INSERT INTO recall_items(recall_id, memory_id, rank, score) VALUES (?, ?, ?, ?)",
-                    [recall_id, memory_id, rank, score],
-                )
-                self.db.execute(
-                    "UPDATE memories SET recalled = recalled + 1, last_recalled_at = ? WHERE id = ?",
-                    [stamp, memory_id],
-                )
+            items = [
+                (recall_id, memory_id, rank, score)
+                for recall_id, _, _, _, hits in recalls
+                for rank, (memory_id, score) in enumerate(hits, 1)
+            ]
+            self.db.executemany(
+                "INSERT INTO recall_items(recall_id, memory_id, rank, score) VALUES (?, ?, ?, ?)", items
+            )
+            self.db.executemany(
+                "UPDATE memories SET recalled = recalled + 1, last_recalled_at = ? WHERE id = ?",
+                [(stamp, memory_id) for _, memory_id, _, _ in items],
+            )
 
     # -- reading --------------------------------------------------------------------------------------------------
 
@@ -617,15 +624,7 @@ class Store:
         if self.embed_model() is None or k <= 0:
             return []
         if self._preloaded is not None and exact is None:
-            import numpy as np
-
-            ids, matrix = self._preloaded
-            if not len(ids):
-                return []
-            sims = matrix @ np.asarray(vector, dtype=np.float32)
-            top = np.argpartition(-sims, min(k, len(ids)) - 1)[:k]
-            top = top[np.argsort(-sims[top])]
-            return [(int(ids[i]), float(sims[i])) for i in top]
+            return self.nearest_many([vector], k)[0]
         if exact is None:
             exact = self.vector_count() < QUANTIZED_ABOVE
         blob = _pack(vector)
@@ -659,6 +658,24 @@ class Store:
             if len(active) >= k or len(rows) < fetch or fetch >= MAX_KNN:
                 return active[:k]
             fetch = min(fetch * 4, MAX_KNN)
+
+    def nearest_many(self, vectors: Sequence[Sequence[float]], k: int) -> list[list[tuple[int, float]]]:
+        """Return `nearest` for each vector: with preloaded vectors, one matrix product for all of them."""
+        if self._preloaded is None or self.embed_model() is None or k <= 0:
+            return [self.nearest(vector, k) for vector in vectors]
+        import numpy as np
+
+        ids, matrix = self._preloaded
+        if not len(ids) or not len(vectors):
+            return [[] for _ in vectors]
+        k = min(k, len(ids))
+        sims = np.asarray(vectors, dtype=np.float32) @ matrix.T
+        top = np.argpartition(-sims, k - 1, axis=1)[:, :k]
+        out = []
+        for row, candidates in zip(sims, top):
+            best = candidates[np.argsort(-row[candidates])]
+            out.append([(int(ids[i]), float(row[i])) for i in best])
+        return out
 
     def random_memories(self, k: int, seed: int | None = None) -> list[int]:
         """Return the ids of up to `k` active memories drawn at random."""

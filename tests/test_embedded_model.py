@@ -104,6 +104,15 @@ def test_numpy_runner_agrees_with_onnxruntime() -> None:
         assert float(np.dot(got, want)) > 0.98  # and to sentence-transformers, like onnxruntime
 
 
+def test_many_texts_on_several_threads_get_the_vectors_of_one_thread(monkeypatch: pytest.MonkeyPatch) -> None:
+    texts = example_tasks() + TRICKY
+    model = OnnxEmbedder()
+    monkeypatch.setenv("MEMP_THREADS", "1")
+    one = model.embed(texts)
+    monkeypatch.setenv("MEMP_THREADS", "3")
+    assert model.embed(texts) == one
+
+
 def test_numpy_runner_hands_over_to_onnxruntime_past_a_few_texts() -> None:
     model = MiniLM()
     first = model.embed(["restart nginx"])

@@ -86,6 +86,22 @@ def test_hybrid_finds_rare_exact_terms(memp, tmp_path: Path) -> None:
     assert all(0 < m["similarity"] <= 1 for m in result["matches"])
 
 
+def test_full_text_follows_revisions_and_is_left_alone_by_recalls(memp, tmp_path: Path) -> None:
+    from memp_cli.store import open_store
+
+    _store(memp, tmp_path, {"rotate the web server logs": "logs", "fix the web server timeout": "timeout"})
+    store = open_store(None)
+    segments = "SELECT count(*), coalesce(sum(length(block)), 0) FROM memories_fts_data"
+    before = store.db.execute(segments).fetchone()
+    for _ in range(3):
+        memp("recall", "rotate the logs", "-k", "2")
+    # Counting recalls rewrites memory rows, never their full-text index (it used to re-index them every time).
+    assert store.db.execute(segments).fetchone() == before
+    (target,) = store.full_text(["rotate"], 1)
+    store.revise(target[0], "Steps: compress with zstandard, keep thirty days", None, "offline", "t", 10, "adjusted", "t")
+    assert [i for i, _ in store.full_text(["zstandard"], 2)] == [target[0]]
+
+
 def test_nothing_when_nothing_fits(memp) -> None:
     memp("ingest", str(EXAMPLES / "household.jsonl"))
     for policy in ("query", "avefact", "hybrid", "random"):
