@@ -20,7 +20,7 @@ from . import records
 from .formats import native
 from .ingest import IngestOptions, IngestReport, ingest
 from .prune import Retirement, Rules, plan_store
-from .recall import recall
+from .recall import recall, recall_many
 from .records import Recall, Trajectory
 from .store import Store, open_store
 from .update import UpdateReport, report, revert
@@ -42,6 +42,10 @@ class Memory:
     def recall(self, task: str, k: int = 3, **options: Any) -> Recall:
         """Recall the memories that best fit `task` (options: policy, min_score, max_tokens, rank)."""
         return recall(self.store, task, k, embed_model=self.embed_model, **options)
+
+    def recall_many(self, tasks: Sequence[str], k: int = 3, **options: Any) -> list[Recall]:
+        """Recall for many tasks at once: embedded side by side on every core, logged in one write."""
+        return recall_many(self.store, tasks, k, embed_model=self.embed_model, **options)
 
     def prompt(self, result: Recall) -> str:
         """Return a recall as a block to paste into an agent's prompt, fenced and labelled as data."""

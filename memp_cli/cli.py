@@ -341,7 +341,10 @@ def _waiting_lines() -> Any:
     while True:
         chunk = os.read(fd, 1 << 16)  # returns what has arrived (one line from a terminal), b"" at the end
         pending += chunk
-        *complete, pending = pending.split(b"\n") if chunk else [*pending.split(b"\n"), b""]
+        if chunk:
+            *complete, pending = pending.split(b"\n")  # the last piece may be a line still arriving
+        else:
+            complete, pending = pending.split(b"\n"), b""
         lines = [text for text in (line.decode(encoding, "replace") for line in complete) if text.strip()]
         for start in range(0, len(lines), BATCH_LINES):
             yield lines[start : start + BATCH_LINES]

@@ -559,10 +559,6 @@ class Store:
         blob = row[0]
         return list(struct.unpack(f"{len(blob) // 4}f", blob))
 
-    def log_recall(self, recall_id: str, task: str, policy: str, k: int, hits: Sequence[tuple[int, float]]) -> None:
-        """Record a recall and the memories it returned, counting each as recalled."""
-        self.log_recalls([(recall_id, task, policy, k, hits)])
-
     def log_recalls(self, recalls: Sequence[tuple[str, str, str, int, Sequence[tuple[int, float]]]]) -> None:
         """Record recalls (id, task, policy, k, hits) and the memories they returned, in one write."""
         stamp = now()

@@ -20,6 +20,9 @@ def test_bench_runs_on_a_small_store(tmp_path: Path) -> None:
     result = json.loads(done.stdout)
     (row,) = result["sizes"]
     assert row["size"] == 300 and result["ingest"]["trajectories"] == 40
+    # An editable install (the README's test command makes one) costs every fresh process: the bench says so.
+    assert result["memp_install"] in ("editable", "regular")
+    assert ("editable install" in done.stderr) == (result["memp_install"] == "editable")
     assert row["search"]["default"]["recall_at_5"] == 1.0  # below the threshold memp scans exactly
     assert 0 < row["search"]["binary"]["recall_at_5"] <= 1
     assert row["llm_similar"]["fresh_process_ms_median"] > 0 and row["speedup_in_process"] > 0

@@ -235,6 +235,9 @@ def test_python_api(tmp_path: Path) -> None:
         result = mem.recall("nginx will not start", k=1)
         assert "nginx" in result.matches[0].memory.task
         assert mem.prompt(result).startswith(f'<procedural-memory recall_id="{result.id}">')
+        many = mem.recall_many(["nginx will not start", "renew the certificate that expires"], k=1)
+        assert [r.task for r in many] == ["nginx will not start", "renew the certificate that expires"]
+        assert many[0].matches[0].memory.id == result.matches[0].memory.id and many[0].id != result.id
         report = mem.update(result.id, outcome="failure", trajectory=FAILED_RUN, policy="adjustment")
         assert list(report.revised.values()) == [2]
         memory_id = result.matches[0].memory.id
