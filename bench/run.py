@@ -263,13 +263,13 @@ def bench_size(n: int, args: argparse.Namespace) -> dict[str, Any]:
         return row
 
 
-def table(rows: list[dict[str, Any]], ingest: dict[str, Any], help_ms: float) -> None:
+def table(rows: list[dict[str, Any]], ingest: dict[str, Any], help_ms: float, install: str) -> None:
     """Print the results for people: one column per store size."""
     from rich.console import Console
     from rich.table import Table
 
-    t = Table(title=f"memp bench · memp --help {help_ms:.0f} ms · ingest {ingest['per_second']} trajectories/s "
-                    f"(offline distiller, peak {ingest['peak_rss_mb']} MB)", title_justify="left")
+    t = Table(title=f"memp bench ({install} install) · memp --help {help_ms:.0f} ms · ingest {ingest['per_second']} "
+                    f"trajectories/s (offline distiller, peak {ingest['peak_rss_mb']} MB)", title_justify="left")
     t.add_column("")
     for r in rows:
         t.add_column(f"{r['size']:,} memories", justify="right")
@@ -328,7 +328,7 @@ def main() -> None:
     if args.format == "json":
         print(json.dumps(result, indent=2))
     else:
-        table(rows, ingest, help_ms)
+        table(rows, ingest, help_ms, install)
 
 
 if __name__ == "__main__":
