@@ -78,7 +78,10 @@ def candidates(
     store: Store, task: str, vector: list[float], policy: str, pool: int, embedder: Any, seed: int | None = None,
     keywords_model: str | None = None,
 ) -> list[tuple[int, float]]:
-    """Return (memory id, policy score) best first for a task and its vector."""
+    """Return (memory id, policy score) best first for a task and its vector under avefact, hybrid or random.
+
+    The query policy is `Store.nearest_many`, which searches all of a batch's vectors in one product.
+    """
     from . import keywords
 
     if policy == "avefact":
@@ -87,8 +90,6 @@ def candidates(
         words = extractor(task) or [task]
         scored = index.scores(embedder.embed(words))
         return sorted(scored, key=lambda kv: kv[1], reverse=True)[:pool]
-    if policy == "query":
-        return store.nearest(vector, pool)
     if policy == "hybrid":
         dense = store.nearest(vector, max(pool, HYBRID_POOL))
         sparse = store.full_text(keywords.extract(task), max(pool, HYBRID_POOL))
