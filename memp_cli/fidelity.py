@@ -163,6 +163,11 @@ def _edit_similarity(a: Sequence[str], b: Sequence[str]) -> float:
     return 1.0 - previous[-1] / max(len(a), len(b))
 
 
+def sequence_similarity(a: Sequence[str], b: Sequence[str]) -> float:
+    """Return 1 - the edit distance between two action-type sequences (repeats collapsed) / the longer length."""
+    return _edit_similarity(_collapse(a), _collapse(b))
+
+
 def _normalise(action: str) -> str:
     text = " ".join(action.lower().split())
     return re.sub(r"\b([a-z]+) \d+\b", r"\1", text)

@@ -25,6 +25,10 @@ class Rules:
     confident_below: float | None = None
     stale_days: int | None = None
     dedupe: float | None = None
+    # Duplicates must also follow the same procedure: the similarity of their step kinds in order (fidelity's
+    # type_edit; 1.0 is the same kinds of steps in the same order). Tasks alone merged "heat some apple" into
+    # "clean some apple" (task cosine 0.951).
+    dedupe_procedure: float = 0.9
     max_memories: int | None = None
 
 
@@ -37,10 +41,28 @@ class Retirement:
     rule: str
     reason: str
     merge_into: int | None = None
+    task_similarity: float | None = None
+    procedure_similarity: float | None = None
 
     def to_dict(self) -> dict[str, object]:
         """Return the line as a JSON-ready dict."""
         return asdict(self)
+
+
+def procedure_similarity(a: Memory, b: Memory) -> float:
+    """Return how alike two memories' procedures are, 1.0 when they take the same kinds of steps in the same order.
+
+    The lower of two figures: the Jaccard overlap of the kinds of steps each takes (a "heat" step where the other
+    has "clean" tells two procedures apart however alike the tasks read), and the edit similarity of the two
+    sequences of kinds (picking up two objects one after the other is not picking up one).
+    """
+    from .fidelity import action_type, memory_steps, sequence_similarity
+
+    kinds_a = [action_type(s) for s in memory_steps(a.script, a.trajectory)]
+    kinds_b = [action_type(s) for s in memory_steps(b.script, b.trajectory)]
+    union = set(kinds_a) | set(kinds_b)
+    jaccard = len(set(kinds_a) & set(kinds_b)) / len(union) if union else 1.0
+    return min(jaccard, sequence_similarity(kinds_a, kinds_b))
 
 
 def usefulness(memory: Memory) -> tuple[float, int, str]:
@@ -66,9 +88,10 @@ def plan(
     active = [m for m in memories if m.status == "active"]
     out: dict[int, Retirement] = {}
 
-    def retire(m: Memory, rule: str, reason: str, into: int | None = None) -> None:
+    def retire(m: Memory, rule: str, reason: str, into: int | None = None,
+               scores: tuple[float | None, float | None] = (None, None)) -> None:
         if m.id not in out:
-            out[m.id] = Retirement(m.id, m.task, rule, reason, into)
+            out[m.id] = Retirement(m.id, m.task, rule, reason, into, *scores)
 
     for m in active:
         uses = m.succeeded + m.failed
@@ -88,14 +111,23 @@ def plan(
 
     if rules.dedupe is not None and neighbours is not None:
         by_id = {m.id: m for m in active}
+        kept: set[int] = set()
         for m in sorted(active, key=usefulness, reverse=True):
             if m.id in out:
                 continue
+            kept.add(m.id)
             for other_id, similarity in neighbours(m):
                 other = by_id.get(other_id)
-                if other is None or other.id == m.id or other.id in out or similarity < rules.dedupe:
+                # A memory that already absorbed others stays: merges never chain or cycle.
+                if other is None or other.id == m.id or other.id in out or other.id in kept:
                     continue
-                retire(other, "duplicate", f"task duplicates memory {m.id} (cosine {similarity:.3f}); merged", m.id)
+                if similarity < rules.dedupe or other.outcome != m.outcome:
+                    continue
+                same = procedure_similarity(m, other)
+                if same < rules.dedupe_procedure:
+                    continue
+                retire(other, "duplicate", f"task and procedure duplicate memory {m.id} (task cosine "
+                       f"{similarity:.3f}, procedure {same:.2f}); merged", m.id, (similarity, same))
 
     if rules.max_memories is not None:
         kept = sorted((m for m in active if m.id not in out), key=usefulness, reverse=True)

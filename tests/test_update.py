@@ -193,13 +193,16 @@ def test_prune_plan_apply_restore_purge(memp, tmp_path: Path) -> None:
 
 
 def test_prune_dedupe_merges_statistics(memp, tmp_path: Path) -> None:
-    rows = [traj("water the garden plants"), traj("water the garden plants", actions=("open tap", "water")),
-            traj("file the tax return")]
+    # The same task done twice the same way (other arguments), once another way, and an unrelated task.
+    rows = [traj("water the garden plants"), traj("water the garden plants", actions=("look around", "act now")),
+            traj("water the garden plants", actions=("open tap", "water")), traj("file the tax return")]
     memp("ingest", str(write_jsonl(tmp_path / "d.jsonl", rows)), "--build", "trajectory")
-    a, b = (m["id"] for m in memp.json("list") if m["task"] == "water the garden plants")
+    a, b, _ = sorted(m["id"] for m in memp.json("list") if m["task"] == "water the garden plants")
     memp("update", "--memory", str(a), "--outcome", "success", "--policy", "validation")
     plan_rows = memp.json("prune", "--dedupe", "0.95", "--no-discard")
+    # The run that opened a tap follows another procedure: same task, not a duplicate.
     assert [(r["memory_id"], r["merge_into"], r["rule"]) for r in plan_rows] == [(b, a, "duplicate")]
+    assert plan_rows[0]["task_similarity"] > 0.99 and plan_rows[0]["procedure_similarity"] == 1.0
     memp("prune", "--dedupe", "0.95", "--no-discard", "--apply")
     kept = memp.json("show", str(a))
     assert kept["succeeded"] == 1 and kept["status"] == "active"
