@@ -111,8 +111,8 @@ def build_store(path: Path, n: int, embed_limit: int, seed: int) -> tuple[list[l
             script = offline_script(run)
             text, tokens = build_memory(run, "proceduralization", script)
             items.append(NewMemory(run, "proceduralization", script, text, tokens, vec))
-        store.add_memories(items, "memp-minilm")
-    store.db.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+        store.memories.add(items, "memp-minilm")
+    store.db.execute("PRAGMA wal_checkpoint(TRUNCATE)")  # type: ignore[attr-defined]
     store.close()
     return vectors, time.perf_counter() - started
 
@@ -171,7 +171,7 @@ def in_process_search(db: Path, vectors: list[list[float]], queries: int, seed: 
         for q in picks:
             q = (q / np.linalg.norm(q)).tolist()
             started = time.perf_counter()
-            got = store.nearest(q, 5, exact=exact)
+            got = store.vectors.nearest(q, 5, exact=exact)
             times.append(1000 * (time.perf_counter() - started))
             # A result counts when it is as similar as the exact 5th best: ties (near-identical tasks) are not misses.
             sims = matrix @ np.asarray(q, dtype=np.float32)
