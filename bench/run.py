@@ -34,9 +34,9 @@ from typing import Any
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from memp_cli.embed import OnnxEmbedder  # noqa: E402
-from memp_cli.records import Script, Step, Trajectory  # noqa: E402
-from memp_cli.store import NewMemory, open_store  # noqa: E402
+from memp_cli.embed import OnnxEmbedder
+from memp_cli.records import Step, Trajectory
+from memp_cli.store import NewMemory, open_store
 
 MEMP = [sys.executable, "-m", "memp_cli"]
 LLM = [sys.executable, "-m", "llm"]
@@ -136,7 +136,7 @@ def timed_process(cmd: list[str], stdin: str | None = None) -> tuple[float, int]
     with tempfile.NamedTemporaryFile("w", suffix=".txt") as feed:
         feed.write(stdin or "")
         feed.flush()
-        out = subprocess.run([sys.executable, "-c", SPAWN, feed.name, *cmd], capture_output=True, text=True)
+        out = subprocess.run([sys.executable, "-c", SPAWN, feed.name, *cmd], capture_output=True, text=True, check=True)
     report = json.loads(out.stdout)
     if report["code"] != 0:
         raise SystemExit(f"{' '.join(cmd[:5])} failed with {report['code']}")
@@ -195,7 +195,7 @@ def llm_baseline(tmp: Path, vectors: list[list[float]], query: str, runs: int) -
     db = sqlite_utils.Database(db_path)
     collection = llm.Collection("bench", db, model_id="memp-minilm")
     cid = db.execute("SELECT id FROM collections WHERE name = 'bench'").fetchone()[0]
-    db["embeddings"].insert_all(
+    db.table("embeddings").insert_all(
         (
             {"collection_id": cid, "id": str(i + 1), "embedding": struct.pack(f"{len(v)}f", *v), "content": None,
              "updated": 0}

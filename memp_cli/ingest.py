@@ -263,7 +263,7 @@ def rebuild_scripts(
         if script.model != distiller.model_name:
             failed += 1  # the model failed on this one; the offline script stays until the next build
             continue
-        text, tokens = build_memory(traj, build, script)
+        _, tokens = build_memory(traj, build, script)
         store.memories.set_script(memory_id, trajectory_id, script, tokens)
         rebuilt += 1
     return {"model": distiller.model_name, "rebuilt": rebuilt, "failed": failed}

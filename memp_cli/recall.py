@@ -176,5 +176,7 @@ def recall_many(
             match.rank = position
         results.append(Recall(new_recall_id(), task, policy, matches))
     if log:
-        store.log.record_recalls([(r.id, r.task, policy, k, [(m.memory.id, m.score) for m in r.matches]) for r in results])
+        store.log.record_recalls(
+            [(r.id, r.task, policy, k, [(m.memory.id, m.score) for m in r.matches]) for r in results]
+        )
     return results

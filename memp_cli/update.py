@@ -11,8 +11,8 @@ from typing import Any
 from . import formats
 from .distill import SCHEMA, SYSTEM, Distiller, DistillError, offline_procedure, parse_procedure, with_retries
 from .errors import MempError, NotFoundError
-from .guard import flag
 from .formats import native
+from .guard import flag
 from .records import OUTCOMES, Memory, Trajectory, render_memory
 from .store import Store
 from .tokens import count_tokens
@@ -232,5 +232,7 @@ def revert(store: Store, memory_id: int, version: int) -> int:
     """Restore a memory's content as it was at `version`, as a new version; return that version number."""
     script, trajectory, model = store.memories.version_content(memory_id, version)
     tokens = count_tokens(render_memory(script, trajectory))
-    return store.memories.revise(memory_id, script, trajectory, model, None, tokens, "reverted", f"reverted to v{version}")
+    return store.memories.revise(
+        memory_id, script, trajectory, model, None, tokens, "reverted", f"reverted to v{version}"
+    )
 

@@ -98,7 +98,9 @@ def test_full_text_follows_revisions_and_is_left_alone_by_recalls(memp, tmp_path
     # Counting recalls rewrites memory rows, never their full-text index (it used to re-index them every time).
     assert store.db.execute(segments).fetchone() == before
     (target,) = store.keywords.full_text(["rotate"], 1)
-    store.memories.revise(target[0], "Steps: compress with zstandard, keep thirty days", None, "offline", "t", 10, "adjusted", "t")
+    store.memories.revise(
+        target[0], "Steps: compress with zstandard, keep thirty days", None, "offline", "t", 10, "adjusted", "t"
+    )
     assert [i for i, _ in store.keywords.full_text(["zstandard"], 2)] == [target[0]]
 
 

@@ -6,6 +6,7 @@ them, and another backend (PostgreSQL with pgvector) implements the same parts t
 
 from __future__ import annotations
 
+import builtins
 from collections.abc import Sequence
 from contextlib import AbstractContextManager
 from dataclasses import dataclass
@@ -81,6 +82,8 @@ class Vectors(Protocol):
 class Memories(Protocol):
     """Trajectories, the memories built from them, the script cache, and every change to a memory."""
 
+    # Inside this class `list` names the method below: annotations say builtins.list.
+
     def known(self, trajectory_ids: Sequence[str]) -> set[str]:
         """Return which of the trajectory ids are stored already."""
 
@@ -93,16 +96,16 @@ class Memories(Protocol):
     def get(self, memory_id: int) -> Memory:
         """Return one memory, or raise NotFoundError."""
 
-    def get_many(self, memory_ids: Sequence[int]) -> list[Memory]:
+    def get_many(self, memory_ids: Sequence[int]) -> builtins.list[Memory]:
         """Return the memories with these ids that exist, in the order asked."""
 
     def list(
         self, limit: int | None = None, build: str | None = None, outcome: str | None = None,
         status: str | None = None,
-    ) -> list[Memory]:
+    ) -> builtins.list[Memory]:
         """Return memories, newest first, optionally filtered by build policy, outcome and status."""
 
-    def random_ids(self, k: int, seed: int | None = None) -> list[int]:
+    def random_ids(self, k: int, seed: int | None = None) -> builtins.list[int]:
         """Return the ids of up to `k` active memories drawn at random."""
 
     def trajectory(self, trajectory_id: str) -> Trajectory:
@@ -129,13 +132,13 @@ class Memories(Protocol):
     def purge_retired(self) -> int:
         """Delete retired memories for good, with everything that refers to them; return how many."""
 
-    def history(self, memory_id: int) -> list[dict[str, Any]]:
+    def history(self, memory_id: int) -> builtins.list[dict[str, Any]]:
         """Return every change to a memory, oldest first."""
 
     def version_content(self, memory_id: int, version: int) -> tuple[str | None, str | None, str | None]:
         """Return (script, trajectory, model) of a memory as it was at `version`."""
 
-    def scripts_to_rebuild(self, everything: bool) -> list[tuple[int, str, str]]:
+    def scripts_to_rebuild(self, everything: bool) -> builtins.list[tuple[int, str, str]]:
         """Return (memory id, trajectory id, build) of memories whose script is offline-built, or of all scripts."""
 
     def stats(self) -> dict[str, Any]:

@@ -45,7 +45,8 @@ class SqliteKeywords:
                 [(word, pack(vector)) for word, vector in vectors.items()],
             )
             self._conn.executemany(
-                "INSERT OR IGNORE INTO memory_keywords(memory_id, keyword_id) SELECT ?, id FROM keywords WHERE word = ?",
+                "INSERT OR IGNORE INTO memory_keywords(memory_id, keyword_id) "
+                "SELECT ?, id FROM keywords WHERE word = ?",
                 [(memory_id, word) for memory_id, words in links for word in dict.fromkeys(words)],
             )
 

@@ -19,7 +19,7 @@ class SqliteLog:
         self._conn = conn
 
     def record_recalls(self, recalls: Sequence[RecallEntry]) -> None:
-        """Record recalls (id, task, policy, k, hits) and the memories they returned, counting each use, in one write."""
+        """Record recalls (id, task, policy, k, hits) and the memories they returned, counting uses, in one write."""
         stamp = now()
         with write(self._conn):
             self._conn.executemany(

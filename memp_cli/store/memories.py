@@ -1,4 +1,4 @@
-"""Trajectories and the memories built from them: writes (exactly once), reads, versions, retirement, the script cache."""
+"""Trajectories and the memories built from them: writes (exactly once), reads, versions, retirement, script cache."""
 
 from __future__ import annotations
 
@@ -248,7 +248,7 @@ class SqliteMemories:
             return str(row["why"])
 
     def purge_retired(self) -> int:
-        """Delete retired memories for good, with their vectors, keywords, history, log rows, trajectories and scripts."""
+        """Delete retired memories for good, with their vectors, keywords, history, log rows, trajectory, scripts."""
         with write(self._conn):
             rows = self._conn.execute("SELECT id, trajectory_id FROM memories WHERE status = 'retired'").fetchall()
             ids = [(r["id"],) for r in rows]
