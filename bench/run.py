@@ -1,6 +1,6 @@
 """memp's speed at several store sizes, side by side with what a user would otherwise use (`llm similar`).
 
-    python bench/run.py --sizes 1000,10000,100000 [--runs 20] [--format json]
+    python bench/run.py --sizes 1000,10000,100000 [--runs 20] [--format json] [--search-only]
 
 Per size it builds a store of synthetic but realistic memories (tasks and steps from templates across household,
 shell, coding and shopping work; tasks embedded with the default model; for sizes above --embed-limit, vectors of
@@ -12,6 +12,8 @@ the embedded tasks are mixed pairwise instead of embedding every task) and measu
 - ingest throughput with the offline distiller (trajectories per second) and store bytes per memory;
 - the same search the way llm does it out of the box (`llm similar` over an llm collection of the same vectors),
   in process and as a fresh process, and memp's speed-up over it.
+
+`--search-only` builds the stores and measures the in-process search alone (JSON out), for comparing storage changes.
 
 Numbers are printed, never asserted. The machine's other load moves them: compare within one run.
 """
@@ -233,6 +235,13 @@ def bench_size(n: int, args: argparse.Namespace) -> dict[str, Any]:
         tmp = Path(tmpdir)
         db = tmp / "memp.db"
         vectors, build_s = build_store(db, n, args.embed_limit, args.seed)
+        if args.search_only:
+            return {
+                "size": n,
+                "store_bytes_per_memory": round(db.stat().st_size / n),
+                "build_seconds": round(build_s, 1),
+                "search": in_process_search(db, vectors, min(100, args.runs * 5), args.seed),
+            }
         rng = random.Random(args.seed + 2)
         queries = [task(rng) for _ in range(args.runs)]
         # One recall first, so the per-machine model cache exists as it does after a user's first call.
@@ -306,6 +315,7 @@ def main() -> None:
     parser.add_argument("--no-llm", action="store_true", help="skip the llm similar baseline")
     parser.add_argument("--seed", type=int, default=7)
     parser.add_argument("--format", choices=["table", "json"], default="table")
+    parser.add_argument("--search-only", action="store_true", help="only build the stores and time the search (JSON)")
     args = parser.parse_args()
     os.environ.setdefault("LLM_USER_PATH", tempfile.mkdtemp(prefix="memp-bench-llm-"))
     # Byte-compile memp as an install does: with PYTHONDONTWRITEBYTECODE set (as on some CI machines), every fresh
@@ -313,6 +323,10 @@ def main() -> None:
     import compileall
 
     compileall.compile_dir(ROOT / "memp_cli", quiet=1)
+    if args.search_only:
+        sizes = [bench_size(int(n), args) for n in args.sizes.split(",")]
+        print(json.dumps({"sizes": sizes}, indent=2))
+        return
     install = memp_install()
     if install == "editable":
         print("bench: memp is an editable install here: its import hook adds ~25 ms to every fresh process; "
