@@ -1,6 +1,6 @@
 """memp's speed at several store sizes, side by side with what a user would otherwise use (`llm similar`).
 
-    python bench/run.py --sizes 1000,10000,100000 [--runs 20] [--format json]
+    python bench/run.py --sizes 1000,10000,100000 [--runs 20] [--format json] [--search-only]
 
 Per size it builds a store of synthetic but realistic memories (tasks and steps from templates across household,
 shell, coding and shopping work; tasks embedded with the default model; for sizes above --embed-limit, vectors of
@@ -12,6 +12,8 @@ the embedded tasks are mixed pairwise instead of embedding every task) and measu
 - ingest throughput with the offline distiller (trajectories per second) and store bytes per memory;
 - the same search the way llm does it out of the box (`llm similar` over an llm collection of the same vectors),
   in process and as a fresh process, and memp's speed-up over it.
+
+`--search-only` builds the stores and measures the in-process search alone (JSON out), for comparing storage changes.
 
 Numbers are printed, never asserted. The machine's other load moves them: compare within one run.
 """
@@ -34,9 +36,9 @@ from typing import Any
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from memp_cli.embed import OnnxEmbedder  # noqa: E402
-from memp_cli.records import Script, Step, Trajectory  # noqa: E402
-from memp_cli.store import NewMemory, open_store  # noqa: E402
+from memp_cli.embed import OnnxEmbedder
+from memp_cli.records import Step, Trajectory
+from memp_cli.store import NewMemory, open_store
 
 MEMP = [sys.executable, "-m", "memp_cli"]
 LLM = [sys.executable, "-m", "llm"]
@@ -111,8 +113,8 @@ def build_store(path: Path, n: int, embed_limit: int, seed: int) -> tuple[list[l
             script = offline_script(run)
             text, tokens = build_memory(run, "proceduralization", script)
             items.append(NewMemory(run, "proceduralization", script, text, tokens, vec))
-        store.add_memories(items, "memp-minilm")
-    store.db.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+        store.memories.add(items, "memp-minilm")
+    store.db.execute("PRAGMA wal_checkpoint(TRUNCATE)")  # type: ignore[attr-defined]
     store.close()
     return vectors, time.perf_counter() - started
 
@@ -136,7 +138,7 @@ def timed_process(cmd: list[str], stdin: str | None = None) -> tuple[float, int]
     with tempfile.NamedTemporaryFile("w", suffix=".txt") as feed:
         feed.write(stdin or "")
         feed.flush()
-        out = subprocess.run([sys.executable, "-c", SPAWN, feed.name, *cmd], capture_output=True, text=True)
+        out = subprocess.run([sys.executable, "-c", SPAWN, feed.name, *cmd], capture_output=True, text=True, check=True)
     report = json.loads(out.stdout)
     if report["code"] != 0:
         raise SystemExit(f"{' '.join(cmd[:5])} failed with {report['code']}")
@@ -171,7 +173,7 @@ def in_process_search(db: Path, vectors: list[list[float]], queries: int, seed: 
         for q in picks:
             q = (q / np.linalg.norm(q)).tolist()
             started = time.perf_counter()
-            got = store.nearest(q, 5, exact=exact)
+            got = store.vectors.nearest(q, 5, exact=exact)
             times.append(1000 * (time.perf_counter() - started))
             # A result counts when it is as similar as the exact 5th best: ties (near-identical tasks) are not misses.
             sims = matrix @ np.asarray(q, dtype=np.float32)
@@ -195,7 +197,7 @@ def llm_baseline(tmp: Path, vectors: list[list[float]], query: str, runs: int) -
     db = sqlite_utils.Database(db_path)
     collection = llm.Collection("bench", db, model_id="memp-minilm")
     cid = db.execute("SELECT id FROM collections WHERE name = 'bench'").fetchone()[0]
-    db["embeddings"].insert_all(
+    db.table("embeddings").insert_all(
         (
             {"collection_id": cid, "id": str(i + 1), "embedding": struct.pack(f"{len(v)}f", *v), "content": None,
              "updated": 0}
@@ -233,6 +235,13 @@ def bench_size(n: int, args: argparse.Namespace) -> dict[str, Any]:
         tmp = Path(tmpdir)
         db = tmp / "memp.db"
         vectors, build_s = build_store(db, n, args.embed_limit, args.seed)
+        if args.search_only:
+            return {
+                "size": n,
+                "store_bytes_per_memory": round(db.stat().st_size / n),
+                "build_seconds": round(build_s, 1),
+                "search": in_process_search(db, vectors, min(100, args.runs * 5), args.seed),
+            }
         rng = random.Random(args.seed + 2)
         queries = [task(rng) for _ in range(args.runs)]
         # One recall first, so the per-machine model cache exists as it does after a user's first call.
@@ -306,6 +315,7 @@ def main() -> None:
     parser.add_argument("--no-llm", action="store_true", help="skip the llm similar baseline")
     parser.add_argument("--seed", type=int, default=7)
     parser.add_argument("--format", choices=["table", "json"], default="table")
+    parser.add_argument("--search-only", action="store_true", help="only build the stores and time the search (JSON)")
     args = parser.parse_args()
     os.environ.setdefault("LLM_USER_PATH", tempfile.mkdtemp(prefix="memp-bench-llm-"))
     # Byte-compile memp as an install does: with PYTHONDONTWRITEBYTECODE set (as on some CI machines), every fresh
@@ -313,6 +323,10 @@ def main() -> None:
     import compileall
 
     compileall.compile_dir(ROOT / "memp_cli", quiet=1)
+    if args.search_only:
+        sizes = [bench_size(int(n), args) for n in args.sizes.split(",")]
+        print(json.dumps({"sizes": sizes}, indent=2))
+        return
     install = memp_install()
     if install == "editable":
         print("bench: memp is an editable install here: its import hook adds ~25 ms to every fresh process; "

@@ -74,11 +74,11 @@ class Memory:
 
     def get(self, memory_id: int) -> records.Memory:
         """Return one stored memory."""
-        return self.store.get_memory(memory_id)
+        return self.store.memories.get(memory_id)
 
     def history(self, memory_id: int) -> list[dict[str, Any]]:
         """Return every change to a memory."""
-        return self.store.history(memory_id)
+        return self.store.memories.history(memory_id)
 
     def revert(self, memory_id: int, version: int) -> int:
         """Restore a memory's content at `version`; return the new version number."""
@@ -86,7 +86,7 @@ class Memory:
 
     def stats(self) -> dict[str, Any]:
         """Return counts of what is stored."""
-        return self.store.stats()
+        return self.store.memories.stats()
 
     def close(self) -> None:
         """Close the store."""

@@ -307,7 +307,7 @@ def recall(
     if task == "-":
         fmt = output.resolve_format(fmt or "jsonl")
         if policy in ("query", "hybrid"):
-            store.preload_vectors()
+            store.vectors.preload()
         for tasks in _waiting_lines():
             for result in recall_many(store, tasks, **options):
                 output.show_recall(result, fmt)
@@ -415,7 +415,7 @@ def history(
     from . import output
 
     fmt = output.resolve_format(fmt, ("table", "json", "jsonl"))
-    output.show_history(memory_id, _open(db).history(memory_id), fmt)
+    output.show_history(memory_id, _open(db).memories.history(memory_id), fmt)
 
 
 @app.command()
@@ -458,7 +458,7 @@ def prune(
     fmt = output.resolve_format(fmt, ("table", "json", "jsonl"))
     store = _open(db)
     if purge:
-        _say(f"purged {store.purge_retired()} retired memories")
+        _say(f"purged {store.memories.purge_retired()} retired memories")
         return
     rules = Rules(discard=discard, confident_below=confident_below, stale_days=stale_days, dedupe=dedupe,
                   max_memories=max_memories)
@@ -472,7 +472,7 @@ def prune(
 @handle_errors
 def restore(memory_id: Annotated[int, typer.Argument(help="Memory id.")], db: DbOpt = None) -> None:
     """Bring a retired memory back into recall."""
-    _open(db).restore(memory_id)
+    _open(db).memories.restore(memory_id)
     _say(f"memory {memory_id} is active again")
 
 
@@ -480,7 +480,7 @@ def restore(memory_id: Annotated[int, typer.Argument(help="Memory id.")], db: Db
 @handle_errors
 def approve(memory_id: Annotated[int, typer.Argument(help="Memory id.")], db: DbOpt = None) -> None:
     """Let a held memory (its text read like an instruction to the agent) into recall."""
-    was = _open(db).approve(memory_id)
+    was = _open(db).memories.approve(memory_id)
     _say(f"memory {memory_id} approved (it was held for {was})" if was else f"memory {memory_id} was not held")
 
 
@@ -505,8 +505,8 @@ def config(
             raise MempError(f"update_policy must be one of {', '.join(POLICIES)}")
         if key == "update_every" and (not value.isdigit() or int(value) < 1):
             raise MempError("update_every must be a whole number from 1")
-        store.set_setting(key, value)
-    shown = {k: store.get_setting(k) for k in ((key,) if key else keys)}
+        store.settings.set(key, value)
+    shown = {k: store.settings.get(k) for k in ((key,) if key else keys)}
     output.show_mapping(shown, output.resolve_format(fmt, ("table", "json", "jsonl")), "settings")
 
 
@@ -524,7 +524,7 @@ def list_(
     from . import output
 
     fmt = output.resolve_format(fmt, ("table", "json", "jsonl"))
-    output.show_memories(_open(db).list_memories(limit, kind, outcome, status), fmt)
+    output.show_memories(_open(db).memories.list(limit, kind, outcome, status), fmt)
 
 
 @app.command()
@@ -538,7 +538,7 @@ def show(
     from . import output
 
     fmt = output.resolve_format(fmt, ("table", "json", "jsonl"))
-    output.show_memory(_open(db).get_memory(memory_id), fmt)
+    output.show_memory(_open(db).memories.get(memory_id), fmt)
 
 
 @app.command()
@@ -548,7 +548,7 @@ def stats(db: DbOpt = None, fmt: FormatOpt = None) -> None:
     from . import output
 
     fmt = output.resolve_format(fmt, ("table", "json", "jsonl"))
-    output.show_mapping(_open(db).stats(), fmt, "memp store")
+    output.show_mapping(_open(db).memories.stats(), fmt, "memp store")
 
 
 @app.command("eval")

@@ -228,9 +228,9 @@ def get_embedder(name: str | None = None) -> Embedder:
 def resolve_embed_model(store: Store, requested: str | None) -> str:
     """Return the embedding model for this store: the one asked for, else the one that built it, else the default."""
     name = requested or os.environ.get("MEMP_EMBED_MODEL")
-    recorded = store.embed_model()
+    recorded = store.settings.embed_model()
     if name is None:
         return recorded[0] if recorded else DEFAULT_EMBED_MODEL
     embedder_id = DEFAULT_EMBED_MODEL if is_default(name) else get_embedder(name).model_id
-    store.check_embed_model(embedder_id)
+    store.settings.check_embed_model(embedder_id)
     return embedder_id

@@ -120,7 +120,7 @@ def ingest(
         ranked: dict[str, list[tuple[float, int, str]]] = {}
         for batch in _batches(stream(), BATCH):
             if options.judge is not None:
-                known = store.known_trajectories([t.id for t in batch])
+                known = store.memories.known([t.id for t in batch])
                 for traj in batch:
                     if traj.id not in known and traj.id not in judged:
                         judged[traj.id] = options.judge.score(traj)
@@ -175,7 +175,7 @@ def _with_judgement(traj: Trajectory, judgement: tuple[float, str | None] | None
 
 def script_for(store: Store, distiller: Distiller, traj: Trajectory) -> Script:
     """Return the script cached for this trajectory, model and prompt version, else a newly distilled one."""
-    return store.cached_script(traj.id, distiller.model_name, distiller.version) or distiller.distill(traj)
+    return store.memories.cached_script(traj.id, distiller.model_name, distiller.version) or distiller.distill(traj)
 
 
 class _LazyDistiller:
@@ -216,7 +216,7 @@ def _store_batch(
     report: IngestReport,
 ) -> list[int]:
     """Store the new trajectories of a batch in one transaction; return their memory ids."""
-    known = store.known_trajectories([t.id for t in batch])
+    known = store.memories.known([t.id for t in batch])
     fresh: dict[str, Trajectory] = {}
     for traj in batch:
         if traj.id in known or traj.id in fresh:
@@ -232,7 +232,7 @@ def _store_batch(
         text, tokens = build_memory(traj, build, script)
         held = flag(render_memory(script.text if script else None, text) + "\n" + traj.task)
         items.append(NewMemory(traj, build, script, text, tokens, vector, held))
-    added = store.add_memories(items, embed_id)
+    added = store.memories.add(items, embed_id)
     report.added += len(added)
     report.skipped += len(items) - len(added)
     for item in items:
@@ -257,13 +257,13 @@ def rebuild_scripts(
             "`llm keys set`"
         )
     rebuilt = failed = 0
-    for memory_id, trajectory_id, kind in store.scripts_to_rebuild(everything):
-        traj = store.trajectory(trajectory_id)
+    for memory_id, trajectory_id, build in store.memories.scripts_to_rebuild(everything):
+        traj = store.memories.trajectory(trajectory_id)
         script = script_for(store, distiller, traj)
         if script.model != distiller.model_name:
             failed += 1  # the model failed on this one; the offline script stays until the next build
             continue
-        text, tokens = build_memory(traj, kind, script)
-        store.set_script(memory_id, trajectory_id, script, tokens)
+        _, tokens = build_memory(traj, build, script)
+        store.memories.set_script(memory_id, trajectory_id, script, tokens)
         rebuilt += 1
     return {"model": distiller.model_name, "rebuilt": rebuilt, "failed": failed}

@@ -9,7 +9,6 @@ import sys
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
-
 if TYPE_CHECKING:
     from .embed import Embedder
     from .store import Store
@@ -99,7 +98,7 @@ def _parse(text: str) -> list[str]:
 
 def extractor_for(store: Store, model: str | None, warn: Callable[[str], None] | None = None) -> Extractor:
     """Return the extractor to use: the model asked for ($MEMP_KEYWORDS_MODEL), else the one the store used."""
-    chosen = model or os.environ.get("MEMP_KEYWORDS_MODEL") or store.get_setting("keyword_extractor") or OFFLINE
+    chosen = model or os.environ.get("MEMP_KEYWORDS_MODEL") or store.settings.get("keyword_extractor") or OFFLINE
     return Extractor(chosen, warn)
 
 
@@ -110,17 +109,17 @@ def ensure(store: Store, embedder: Embedder, extractor: Extractor | None = None)
     with always share one extractor.
     """
     extractor = extractor or Extractor()
-    if (store.get_setting("keyword_extractor") or OFFLINE) != extractor.name:
-        store.reset_keywords()
-        store.set_setting("keyword_extractor", extractor.name)
-    todo = store.memories_without_keywords()
+    if (store.settings.get("keyword_extractor") or OFFLINE) != extractor.name:
+        store.keywords.reset()
+        store.settings.set("keyword_extractor", extractor.name)
+    todo = store.keywords.missing()
     for start in range(0, len(todo), 512):
         chunk = todo[start : start + 512]
         links = [(memory_id, extractor(task)) for memory_id, task in chunk]
         words = sorted({w for _, ws in links for w in ws})
-        new = sorted(set(words) - store.known_keywords(words))
+        new = sorted(set(words) - store.keywords.known(words))
         vectors = dict(zip(new, embedder.embed(new))) if new else {}
-        store.add_keywords(vectors, links)
+        store.keywords.add(vectors, links)
     return len(todo)
 
 
@@ -130,7 +129,7 @@ class KeywordIndex:
     def __init__(self, store: Store) -> None:
         import numpy as np
 
-        self.memory_ids, members, self.words, blobs = store.keyword_index()
+        self.memory_ids, members, self.words, blobs = store.keywords.index()
         dim = len(blobs[0]) // 4 if blobs else 0
         self.matrix = (
             np.frombuffer(b"".join(blobs), dtype=np.float32).reshape(len(blobs), dim) if blobs else np.zeros((0, 0))

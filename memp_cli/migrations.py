@@ -1,15 +1,22 @@
-"""Schema changes, one small function each, applied in order and never edited once released."""
+"""Schema changes as sqlite-utils migrations: one small named function each, applied in order.
+
+Append only: a released migration is never edited; a change is a new function at the end. This module imports
+nothing from memp (a migration must keep doing what it did when it was released, whatever the package becomes),
+and it imports sqlite-utils at the top, so only opening a store that needs migrating loads it (~0.2 s).
+"""
+
+# db[name] is typed Table | View; these migrations only ever name tables, and released ones are not edited.
+# mypy: disable-error-code="union-attr"
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any
-
-if TYPE_CHECKING:
-    from sqlite_utils import Database
+from sqlite_utils import Database, Migrations
 
 MIGRATION_SET = "memp"
+migrations = Migrations(MIGRATION_SET)
 
 
+@migrations()
 def m001_initial(db: Database) -> None:
     """Trajectories, the memories built from them, the script cache and the recall log."""
     db["meta"].create({"key": str, "value": str}, pk="key")
@@ -80,6 +87,7 @@ def m001_initial(db: Database) -> None:
     )
 
 
+@migrations()
 def m002_outcomes_history_retirement(db: Database) -> None:
     """Outcome reports with the memories they credit, every change to a memory, and retirement."""
     db["memories"].add_column("retired_reason", str)
@@ -132,11 +140,13 @@ def m002_outcomes_history_retirement(db: Database) -> None:
     )
 
 
+@migrations()
 def m003_held_memories(db: Database) -> None:
     """Why a memory is held back from recall until approved (text that reads like an instruction)."""
     db["memories"].add_column("flag", str)
 
 
+@migrations()
 def m004_keywords_and_full_text(db: Database) -> None:
     """Per-task keywords with their vectors (AveFact), and a full-text index over task and script (hybrid)."""
     db["keywords"].create({"id": int, "word": str, "embedding": bytes}, pk="id", not_null={"word"})
@@ -150,26 +160,30 @@ def m004_keywords_and_full_text(db: Database) -> None:
     db["memories"].enable_fts(["task", "script"], create_triggers=True, tokenize="porter")
 
 
+@migrations()
 def m005_binary_index(db: Database) -> None:
     """A binary-quantised copy of the task vectors: the first pass of recall in large stores."""
     exists = db.execute("SELECT 1 FROM sqlite_master WHERE name = 'memory_vec'").fetchone()
     if exists:
         dim = int(db.execute("SELECT value FROM meta WHERE key = 'embed_dim'").fetchone()[0])
         db.execute(f"CREATE VIRTUAL TABLE memory_bits USING vec0(memory_id INTEGER PRIMARY KEY, embedding bit[{dim}])")
-        db.execute("INSERT INTO memory_bits(memory_id, embedding) SELECT memory_id, vec_quantize_binary(embedding) FROM memory_vec")
+        db.execute(
+            "INSERT INTO memory_bits(memory_id, embedding) "
+            "SELECT memory_id, vec_quantize_binary(embedding) FROM memory_vec"
+        )
 
 
-
+@migrations()
 def m006_plain_vectors(db: Database) -> None:
     """Task vectors in a plain table too: sqlite-vec's vec0 answers lookups by id in ~0.3 ms each, this in ~5 us."""
     db.execute("CREATE TABLE memory_vectors (memory_id INTEGER PRIMARY KEY, embedding BLOB NOT NULL)")
     if db.execute("SELECT 1 FROM sqlite_master WHERE name = 'memory_vec'").fetchone():
         db.execute("INSERT INTO memory_vectors(memory_id, embedding) SELECT memory_id, embedding FROM memory_vec")
 
+
+@migrations()
 def m007_bit_pages(db: Database) -> None:
     """Sign bits packed in pages, scanned with numpy, in place of sqlite-vec's bit index (28 ms -> ~2 ms at 100k)."""
-    from .bits import PAGE_VECTORS, encode_page, sign_bits
-
     db.execute("CREATE TABLE memory_bit_pages (page INTEGER PRIMARY KEY, ids BLOB NOT NULL, bits BLOB NOT NULL)")
     if db.execute("SELECT 1 FROM sqlite_master WHERE name = 'memory_bits'").fetchone():
         db.execute("DROP TABLE memory_bits")
@@ -178,16 +192,25 @@ def m007_bit_pages(db: Database) -> None:
         return
     import numpy as np
 
+    # The page layout of release m007, written out here so that this migration never changes with the package:
+    # 4,096 memories a page, their ids as int64, then their sign bits (bit i set when component i > 0, little-endian
+    # within each byte) in 64-bit words, column-major: every memory's first word, then every memory's second, ...
+    page_vectors = 4096
+    words = (int(dim[0]) + 63) // 64
     cursor = db.execute("SELECT memory_id, embedding FROM memory_vectors ORDER BY memory_id")
     page = 0
-    while rows := cursor.fetchmany(PAGE_VECTORS):
-        ids = [r[0] for r in rows]
+    while rows := cursor.fetchmany(page_vectors):
+        ids = np.asarray([r[0] for r in rows], dtype="<i8")
         vectors = np.frombuffer(b"".join(r[1] for r in rows), dtype=np.float32).reshape(len(rows), int(dim[0]))
-        blobs = encode_page(ids, sign_bits(vectors))
+        packed = np.packbits(vectors > 0, axis=1, bitorder="little")
+        packed = np.pad(packed, ((0, 0), (0, words * 8 - packed.shape[1])))
+        bits = np.ascontiguousarray(packed).view("<u8")
+        blobs = ids.tobytes(), np.ascontiguousarray(bits.T).tobytes()
         db.execute("INSERT INTO memory_bit_pages(page, ids, bits) VALUES (?, ?, ?)", [page, *blobs])
         page += 1
 
 
+@migrations()
 def m008_full_text_on_text_changes(db: Database) -> None:
     """Re-index a memory's full text only when its task or script changes, not on every recall's counter update.
 
@@ -204,26 +227,22 @@ def m008_full_text_on_text_changes(db: Database) -> None:
     )
 
 
-# In order. Append only: a released step is never edited, a change is a new step.
-STEPS = [
-    m001_initial,
-    m002_outcomes_history_retirement,
-    m003_held_memories,
-    m004_keywords_and_full_text,
-    m005_binary_index,
-    m006_plain_vectors,
-    m007_bit_pages,
-    m008_full_text_on_text_changes,
-]
-NAMES = [step.__name__ for step in STEPS]
+@migrations()
+def m009_vectors_stored_once(db: Database) -> None:
+    """Each task vector once: drop sqlite-vec's vec0 copy; `memory_vectors` (with the bit pages) holds them all.
+
+    Since m006 every vector was written to both tables, and every read by id went to `memory_vectors`. The vec0
+    table's own scan was faster only for the exact search of whole stores (see memp_cli/store/vectors.py).
+    The pages it frees are reused by later writes; `VACUUM` gives them back to the file system.
+    """
+    db.execute("DROP TABLE IF EXISTS memory_vec")
 
 
-def migration_set() -> Any:
-    """Return the steps as sqlite-utils Migrations (imported here: opening an up-to-date store does not need it)."""
-    from sqlite_utils import Migrations
+@migrations()
+def m010_build_column_and_script_cache(db: Database) -> None:
+    """Names that say what they hold: the memory's build policy column `kind` -> `build`, `scripts` -> `script_cache`.
 
-    migrations = Migrations(MIGRATION_SET)
-    for step in STEPS:
-        migrations()(step)
-    return migrations
-
+    Neither is named by an index or a trigger (the full-text triggers read `task` and `script` only).
+    """
+    db.execute("ALTER TABLE memories RENAME COLUMN kind TO build")
+    db.execute("ALTER TABLE scripts RENAME TO script_cache")

@@ -102,11 +102,11 @@ def show_memories(memories: list[Memory], fmt: str) -> None:
         from rich.table import Table
 
         table = Table()
-        for col in ("id", "kind", "outcome", "task", "tokens", "model", "recalled", "ok", "failed", "v"):
+        for col in ("id", "build", "outcome", "task", "tokens", "model", "recalled", "ok", "failed", "v"):
             table.add_column(col, overflow="fold")
         for m in memories:
             table.add_row(
-                str(m.id), m.kind, m.outcome, m.task, str(m.tokens), m.model or "-", str(m.recalled),
+                str(m.id), m.build, m.outcome, m.task, str(m.tokens), m.model or "-", str(m.recalled),
                 str(m.succeeded), str(m.failed), str(m.version),
             )
         _console().print(table)
@@ -123,7 +123,7 @@ def show_memory(memory: Memory, fmt: str) -> None:
     src = memory.source()
     where = f"{src['file']}:{src['line']}" if src["file"] else (src["id"] or "-")
     head = (
-        f"[bold]memory {memory.id}[/] v{memory.version} · {memory.kind} · {memory.outcome} · {memory.status}\n"
+        f"[bold]memory {memory.id}[/] v{memory.version} · {memory.build} · {memory.outcome} · {memory.status}\n"
         f"task: {memory.task}\nsource: {where} · model: {memory.model or '-'} · tokens: {memory.tokens}\n"
         f"recalled {memory.recalled} · succeeded {memory.succeeded} · failed {memory.failed}"
     )

@@ -138,9 +138,9 @@ def plan(
 
 def plan_store(store: Store, rules: Rules, apply: bool = False) -> tuple[list[Retirement], int]:
     """Return the plan for a store's active memories (and how many there are); carry it out when `apply`."""
-    memories = store.list_memories(status="active")
-    retirements = plan(memories, rules, lambda m: store.nearest(store.vector(m.id), 10))
+    memories = store.memories.list(status="active")
+    retirements = plan(memories, rules, lambda m: store.vectors.nearest(store.vectors.vector(m.id), 10))
     if apply:
         for r in retirements:
-            store.retire(r.memory_id, f"{r.rule}: {r.reason}", r.merge_into)
+            store.memories.retire(r.memory_id, f"{r.rule}: {r.reason}", r.merge_into)
     return retirements, len(memories)

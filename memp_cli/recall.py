@@ -54,11 +54,11 @@ class _KeywordCache:
     def get(self, store: Store, embedder: Any, extractor: Any) -> Any:
         from . import keywords
 
-        if (id(store), extractor.name, store.keyword_state()) != self.key:
+        if (id(store), extractor.name, store.keywords.state()) != self.key:
             # Memories or statuses changed: extract what is missing, then rebuild the index once.
             keywords.ensure(store, embedder, extractor)
             self.index = keywords.KeywordIndex(store)
-            self.key = (id(store), extractor.name, store.keyword_state())
+            self.key = (id(store), extractor.name, store.keywords.state())
         return self.index
 
 
@@ -80,7 +80,7 @@ def candidates(
 ) -> list[tuple[int, float]]:
     """Return (memory id, policy score) best first for a task and its vector under avefact, hybrid or random.
 
-    The query policy is `Store.nearest_many`, which searches all of a batch's vectors in one product.
+    The query policy is `store.vectors.nearest_many`, which searches all of a batch's vectors in one product.
     """
     from . import keywords
 
@@ -91,11 +91,11 @@ def candidates(
         scored = index.scores(embedder.embed(words))
         return sorted(scored, key=lambda kv: kv[1], reverse=True)[:pool]
     if policy == "hybrid":
-        dense = store.nearest(vector, max(pool, HYBRID_POOL))
-        sparse = store.full_text(keywords.extract(task), max(pool, HYBRID_POOL))
+        dense = store.vectors.nearest(vector, max(pool, HYBRID_POOL))
+        sparse = store.keywords.full_text(keywords.extract(task), max(pool, HYBRID_POOL))
         return _rrf(dense, sparse)[:pool]
     if policy == "random":
-        return [(memory_id, 0.0) for memory_id in store.random_memories(pool, seed)]
+        return [(memory_id, 0.0) for memory_id in store.memories.random_ids(pool, seed)]
     raise MempError(f"unknown recall policy {policy!r}; choose one of {', '.join(POLICIES)}")
 
 
@@ -153,17 +153,17 @@ def recall_many(
     # threads, measured slower: every numpy call then waited its turn for the GIL.
     vectors = embedder.embed(tasks)
     if policy == "query":
-        all_hits = store.nearest_many(vectors, pool)
+        all_hits = store.vectors.nearest_many(vectors, pool)
     else:
         all_hits = [
             candidates(store, task, vector, policy, pool, embedder, seed, keywords_model)
             for task, vector in zip(tasks, vectors)
         ]
-    found = {m.id: m for m in store.get_memories(sorted({i for hits in all_hits for i, _ in hits}))}
+    found = {m.id: m for m in store.memories.get_many(sorted({i for hits in all_hits for i, _ in hits}))}
     results = []
     for task, vector, hits in zip(tasks, vectors, all_hits):
         hits = [(i, score) for i, score in hits if i in found]
-        similarity = dict(hits) if policy == "query" else store.similarities(vector, [i for i, _ in hits])
+        similarity = dict(hits) if policy == "query" else store.vectors.similarities(vector, [i for i, _ in hits])
         matches = [Match(found[i], score, 0, similarity.get(i, 0.0)) for i, score in hits]
         if min_score is not None:
             matches = [m for m in matches if (m.similarity or 0.0) >= min_score]
@@ -176,5 +176,7 @@ def recall_many(
             match.rank = position
         results.append(Recall(new_recall_id(), task, policy, matches))
     if log:
-        store.log_recalls([(r.id, r.task, policy, k, [(m.memory.id, m.score) for m in r.matches]) for r in results])
+        store.log.record_recalls(
+            [(r.id, r.task, policy, k, [(m.memory.id, m.score) for m in r.matches]) for r in results]
+        )
     return results

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import math
+from collections.abc import Mapping
 from dataclasses import dataclass, field, fields
 from functools import cached_property
 from typing import Any
@@ -22,6 +23,11 @@ class Step:
     action: str
     thought: str | None = None
     observation: str | None = None
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any]) -> Step:
+        """Return the step a `to_dict` dict describes."""
+        return cls(data["action"], data.get("thought"), data.get("observation"))
 
     def to_dict(self) -> dict[str, str]:
         """Return the step as JSON-ready dict without empty fields."""
@@ -45,6 +51,20 @@ class Trajectory:
     metadata: dict[str, Any] = field(default_factory=dict)
     source_file: str | None = None
     source_line: int | None = None
+
+    @classmethod
+    def from_row(cls, row: Any) -> Trajectory:
+        """Return the trajectory in a store row, read by column name (steps and metadata as JSON text)."""
+        return cls(
+            task=row["task"],
+            steps=[Step.from_dict(s) for s in json.loads(row["steps"])],
+            outcome=row["outcome"],
+            score=row["score"],
+            source_id=row["source_id"],
+            metadata=json.loads(row["metadata"] or "{}"),
+            source_file=row["source_file"],
+            source_line=row["source_line"],
+        )
 
     @cached_property
     def id(self) -> str:
@@ -103,7 +123,7 @@ class Memory:
 
     id: int
     trajectory_id: str
-    kind: str
+    build: str  # the build policy: trajectory, script or proceduralization
     task: str
     outcome: str
     outcome_score: float | None
@@ -125,6 +145,12 @@ class Memory:
     source_line: int | None
     source_id: str | None
     metadata: dict[str, Any] = field(default_factory=dict)
+
+    @classmethod
+    def from_row(cls, row: Any) -> Memory:
+        """Return the memory in a store row whose columns are named as the fields (metadata as JSON text)."""
+        values = {name: row[name] for name in _MEMORY_COLUMNS}
+        return cls(**values, metadata=json.loads(row["metadata"]) if row["metadata"] else {})
 
     def success_mean(self) -> float:
         """Return the posterior mean success rate: Beta(1, 1), plus the run it was built from, plus each report."""
@@ -158,6 +184,10 @@ class Memory:
     def render(self) -> str:
         """Return the text an agent reads for this memory: script, trajectory, or both."""
         return render_memory(self.script, self.trajectory)
+
+
+# The fields a store row holds as they are (metadata is JSON text): named once, not on every row.
+_MEMORY_COLUMNS = tuple(f.name for f in fields(Memory) if f.name != "metadata")
 
 
 def render_memory(script: str | None, trajectory: str | None) -> str:

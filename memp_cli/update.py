@@ -11,8 +11,8 @@ from typing import Any
 from . import formats
 from .distill import SCHEMA, SYSTEM, Distiller, DistillError, offline_procedure, parse_procedure, with_retries
 from .errors import MempError, NotFoundError
-from .guard import flag
 from .formats import native
+from .guard import flag
 from .records import OUTCOMES, Memory, Trajectory, render_memory
 from .store import Store
 from .tokens import count_tokens
@@ -135,7 +135,7 @@ def offline_revision(memory: Memory, failed: Trajectory) -> str:
 
 def resolve_policy(store: Store, policy: str | None) -> str:
     """Return the update policy: the one given, else the store's default, else adjustment."""
-    chosen = policy or store.get_setting("update_policy") or DEFAULT_POLICY
+    chosen = policy or store.settings.get("update_policy") or DEFAULT_POLICY
     if chosen not in POLICIES:
         raise MempError(f"unknown update policy {chosen!r}; choose one of {', '.join(POLICIES)}")
     return chosen
@@ -161,11 +161,11 @@ def report(
         raise MempError("name what was used: --recall ID or --memory ID (one of them)")
     decided = decide_outcome(outcome, score, success_threshold)
     chosen = resolve_policy(store, policy)
-    batch = every if every is not None else int(store.get_setting("update_every") or 1)
+    batch = every if every is not None else int(store.settings.get("update_every") or 1)
     if batch < 1:
         raise MempError("--every must be at least 1")
-    used = store.recall_memory_ids(recall_id) if recall_id else list(memory_ids)
-    missing = set(used) - {m.id for m in store.get_memories(used)}
+    used = store.log.recall_memory_ids(recall_id) if recall_id else list(memory_ids)
+    missing = set(used) - {m.id for m in store.memories.get_many(used)}
     if missing:
         raise NotFoundError(f"no memory with id {min(missing)}")
     run_json = None
@@ -173,13 +173,13 @@ def report(
         # The report says how the run went, whatever the file said.
         run = replace(trajectory, outcome=decided, score=score if score is not None else trajectory.score)
         run_json = _trajectory_json(run)
-    outcome_id = store.record_outcome(recall_id, used, decided, score, chosen, run_json, applied=False)
+    outcome_id = store.log.record_outcome(recall_id, used, decided, score, chosen, run_json, applied=False)
     result = UpdateReport(outcome_id, decided, used, chosen)
-    pending = store.pending_outcomes()
+    pending = store.log.pending_outcomes()
     if len(pending) >= batch:
         for item in pending:
             _apply(store, item, model, build, warn, result)
-            store.mark_applied(item["id"])
+            store.log.mark_applied(item["id"])
         pending = []
     result.pending = len(pending)
     return result
@@ -191,9 +191,9 @@ def flush(
     """Apply every pending outcome's policy now."""
     warn = warn or (lambda msg: print(f"memp: {msg}", file=sys.stderr))
     result = UpdateReport(0, "", [], "flush")
-    for item in store.pending_outcomes():
+    for item in store.log.pending_outcomes():
         _apply(store, item, model, build, warn, result)
-        store.mark_applied(item["id"])
+        store.log.mark_applied(item["id"])
     return result
 
 
@@ -208,7 +208,7 @@ def _apply(
     run = _trajectory_from_json(item["trajectory"]) if item["trajectory"] else None
     if policy == "adjustment" and outcome == "failure" and item["memory_ids"] and run is not None:
         reviser = Reviser(model, warn)
-        for memory in store.get_memories(item["memory_ids"]):
+        for memory in store.memories.get_many(item["memory_ids"]):
             if memory.status != "active":
                 continue
             script, used_model, version = reviser.revise(memory, run)
@@ -217,7 +217,7 @@ def _apply(
             tokens = count_tokens(render_memory(script, memory.trajectory))
             reason = f"failed in recall {item['recall_id']}" if item["recall_id"] else f"failed (outcome {item['id']})"
             held = flag(script)
-            result.revised[memory.id] = store.revise(
+            result.revised[memory.id] = store.memories.revise(
                 memory.id, script, memory.trajectory, used_model, version, tokens, "revised", reason, held
             )
             result.held += bool(held)
@@ -230,7 +230,9 @@ def _apply(
 
 def revert(store: Store, memory_id: int, version: int) -> int:
     """Restore a memory's content as it was at `version`, as a new version; return that version number."""
-    script, trajectory, model = store.version_content(memory_id, version)
+    script, trajectory, model = store.memories.version_content(memory_id, version)
     tokens = count_tokens(render_memory(script, trajectory))
-    return store.revise(memory_id, script, trajectory, model, None, tokens, "reverted", f"reverted to v{version}")
+    return store.memories.revise(
+        memory_id, script, trajectory, model, None, tokens, "reverted", f"reverted to v{version}"
+    )
 

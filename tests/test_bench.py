@@ -13,7 +13,7 @@ ROOT = Path(__file__).resolve().parents[1]
 def test_bench_runs_on_a_small_store(tmp_path: Path) -> None:
     cmd = [sys.executable, str(ROOT / "bench/run.py"), "--sizes", "300", "--runs", "3", "--batch", "20",
            "--ingest", "40", "--format", "json"]
-    done = subprocess.run(cmd, capture_output=True, text=True, timeout=600, env={
+    done = subprocess.run(cmd, capture_output=True, text=True, timeout=600, check=False, env={
         **__import__("os").environ, "MEMP_CACHE": str(tmp_path / "cache"), "LLM_USER_PATH": str(tmp_path / "llm"),
     })
     assert done.returncode == 0, done.stderr[-2000:]
@@ -29,3 +29,16 @@ def test_bench_runs_on_a_small_store(tmp_path: Path) -> None:
     for key in ("recall_fresh_ms_median", "recall_fresh_ms_p95", "recall_peak_rss_mb", "batch_recall_qps",
                 "store_bytes_per_memory"):
         assert row[key] > 0
+
+
+def test_bench_search_only_times_the_search_alone(tmp_path: Path) -> None:
+    cmd = [sys.executable, str(ROOT / "bench/run.py"), "--sizes", "200", "--runs", "2", "--search-only"]
+    done = subprocess.run(cmd, capture_output=True, text=True, timeout=600, check=False, env={
+        **__import__("os").environ, "MEMP_CACHE": str(tmp_path / "cache"), "LLM_USER_PATH": str(tmp_path / "llm"),
+    })
+    assert done.returncode == 0, done.stderr[-2000:]
+    (row,) = json.loads(done.stdout)["sizes"]
+    assert row["size"] == 200 and row["store_bytes_per_memory"] > 0
+    assert {name: row["search"][name]["recall_at_5"] for name in ("default", "binary", "exact")} == {
+        "default": 1.0, "binary": 1.0, "exact": 1.0,  # 200 memories: the bit pass rescores them all
+    }

@@ -14,7 +14,8 @@ from pathlib import Path
 import pytest
 from conftest import EXAMPLES, procedure_json, traj, write_jsonl
 
-from memp_cli.store import Store, open_store
+from memp_cli.store import db as store_db
+from memp_cli.store import open_store
 
 ROOMS = ["kitchen", "garage", "office", "attic", "cellar", "garden", "studio", "bathroom"]
 THINGS = ["lamp", "kettle", "drill", "printer", "router", "heater", "fan", "radio", "camera", "speaker"]
@@ -188,14 +189,14 @@ def test_embedding_model_failure_stores_nothing(memp, fake_chat, tmp_path: Path,
 def pragma(monkeypatch):
     """Run extra PRAGMAs on every store memp opens (to make it read-only or small)."""
     extra: list[str] = []
-    original = Store._migrate
+    original = store_db.migrate
 
-    def patched(self):  # type: ignore[no-untyped-def]
-        original(self)
+    def patched(conn, path):  # type: ignore[no-untyped-def]
+        original(conn, path)
         for statement in extra:
-            self.db.execute(statement)
+            conn.execute(statement)
 
-    monkeypatch.setattr(Store, "_migrate", patched)
+    monkeypatch.setattr(store_db, "migrate", patched)
     return extra
 
 

@@ -21,7 +21,7 @@ def test_examples_ingest_and_recall_offline(memp, isolated: Path) -> None:
     assert result["recall_id"].startswith("r-")
     top = result["matches"][0]
     assert top["task"] == "put a clean mug in the coffee machine"
-    assert top["kind"] == "proceduralization"
+    assert top["build"] == "proceduralization"
     assert "Steps:" in top["script"] and "Task: put a clean mug" in top["trajectory"]
     assert top["source"]["file"].endswith("household.jsonl") and top["source"]["line"] == 1
     assert top["source"]["id"] == "house-001"
@@ -92,7 +92,7 @@ def test_build_policies_with_a_model(memp, fake_chat, tmp_path: Path, policy: st
     report = memp.json("ingest", str(src), "--build", policy, "-m", "fake-chat")
     assert report["added"] == 1
     (memory,) = memp.json("list")
-    assert memory["kind"] == policy
+    assert memory["build"] == policy
     if policy == "trajectory":
         assert fake_chat.prompts == []
         assert memory["script"] is None and memory["model"] is None
@@ -117,7 +117,7 @@ def test_script_cache_and_token_usage_recorded(memp, fake_chat, isolated: Path) 
     fake_chat.queue(procedure_json(["a"]), procedure_json(["b"]))
     memp("ingest", str(EXAMPLES / "coding.jsonl"), "-m", "fake-chat", ok=False)  # runs out of replies at the 3rd
     conn = sqlite3.connect(isolated / "memp.db")
-    rows = conn.execute("SELECT model, prompt_version, input_tokens, output_tokens FROM scripts").fetchall()
+    rows = conn.execute("SELECT model, prompt_version, input_tokens, output_tokens FROM script_cache").fetchall()
     by_model = {}
     for model, version, tin, tout in rows:
         by_model.setdefault(model, []).append((version, tin, tout))
@@ -213,7 +213,7 @@ def test_show_list_stats(memp) -> None:
     shown = memp.json("show", str(memories[0]["id"]))
     assert shown["id"] == memories[0]["id"] and shown["script"]
     stats = memp.json("stats")
-    assert stats["by_kind"] == {"proceduralization": 16}
+    assert stats["by_build"] == {"proceduralization": 16}
     assert stats["by_outcome"] == {"failure": 4, "success": 12}
     assert stats["by_model"] == {"offline": 16}
     assert stats["embed_model"] == "memp-minilm" and stats["embed_dim"] == 384

@@ -201,14 +201,14 @@ def test_help_imports_no_heavy_module() -> None:
 
 
 def test_quantized_search_returns_the_exact_top_results(memp, isolated: Path, monkeypatch) -> None:
-    import memp_cli.bits as bits_module
-    import memp_cli.store as store_module
+    import memp_cli.store.bits as bits_module
+    import memp_cli.store.vectors as vectors_module
     from memp_cli.store import open_store
 
     # Rescore only 20 of the 41 memories, so the binary pass really chooses; pages of 8, so ingests fill the last
     # page and open new ones, and a purge rewrites and deletes pages.
-    monkeypatch.setattr(store_module, "MIN_CANDIDATES", 20)
-    monkeypatch.setattr(store_module, "OVERSAMPLE", 4)
+    monkeypatch.setattr(vectors_module, "MIN_CANDIDATES", 20)
+    monkeypatch.setattr(vectors_module, "OVERSAMPLE", 4)
     monkeypatch.setattr(bits_module, "PAGE_VECTORS", 8)
     memp("ingest", str(EXAMPLES))
     rows = [traj(f"{verb} the {thing} in room {i}") for i, (verb, thing) in enumerate(
@@ -216,47 +216,26 @@ def test_quantized_search_returns_the_exact_top_results(memp, isolated: Path, mo
     )]
     memp("ingest", str(write_jsonl(isolated / "more.jsonl", rows)), "--build", "trajectory")
     store = open_store(isolated / "memp.db")
-    assert store.vector_count() == 41
+    assert store.vectors.count() == 41
     pages = store.db.execute("SELECT length(ids) / 8 FROM memory_bit_pages ORDER BY page").fetchall()
     assert [r[0] for r in pages] == [8, 8, 8, 8, 8, 1]
     tasks = ("clean a cup and put it in the coffee machine", "repair the oven", "free disk space", "nginx")
     for task in tasks:
         vector = OnnxEmbedder().embed([task])[0]
-        exact = store.nearest(vector, 3, exact=True)
-        quantized = store.nearest(vector, 3, exact=False)
+        exact = store.vectors.nearest(vector, 3, exact=True)
+        quantized = store.vectors.nearest(vector, 3, exact=False)
         assert [i for i, _ in quantized] == [i for i, _ in exact]
         assert [round(s, 5) for _, s in quantized] == [round(s, 5) for _, s in exact]
     assert memp.json("check")["ok"] is True
 
     # Purged memories leave the pages; the rest are still found exactly as the full scan finds them.
     oven = OnnxEmbedder().embed(["repair the oven"])[0]
-    gone = [i for i, _ in store.nearest(oven, 2, exact=True)]
+    gone = [i for i, _ in store.vectors.nearest(oven, 2, exact=True)]
     for memory_id in gone:
-        store.retire(memory_id, "test")
-    assert store.purge_retired() == 2
+        store.memories.retire(memory_id, "test")
+    assert store.memories.purge_retired() == 2
     assert store.db.execute("SELECT sum(length(ids)) / 8 FROM memory_bit_pages").fetchone()[0] == 39
-    after = store.nearest(oven, 3, exact=False)
+    after = store.vectors.nearest(oven, 3, exact=False)
     assert not set(gone) & {i for i, _ in after}
-    assert after == store.nearest(oven, 3, exact=True)
-    assert memp.json("check")["ok"] is True
-
-
-def test_a_store_from_before_the_bit_pages_is_upgraded(memp, isolated: Path) -> None:
-    from memp_cli.store import open_store
-
-    # Put the store back as the previous release left it: sqlite-vec's bit index, and no m007.
-    memp("ingest", str(EXAMPLES))
-    old = open_store(isolated / "memp.db")
-    with old.write():
-        old.db.execute("DROP TABLE memory_bit_pages")
-        old.db.execute("CREATE VIRTUAL TABLE memory_bits USING vec0(memory_id INTEGER PRIMARY KEY, embedding bit[384])")
-        old.db.execute("INSERT INTO memory_bits SELECT memory_id, vec_quantize_binary(embedding) FROM memory_vec")
-        old.db.execute("DELETE FROM _sqlite_migrations WHERE name = 'm007_bit_pages'")
-    old.close()
-    store = open_store(isolated / "memp.db")
-    names = {r[0] for r in store.db.execute("SELECT name FROM sqlite_master")}
-    assert "memory_bits" not in names
-    assert store.db.execute("SELECT sum(length(ids)) / 8 FROM memory_bit_pages").fetchone()[0] == 16
-    vector = OnnxEmbedder().embed(["rinse a dirty cup and put it in the coffee maker"])[0]
-    assert store.nearest(vector, 3, exact=False) == store.nearest(vector, 3, exact=True)
+    assert after == store.vectors.nearest(oven, 3, exact=True)
     assert memp.json("check")["ok"] is True

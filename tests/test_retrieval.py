@@ -97,9 +97,11 @@ def test_full_text_follows_revisions_and_is_left_alone_by_recalls(memp, tmp_path
         memp("recall", "rotate the logs", "-k", "2")
     # Counting recalls rewrites memory rows, never their full-text index (it used to re-index them every time).
     assert store.db.execute(segments).fetchone() == before
-    (target,) = store.full_text(["rotate"], 1)
-    store.revise(target[0], "Steps: compress with zstandard, keep thirty days", None, "offline", "t", 10, "adjusted", "t")
-    assert [i for i, _ in store.full_text(["zstandard"], 2)] == [target[0]]
+    (target,) = store.keywords.full_text(["rotate"], 1)
+    store.memories.revise(
+        target[0], "Steps: compress with zstandard, keep thirty days", None, "offline", "t", 10, "adjusted", "t"
+    )
+    assert [i for i, _ in store.keywords.full_text(["zstandard"], 2)] == [target[0]]
 
 
 def test_nothing_when_nothing_fits(memp) -> None:

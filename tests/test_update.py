@@ -214,7 +214,7 @@ def test_prune_rules_as_pure_policy(tmp_path: Path) -> None:
 
     store = open_store(tmp_path / "p.db")
     ingest(store, [str(EXAMPLES)], IngestOptions(build="trajectory"))
-    memories = store.list_memories()
+    memories = store.memories.list()
     later = datetime.now(timezone.utc) + timedelta(days=40)
     stale = plan(memories, Rules(discard=False, stale_days=30), now=later)
     assert len(stale) == 16 and all(r.rule == "stale" for r in stale)

@@ -1,0 +1,79 @@
+"""The storage seam: `open_store(path)` returns a Store whose parts hold memories, vectors, the log and keywords.
+
+    store = open_store(path)
+    store.memories.get(7)                   # trajectories, memories, versions, retirement (memories.py)
+    store.vectors.nearest(vector, k=3)      # the task vectors and their search (vectors.py, bits.py)
+    store.log.record_outcome(...)           # recalls and outcomes (log.py)
+    store.keywords.full_text(["nginx"], 5)  # AveFact keywords and FTS5 (keywords.py)
+    store.settings.get("update_policy")     # settings and the embedding model record (settings.py)
+
+The interfaces are in base.py; the SQLite implementation is in the other modules, the only ones with SQL.
+Nothing heavy is imported here: sqlean, numpy and sqlite-utils load when a store is opened or searched.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+from .base import Keywords, Log, Memories, NewMemory, Settings, Store, Vectors
+from .db import DB_FILENAME, default_path
+
+__all__ = [
+    "DB_FILENAME", "Keywords", "Log", "Memories", "NewMemory", "Settings", "SqliteStore", "Store", "Vectors",
+    "default_path", "open_store",
+]
+
+
+class SqliteStore:
+    """An open SQLite store: one connection shared by its parts."""
+
+    def __init__(self, conn: Any, path: Path) -> None:
+        from .keywords import SqliteKeywords
+        from .log import SqliteLog
+        from .memories import SqliteMemories
+        from .settings import SqliteSettings
+        from .vectors import SqliteVectors
+
+        self.path = path
+        # The connection itself, for tests and tools that read the tables directly.
+        self.db = conn
+        self.settings = SqliteSettings(conn, path)
+        self.vectors = SqliteVectors(conn, self.settings)
+        self.memories = SqliteMemories(conn, path, self.vectors, self.settings)
+        self.log = SqliteLog(conn)
+        self.keywords = SqliteKeywords(conn)
+
+    @contextmanager
+    def write(self) -> Iterator[None]:
+        """Run a block as one write transaction: all of it lands, or none of it (writes inside it join it)."""
+        from .db import write
+
+        with write(self.db):
+            yield
+
+    def check(self) -> dict[str, Any]:
+        """Return integrity findings: SQLite's own checks, and memories, vectors and trajectories that do not match."""
+        from .check import check
+
+        return check(self.db, self.path, self.settings)
+
+    def close(self) -> None:
+        """Close the connection."""
+        self.db.close()
+
+
+def open_store(path: Path | None = None) -> Store:
+    """Return the store at `path` (or the default), creating and migrating it as needed."""
+    from . import db
+
+    path = path or default_path()
+    conn = db.connect(path)
+    try:
+        db.migrate(conn, path)
+    except BaseException:
+        conn.close()
+        raise
+    return SqliteStore(conn, path)

@@ -1,0 +1,229 @@
+"""The storage seam: what each part of a store offers, whatever database holds it.
+
+recall, update, prune, ingest and the CLI use only these interfaces; the SQLite modules beside this one implement
+them, and another backend (PostgreSQL with pgvector) implements the same parts to run the same commands.
+"""
+
+from __future__ import annotations
+
+import builtins
+from collections.abc import Sequence
+from contextlib import AbstractContextManager
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Protocol
+
+from ..records import Memory, Script, Trajectory
+
+# One recall to log: (recall id, task, policy, k, [(memory id, score), ...] in rank order).
+RecallEntry = tuple[str, str, str, int, Sequence[tuple[int, float]]]
+
+
+@dataclass
+class NewMemory:
+    """What ingest hands the store for one trajectory: the memory built and the key vector."""
+
+    trajectory: Trajectory
+    build: str
+    script: Script | None
+    trajectory_text: str | None
+    tokens: int
+    vector: list[float]
+    flag: str | None = None
+
+
+class Settings(Protocol):
+    """Store settings, and which embedding model built the store's vectors."""
+
+    def get(self, key: str) -> str | None:
+        """Return a store setting, None when unset."""
+
+    def set(self, key: str, value: str) -> None:
+        """Store a setting."""
+
+    def embed_model(self) -> tuple[str, int] | None:
+        """Return the (model id, dimensions) the store's vectors were built with, if any."""
+
+    def check_embed_model(self, model_id: str, dim: int | None = None) -> None:
+        """Raise ModelMismatchError unless vectors from `model_id` (of `dim`) may go into this store."""
+
+    def claim_embed_model(self, model_id: str, dim: int) -> None:
+        """Record `model_id` as the store's embedding model unless one is recorded, else check it (inside a write)."""
+
+
+class Vectors(Protocol):
+    """The task vectors of the memories, one per memory, and the nearest-neighbour search over them."""
+
+    def add(self, memory_ids: Sequence[int], vectors: Sequence[Sequence[float]], embed_model: str) -> None:
+        """Store the memories' vectors (inside a write), recording which model made them."""
+
+    def remove(self, memory_ids: Sequence[int]) -> None:
+        """Delete the memories' vectors (inside a write)."""
+
+    def count(self) -> int:
+        """Return how many vectors the store holds."""
+
+    def vector(self, memory_id: int) -> list[float]:
+        """Return a memory's task vector, or raise NotFoundError."""
+
+    def nearest(self, vector: Sequence[float], k: int, exact: bool | None = None) -> list[tuple[int, float]]:
+        """Return (memory id, cosine similarity) of the `k` active memories nearest to `vector`, best first."""
+
+    def nearest_many(self, vectors: Sequence[Sequence[float]], k: int) -> list[list[tuple[int, float]]]:
+        """Return `nearest` for each vector."""
+
+    def similarities(self, vector: Sequence[float], memory_ids: Sequence[int]) -> dict[int, float]:
+        """Return the cosine between `vector` and each memory's task vector."""
+
+    def preload(self) -> None:
+        """Hold the active memories' vectors in memory, for many searches in one process."""
+
+
+class Memories(Protocol):
+    """Trajectories, the memories built from them, the script cache, and every change to a memory."""
+
+    # Inside this class `list` names the method below: annotations say builtins.list.
+
+    def known(self, trajectory_ids: Sequence[str]) -> set[str]:
+        """Return which of the trajectory ids are stored already."""
+
+    def cached_script(self, trajectory_id: str, model: str, prompt_version: str) -> Script | None:
+        """Return a script distilled before from this trajectory by this model and prompt version."""
+
+    def add(self, items: Sequence[NewMemory], embed_model: str) -> dict[str, int]:
+        """Store trajectories with their memories and vectors in one transaction; return trajectory id -> memory id."""
+
+    def get(self, memory_id: int) -> Memory:
+        """Return one memory, or raise NotFoundError."""
+
+    def get_many(self, memory_ids: Sequence[int]) -> builtins.list[Memory]:
+        """Return the memories with these ids that exist, in the order asked."""
+
+    def list(
+        self, limit: int | None = None, build: str | None = None, outcome: str | None = None,
+        status: str | None = None,
+    ) -> builtins.list[Memory]:
+        """Return memories, newest first, optionally filtered by build policy, outcome and status."""
+
+    def random_ids(self, k: int, seed: int | None = None) -> builtins.list[int]:
+        """Return the ids of up to `k` active memories drawn at random."""
+
+    def trajectory(self, trajectory_id: str) -> Trajectory:
+        """Return a stored trajectory, or raise NotFoundError."""
+
+    def set_script(self, memory_id: int, trajectory_id: str, script: Script, tokens: int) -> None:
+        """Replace a memory's script (a rebuild) as a new version, caching the new one."""
+
+    def revise(
+        self, memory_id: int, script: str | None, trajectory: str | None, model: str | None,
+        prompt_version: str | None, tokens: int, event: str, reason: str, flag: str | None = None,
+    ) -> int:
+        """Store a new version of a memory (the old one stays in its history); return the version number."""
+
+    def retire(self, memory_id: int, reason: str, merged_into: int | None = None) -> None:
+        """Keep a memory out of recall (restorable), merging its statistics into another when given."""
+
+    def restore(self, memory_id: int) -> None:
+        """Bring a retired memory back into recall."""
+
+    def approve(self, memory_id: int) -> str | None:
+        """Let a held memory into recall; return the flag it was held for (None if it was not held)."""
+
+    def purge_retired(self) -> int:
+        """Delete retired memories for good, with everything that refers to them; return how many."""
+
+    def history(self, memory_id: int) -> builtins.list[dict[str, Any]]:
+        """Return every change to a memory, oldest first."""
+
+    def version_content(self, memory_id: int, version: int) -> tuple[str | None, str | None, str | None]:
+        """Return (script, trajectory, model) of a memory as it was at `version`."""
+
+    def scripts_to_rebuild(self, everything: bool) -> builtins.list[tuple[int, str, str]]:
+        """Return (memory id, trajectory id, build) of memories whose script is offline-built, or of all scripts."""
+
+    def stats(self) -> dict[str, Any]:
+        """Return counts of trajectories and memories by build policy, outcome, model and status."""
+
+
+class Log(Protocol):
+    """The recalls made and the outcomes reported for them."""
+
+    def record_recalls(self, recalls: Sequence[RecallEntry]) -> None:
+        """Record recalls and the memories they returned, counting each memory's use, in one write."""
+
+    def recall_memory_ids(self, recall_id: str) -> list[int]:
+        """Return the memories a recall returned, in rank order, or raise NotFoundError."""
+
+    def record_outcome(
+        self, recall_id: str | None, memory_ids: Sequence[int], outcome: str, score: float | None, policy: str,
+        trajectory_json: str | None, applied: bool,
+    ) -> int:
+        """Record an outcome and credit or blame each memory used, in one transaction; return the outcome id."""
+
+    def pending_outcomes(self) -> list[dict[str, Any]]:
+        """Return outcomes whose update policy has not been applied yet, oldest first."""
+
+    def mark_applied(self, outcome_id: int) -> None:
+        """Mark an outcome's update policy as carried out."""
+
+
+class Keywords(Protocol):
+    """AveFact's keywords (each once, with its vector, and which memory has which) and the full-text index."""
+
+    def missing(self) -> list[tuple[int, str]]:
+        """Return (memory id, task) of memories whose keywords were not extracted yet."""
+
+    def reset(self) -> None:
+        """Forget which memory has which keywords (another extractor will fill them in again)."""
+
+    def known(self, words: Sequence[str]) -> set[str]:
+        """Return which of `words` have a stored vector."""
+
+    def add(self, vectors: dict[str, list[float]], links: Sequence[tuple[int, list[str]]]) -> None:
+        """Store keyword vectors and which memory has which keywords, in one transaction."""
+
+    def state(self) -> tuple[int, ...]:
+        """Return numbers that change whenever keywords, memberships or memory statuses change."""
+
+    def index(self) -> tuple[list[int], list[list[int]], list[str], list[bytes]]:
+        """Return active memory ids, each one's keyword positions, and the keywords with their float32 blobs."""
+
+    def full_text(self, terms: Sequence[str], n: int) -> list[tuple[int, float]]:
+        """Return (memory id, score, higher is better) of up to `n` active memories matching any of `terms`."""
+
+
+class Store(Protocol):
+    """An open memp store: its parts, one transaction around several writes, an integrity check."""
+
+    @property
+    def path(self) -> Path:
+        """Return where the store is: its file, or the database it names."""
+
+    @property
+    def settings(self) -> Settings:
+        """Return the settings part."""
+
+    @property
+    def vectors(self) -> Vectors:
+        """Return the vector part."""
+
+    @property
+    def memories(self) -> Memories:
+        """Return the memories part."""
+
+    @property
+    def log(self) -> Log:
+        """Return the recall and outcome log part."""
+
+    @property
+    def keywords(self) -> Keywords:
+        """Return the keywords and full-text part."""
+
+    def write(self) -> AbstractContextManager[None]:
+        """Return a context that runs its block as one write transaction (writes inside it join it)."""
+
+    def check(self) -> dict[str, Any]:
+        """Return integrity findings: {"ok": bool, "problems": [...], counts...}."""
+
+    def close(self) -> None:
+        """Close the store."""

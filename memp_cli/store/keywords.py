@@ -1,0 +1,90 @@
+"""AveFact's keywords (each word once with its vector, and which memory has which) and the FTS5 full-text index."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+from .db import pack, write
+
+
+class SqliteKeywords:
+    """The `keywords`, `memory_keywords` and `memories_fts` tables of one SQLite store."""
+
+    def __init__(self, conn: Any) -> None:
+        self._conn = conn
+
+    def missing(self) -> list[tuple[int, str]]:
+        """Return (memory id, task) of memories whose keywords were not extracted yet."""
+        rows = self._conn.execute(
+            "SELECT id, task FROM memories m WHERE NOT EXISTS "
+            "(SELECT 1 FROM memory_keywords k WHERE k.memory_id = m.id) ORDER BY id"
+        ).fetchall()
+        return [(int(r[0]), str(r[1])) for r in rows]
+
+    def reset(self) -> None:
+        """Forget which memory has which keywords (another extractor will fill them in again)."""
+        with write(self._conn):
+            self._conn.execute("DELETE FROM memory_keywords")
+
+    def known(self, words: Sequence[str]) -> set[str]:
+        """Return which of `words` have a stored vector."""
+        found: set[str] = set()
+        # In chunks: one bound parameter a word.
+        for start in range(0, len(words), 500):
+            chunk = list(words[start : start + 500])
+            marks = ",".join("?" * len(chunk))
+            found.update(r[0] for r in self._conn.execute(f"SELECT word FROM keywords WHERE word IN ({marks})", chunk))
+        return found
+
+    def add(self, vectors: dict[str, list[float]], links: Sequence[tuple[int, list[str]]]) -> None:
+        """Store keyword vectors and which memory has which keywords, in one transaction."""
+        with write(self._conn):
+            self._conn.executemany(
+                "INSERT OR IGNORE INTO keywords(word, embedding) VALUES (?, ?)",
+                [(word, pack(vector)) for word, vector in vectors.items()],
+            )
+            self._conn.executemany(
+                "INSERT OR IGNORE INTO memory_keywords(memory_id, keyword_id) "
+                "SELECT ?, id FROM keywords WHERE word = ?",
+                [(memory_id, word) for memory_id, words in links for word in dict.fromkeys(words)],
+            )
+
+    def state(self) -> tuple[int, ...]:
+        """Return numbers that change whenever keywords, memberships or memory statuses change."""
+        row = self._conn.execute(
+            "SELECT (SELECT coalesce(max(id), 0) FROM keywords), (SELECT count(*) FROM memory_keywords), "
+            "(SELECT count(*) FROM memories WHERE status = 'active'), (SELECT coalesce(max(id), 0) FROM memories)"
+        ).fetchone()
+        return tuple(int(v) for v in row)
+
+    def index(self) -> tuple[list[int], list[list[int]], list[str], list[bytes]]:
+        """Return active memory ids, each one's keyword positions, and the keywords with their float32 blobs."""
+        words: list[str] = []
+        blobs: list[bytes] = []
+        position: dict[int, int] = {}
+        for kid, word, blob in self._conn.execute("SELECT id, word, embedding FROM keywords ORDER BY id"):
+            position[kid] = len(words)
+            words.append(word)
+            blobs.append(blob)
+        members: dict[int, list[int]] = {}
+        for memory_id, kid in self._conn.execute(
+            "SELECT k.memory_id, k.keyword_id FROM memory_keywords k JOIN memories m ON m.id = k.memory_id "
+            "WHERE m.status = 'active' ORDER BY k.memory_id"
+        ):
+            members.setdefault(int(memory_id), []).append(position[kid])
+        ids = list(members)
+        return ids, [members[i] for i in ids], words, blobs
+
+    def full_text(self, terms: Sequence[str], n: int) -> list[tuple[int, float]]:
+        """Return (memory id, BM25 score, higher is better) of up to `n` active memories matching any of `terms`."""
+        if not terms:
+            return []
+        # Each term quoted: FTS5 would read a bare word such as "or" or "near" as an operator.
+        query = " OR ".join('"' + t.replace('"', '""') + '"' for t in terms)
+        rows = self._conn.execute(
+            "SELECT f.rowid, -bm25(memories_fts) AS score FROM memories_fts f JOIN memories m ON m.id = f.rowid "
+            "WHERE memories_fts MATCH ? AND m.status = 'active' ORDER BY bm25(memories_fts) LIMIT ?",
+            [query, n],
+        ).fetchall()
+        return [(int(r[0]), float(r[1])) for r in rows]

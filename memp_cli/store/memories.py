@@ -1,0 +1,350 @@
+"""Trajectories and the memories built from them: writes (exactly once), reads, versions, retirement, script cache."""
+
+from __future__ import annotations
+
+import builtins
+import json
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+from ..errors import NotFoundError
+from ..records import Memory, Script, Trajectory
+from .base import NewMemory
+from .db import now, write
+from .settings import SqliteSettings
+from .vectors import SqliteVectors
+
+# Named as Memory's fields, so Memory.from_row can build one by column name.
+_MEMORY_COLUMNS = """
+    m.id, m.trajectory_id, m.build, m.task, t.outcome, t.score AS outcome_score, m.script, m.trajectory, m.tokens,
+    m.model, m.prompt_version, m.version, m.status, m.recalled, m.succeeded, m.failed, m.created_at,
+    m.last_recalled_at, m.retired_reason, m.flag, t.source_file, t.source_line, t.source_id, t.metadata
+"""
+_MEMORY_FROM = "FROM memories m JOIN trajectories t ON t.id = m.trajectory_id"
+_HISTORY_COLUMNS = (
+    "version", "event", "old_script", "new_script", "old_trajectory", "new_trajectory", "model", "reason", "created_at"
+)
+
+
+class SqliteMemories:
+    """The `trajectories`, `memories`, `script_cache` and `memory_history` tables of one SQLite store."""
+
+    def __init__(self, conn: Any, path: Path, vectors: SqliteVectors, settings: SqliteSettings) -> None:
+        self._conn = conn
+        self._path = path
+        self._vectors = vectors
+        self._settings = settings
+
+    # -- writing --------------------------------------------------------------------------------------------------
+
+    def known(self, trajectory_ids: Sequence[str]) -> set[str]:
+        """Return which of the trajectory ids are stored already."""
+        if not trajectory_ids:
+            return set()
+        marks = ",".join("?" * len(trajectory_ids))
+        rows = self._conn.execute(f"SELECT id FROM trajectories WHERE id IN ({marks})", list(trajectory_ids))
+        return {r[0] for r in rows}
+
+    def cached_script(self, trajectory_id: str, model: str, prompt_version: str) -> Script | None:
+        """Return a script distilled before from this trajectory by this model and prompt version."""
+        row = self._conn.execute(
+            "SELECT script, input_tokens, output_tokens FROM script_cache "
+            "WHERE trajectory_id = ? AND model = ? AND prompt_version = ?",
+            [trajectory_id, model, prompt_version],
+        ).fetchone()
+        if row is None:
+            return None
+        return Script(row["script"], model, prompt_version, row["input_tokens"], row["output_tokens"])
+
+    def _cache_script(self, trajectory_id: str, script: Script) -> None:
+        self._conn.execute(
+            "INSERT OR IGNORE INTO script_cache(trajectory_id, model, prompt_version, script, input_tokens, "
+            "output_tokens, created_at) VALUES (?, ?, ?, ?, ?, ?, ?)",
+            [trajectory_id, script.model, script.prompt_version, script.text, script.input_tokens,
+             script.output_tokens, now()],
+        )
+
+    def add(self, items: Sequence[NewMemory], embed_model: str) -> dict[str, int]:
+        """Store trajectories with their memories and vectors in one transaction; return trajectory id -> memory id.
+
+        A trajectory already stored (by another process meanwhile, say) is skipped, so re-running is exactly-once.
+        """
+        added: dict[str, int] = {}
+        if not items:
+            return added
+        vectors: list[list[float]] = []
+        with write(self._conn):
+            # Checked before anything is written, so a store of another model stays as it was.
+            self._settings.check_embed_model(embed_model, len(items[0].vector))
+            stamp = now()
+            for item in items:
+                traj = item.trajectory
+                cur = self._conn.execute(
+                    "INSERT OR IGNORE INTO trajectories(id, task, steps, outcome, score, source_id, source_file, "
+                    "source_line, metadata, created_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                    [
+                        traj.id, traj.task, json.dumps([s.to_dict() for s in traj.steps], ensure_ascii=False),
+                        traj.outcome, traj.score, traj.source_id, traj.source_file, traj.source_line,
+                        json.dumps(traj.metadata, ensure_ascii=False), stamp,
+                    ],
+                )
+                if cur.rowcount == 0:
+                    continue
+                script = item.script
+                if script is not None:
+                    self._cache_script(traj.id, script)
+                cur = self._conn.execute(
+                    "INSERT INTO memories(trajectory_id, build, task, script, trajectory, tokens, model, "
+                    "prompt_version, created_at, updated_at, status, flag) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                    [
+                        traj.id, item.build, traj.task, script.text if script else None, item.trajectory_text,
+                        item.tokens, script.model if script else None, script.prompt_version if script else None,
+                        stamp, stamp, "held" if item.flag else "active", item.flag,
+                    ],
+                )
+                memory_id = int(cur.lastrowid or 0)
+                vectors.append(item.vector)
+                self._history(
+                    memory_id, 1, "built", None, None, script.text if script else None, item.trajectory_text,
+                    script.model if script else None, "ingested", stamp,
+                )
+                added[traj.id] = memory_id
+            self._vectors.add(list(added.values()), vectors, embed_model)
+        return added
+
+    def set_script(self, memory_id: int, trajectory_id: str, script: Script, tokens: int) -> None:
+        """Replace a memory's script (a rebuild) as a new version, caching the new one."""
+        with write(self._conn):
+            self._cache_script(trajectory_id, script)
+            self._revise(memory_id, script.text, None, script.model, script.prompt_version, tokens, "rebuilt",
+                         f"script rebuilt with {script.model}", keep_trajectory=True)
+
+    # -- history and revision -------------------------------------------------------------------------------------
+
+    def _history(
+        self, memory_id: int, version: int, event: str, old_script: str | None, old_trajectory: str | None,
+        new_script: str | None, new_trajectory: str | None, model: str | None, reason: str, stamp: str,
+    ) -> None:
+        self._conn.execute(
+            "INSERT INTO memory_history(memory_id, version, event, old_script, new_script, old_trajectory, "
+            "new_trajectory, model, reason, created_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+            [memory_id, version, event, old_script, new_script, old_trajectory, new_trajectory, model, reason, stamp],
+        )
+
+    def _revise(
+        self, memory_id: int, script: str | None, trajectory: str | None, model: str | None,
+        prompt_version: str | None, tokens: int, event: str, reason: str, keep_trajectory: bool = False,
+        flag: str | None = None,
+    ) -> int:
+        """Write a new version of a memory inside an open write; return the version number."""
+        row = self._conn.execute(
+            "SELECT version, script, trajectory FROM memories WHERE id = ?", [memory_id]
+        ).fetchone()
+        if row is None:
+            raise NotFoundError(f"no memory with id {memory_id}")
+        version, old_script, old_trajectory = int(row["version"]) + 1, row["script"], row["trajectory"]
+        if keep_trajectory:
+            trajectory = old_trajectory
+        stamp = now()
+        self._conn.execute(
+            "UPDATE memories SET script = ?, trajectory = ?, model = ?, prompt_version = ?, tokens = ?, version = ?, "
+            "updated_at = ? WHERE id = ?",
+            [script, trajectory, model, prompt_version, tokens, version, stamp, memory_id],
+        )
+        if flag:
+            self._conn.execute("UPDATE memories SET status = 'held', flag = ? WHERE id = ?", [flag, memory_id])
+        self._history(memory_id, version, event, old_script, old_trajectory, script, trajectory, model, reason, stamp)
+        return version
+
+    def revise(
+        self, memory_id: int, script: str | None, trajectory: str | None, model: str | None,
+        prompt_version: str | None, tokens: int, event: str, reason: str, flag: str | None = None,
+    ) -> int:
+        """Store a new version of a memory (the old one stays in its history); return the version number.
+
+        A `flag` holds the memory back from recall until approved.
+        """
+        with write(self._conn):
+            return self._revise(memory_id, script, trajectory, model, prompt_version, tokens, event, reason,
+                                flag=flag)
+
+    def history(self, memory_id: int) -> builtins.list[dict[str, Any]]:
+        """Return every change to a memory, oldest first."""
+        self.get(memory_id)
+        rows = self._conn.execute(
+            f"SELECT {', '.join(_HISTORY_COLUMNS)} FROM memory_history WHERE memory_id = ? ORDER BY id", [memory_id]
+        ).fetchall()
+        return [dict(zip(_HISTORY_COLUMNS, r)) for r in rows]
+
+    def version_content(self, memory_id: int, version: int) -> tuple[str | None, str | None, str | None]:
+        """Return (script, trajectory, model) of a memory as it was at `version`."""
+        row = self._conn.execute(
+            "SELECT new_script, new_trajectory, model FROM memory_history WHERE memory_id = ? AND version = ? "
+            "ORDER BY id DESC LIMIT 1",
+            [memory_id, version],
+        ).fetchone()
+        if row is None:
+            raise NotFoundError(f"memory {memory_id} has no version {version}")
+        return row["new_script"], row["new_trajectory"], row["model"]
+
+    # -- retirement -----------------------------------------------------------------------------------------------
+
+    def retire(self, memory_id: int, reason: str, merged_into: int | None = None) -> None:
+        """Keep a memory out of recall (restorable), merging its statistics into another when given."""
+        stamp = now()
+        with write(self._conn):
+            row = self._conn.execute(
+                "SELECT version, script, trajectory, recalled, succeeded, failed, status FROM memories WHERE id = ?",
+                [memory_id],
+            ).fetchone()
+            if row is None:
+                raise NotFoundError(f"no memory with id {memory_id}")
+            if row["status"] != "active":
+                return
+            if merged_into is not None:
+                self._conn.execute(
+                    "UPDATE memories SET recalled = recalled + ?, succeeded = succeeded + ?, failed = failed + ? "
+                    "WHERE id = ?",
+                    [row["recalled"], row["succeeded"], row["failed"], merged_into],
+                )
+            self._conn.execute(
+                "UPDATE memories SET status = 'retired', retired_reason = ?, retired_at = ?, merged_into = ? "
+                "WHERE id = ?",
+                [reason, stamp, merged_into, memory_id],
+            )
+            event = "merged" if merged_into is not None else "retired"
+            script, trajectory = row["script"], row["trajectory"]
+            self._history(memory_id, row["version"], event, script, trajectory, script, trajectory, None, reason, stamp)
+
+    def restore(self, memory_id: int) -> None:
+        """Bring a retired memory back into recall."""
+        self._reactivate(memory_id, "retired", "restored")
+
+    def approve(self, memory_id: int) -> str | None:
+        """Let a held memory into recall; return the flag it was held for (None if it was not held)."""
+        return self._reactivate(memory_id, "held", "approved")
+
+    def _reactivate(self, memory_id: int, from_status: str, event: str) -> str | None:
+        """Make a held or retired memory active again, with a history row; return why it was out of recall."""
+        with write(self._conn):
+            row = self._conn.execute(
+                "SELECT version, script, trajectory, status, coalesce(flag, retired_reason) AS why FROM memories "
+                "WHERE id = ?",
+                [memory_id],
+            ).fetchone()
+            if row is None:
+                raise NotFoundError(f"no memory with id {memory_id}")
+            if row["status"] != from_status:
+                return None
+            self._conn.execute(
+                "UPDATE memories SET status = 'active', flag = NULL, retired_reason = NULL, retired_at = NULL, "
+                "merged_into = NULL WHERE id = ?",
+                [memory_id],
+            )
+            reason = f"{event} (was {from_status}: {row['why']})"
+            script, trajectory = row["script"], row["trajectory"]
+            self._history(memory_id, row["version"], event, script, trajectory, script, trajectory, None, reason, now())
+            return str(row["why"])
+
+    def purge_retired(self) -> int:
+        """Delete retired memories for good, with their vectors, keywords, history, log rows, trajectory, scripts."""
+        with write(self._conn):
+            rows = self._conn.execute("SELECT id, trajectory_id FROM memories WHERE status = 'retired'").fetchall()
+            ids = [(r["id"],) for r in rows]
+            trajectories = [(r["trajectory_id"],) for r in rows]
+            self._vectors.remove([r["id"] for r in rows])
+            for table in ("memory_keywords", "memory_history", "recall_items", "outcome_items"):
+                self._conn.executemany(f"DELETE FROM {table} WHERE memory_id = ?", ids)
+            self._conn.executemany("DELETE FROM memories WHERE id = ?", ids)
+            self._conn.executemany("DELETE FROM script_cache WHERE trajectory_id = ?", trajectories)
+            self._conn.executemany("DELETE FROM trajectories WHERE id = ?", trajectories)
+        return len(rows)
+
+    # -- reading --------------------------------------------------------------------------------------------------
+
+    def get_many(self, memory_ids: Sequence[int]) -> builtins.list[Memory]:
+        """Return the memories with these ids that exist, in the order asked."""
+        if not memory_ids:
+            return []
+        marks = ",".join("?" * len(memory_ids))
+        rows = self._conn.execute(
+            f"SELECT {_MEMORY_COLUMNS} {_MEMORY_FROM} WHERE m.id IN ({marks})", list(memory_ids)
+        ).fetchall()
+        by_id = {r["id"]: Memory.from_row(r) for r in rows}
+        return [by_id[i] for i in memory_ids if i in by_id]
+
+    def get(self, memory_id: int) -> Memory:
+        """Return one memory, or raise NotFoundError."""
+        found = self.get_many([memory_id])
+        if not found:
+            raise NotFoundError(f"no memory with id {memory_id}")
+        return found[0]
+
+    def random_ids(self, k: int, seed: int | None = None) -> builtins.list[int]:
+        """Return the ids of up to `k` active memories drawn at random."""
+        import random
+
+        ids = [r[0] for r in self._conn.execute("SELECT id FROM memories WHERE status = 'active'").fetchall()]
+        return random.Random(seed).sample(ids, min(k, len(ids)))
+
+    def trajectory(self, trajectory_id: str) -> Trajectory:
+        """Return a stored trajectory, or raise NotFoundError."""
+        row = self._conn.execute(
+            "SELECT task, steps, outcome, score, source_id, metadata, source_file, source_line "
+            "FROM trajectories WHERE id = ?",
+            [trajectory_id],
+        ).fetchone()
+        if row is None:
+            raise NotFoundError(f"no trajectory with id {trajectory_id}")
+        return Trajectory.from_row(row)
+
+    def scripts_to_rebuild(self, everything: bool) -> builtins.list[tuple[int, str, str]]:
+        """Return (memory id, trajectory id, build) of memories whose script is offline-built, or of all scripts."""
+        sql = "SELECT id, trajectory_id, build FROM memories WHERE build != 'trajectory'"
+        if not everything:
+            sql += " AND (model IS NULL OR model = 'offline')"
+        return [(r[0], r[1], r[2]) for r in self._conn.execute(sql + " ORDER BY id").fetchall()]
+
+    def stats(self) -> dict[str, Any]:
+        """Return counts of trajectories and memories by build policy, outcome, model and status."""
+
+        def one(sql: str) -> Any:
+            return self._conn.execute(sql).fetchone()[0]
+
+        def grouped(sql: str) -> dict[str, int]:
+            return {str(k): int(v) for k, v in self._conn.execute(sql).fetchall()}
+
+        embed = self._settings.embed_model()
+        return {
+            "path": str(self._path),
+            "trajectories": one("SELECT count(*) FROM trajectories"),
+            "memories": one("SELECT count(*) FROM memories"),
+            "by_build": grouped("SELECT build, count(*) FROM memories GROUP BY build ORDER BY build"),
+            "by_outcome": grouped("SELECT outcome, count(*) FROM trajectories GROUP BY outcome ORDER BY outcome"),
+            "by_model": grouped("SELECT coalesce(model, 'none'), count(*) FROM memories GROUP BY 1 ORDER BY 1"),
+            "by_status": grouped("SELECT status, count(*) FROM memories GROUP BY status ORDER BY status"),
+            "recalls": one("SELECT count(*) FROM recalls"),
+            "tokens": one("SELECT coalesce(sum(tokens), 0) FROM memories"),
+            "embed_model": embed[0] if embed else None,
+            "embed_dim": embed[1] if embed else None,
+            "bytes": self._path.stat().st_size if self._path.exists() else 0,
+        }
+
+    # Inside the class body `list` names this method: the annotations here say builtins.list.
+    def list(
+        self, limit: int | None = None, build: str | None = None, outcome: str | None = None,
+        status: str | None = None,
+    ) -> builtins.list[Memory]:
+        """Return memories, newest first, optionally filtered by build policy, outcome and status."""
+        where: builtins.list[str] = ["1 = 1"]
+        params: builtins.list[Any] = []
+        for column, value in (("m.status", status), ("m.build", build), ("t.outcome", outcome)):
+            if value:
+                where.append(f"{column} = ?")
+                params.append(value)
+        sql = f"SELECT {_MEMORY_COLUMNS} {_MEMORY_FROM} WHERE {' AND '.join(where)} ORDER BY m.id DESC"
+        if limit is not None:
+            sql += " LIMIT ?"
+            params.append(limit)
+        return [Memory.from_row(r) for r in self._conn.execute(sql, params).fetchall()]
