@@ -176,5 +176,9 @@ def recall_many(
             match.rank = position
         results.append(Recall(new_recall_id(), task, policy, matches))
     if log:
-        store.log_recalls([(r.id, r.task, policy, k, [(m.memory.id, m.score) for m in r.matches]) for r in results])
+        from .boundary import redact_text  # a task can hold a secret too, and the log keeps it
+
+        store.log_recalls(
+            [(r.id, redact_text(r.task), policy, k, [(m.memory.id, m.score) for m in r.matches]) for r in results]
+        )
     return results

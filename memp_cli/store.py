@@ -334,12 +334,14 @@ class Store:
             elif len(kept[0]) != len(ids_blob):
                 self.db.execute(f"UPDATE {BIT_TABLE} SET ids = ?, bits = ? WHERE page = ?", [*kept, page])
 
-    def set_script(self, memory_id: int, trajectory_id: str, script: Script, tokens: int) -> None:
-        """Replace a memory's script (a rebuild) as a new version, caching the new one."""
+    def set_script(
+        self, memory_id: int, trajectory_id: str, script: Script, tokens: int, flag: str | None = None
+    ) -> None:
+        """Replace a memory's script (a rebuild) as a new version, caching the new one; a `flag` holds it."""
         with self.write():
             self._save_script(trajectory_id, script)
             self._revise(memory_id, script.text, None, script.model, script.prompt_version, tokens, "rebuilt",
-                         f"script rebuilt with {script.model}", keep_trajectory=True)
+                         f"script rebuilt with {script.model}", keep_trajectory=True, flag=flag)
 
     # -- history and revision -------------------------------------------------------------------------------------
 
