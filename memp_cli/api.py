@@ -17,8 +17,8 @@ from pathlib import Path
 from typing import Any
 
 from . import records
-from .formats import native
 from .errors import MempError
+from .formats import native
 from .ingest import IngestOptions, IngestReport, ingest, ingest_runs
 from .prune import Retirement, Rules, plan_store
 from .recall import recall, recall_many

@@ -21,8 +21,7 @@ if TYPE_CHECKING:
     from .store import NewMemory
 
 # (name, pattern, groups to keep, hints): a match is replaced by its kept groups and a [REDACTED:name] mark. A rule
-# runs only on text holding one of its hints (case-folded substrings every match contains): a substring test is ~50x
-# cheaper than a regex scan, and most text holds no secret at all.
+# runs only on text holding one of its hints (lower-case substrings every match contains, see `_hinted`).
 # Every rule stays linear in its input: a rule's start is either a literal or cannot begin inside a run of the
 # characters it then scans (the lookbehinds), so no run is rescanned from each of its positions. `\b` did not
 # ensure that: "+" and "." make word boundaries inside base64-like text, and the old url-credentials rule took 91 s
@@ -58,7 +57,7 @@ PATTERNS: list[tuple[str, str, tuple[int, ...], tuple[str, ...]]] = [
             r"[\"']?\s*[=:]\s*[\"']?)([^\s\"',;]{6,})"
         ),
         (1,),
-        ("pass", "pwd", "secret", "key", "token"),
+        ("pass", "pwd", "secret", "apikey", "api_key", "api-key", "token"),
     ),
     (
         "url-credentials",
@@ -69,7 +68,16 @@ PATTERNS: list[tuple[str, str, tuple[int, ...], tuple[str, ...]]] = [
     ),
 ]
 
-# Phrases aimed at a model reading the text, not at the task.
+# Phrases aimed at a model reading the text, not at the task; each with the hints every match contains.
+GUARD_HINTS: dict[str, tuple[str, ...]] = {
+    "ignore-instructions": ("ignore", "disregard", "forget", "override"),
+    "role-change": ("now", "act"),
+    "new-instructions": ("instruction",),
+    "chat-markup": ("<|", "[inst]", "[/inst]", "<<sys>>"),
+    "hide-from-user": ("user",),
+    "exfiltrate": ("exfiltrate", "leak", "send", "upload", "post", "forward"),
+    "reader-directive": ("next", "future"),
+}
 GUARD_PATTERNS: list[tuple[str, str]] = [
     (
         "ignore-instructions",
@@ -93,7 +101,24 @@ GUARD_PATTERNS: list[tuple[str, str]] = [
     ("reader-directive", r"\b(?:the\s+)?(?:next|future)\s+(?:agent|assistant|model|ai)\s+(?:must|should|will)\b"),
 ]
 
-_GUARD: list[tuple[str, re.Pattern[str]]] = []
+_GUARD: list[tuple[str, re.Pattern[str], tuple[str, ...]]] = []
+
+
+def _lowered(text: str) -> str | None:
+    """Return `text` lower-cased for hint tests, or None when hints cannot be trusted and every rule must run.
+
+    A substring test is ~50x cheaper than a regex scan, and most text holds no secret and no order. re's
+    case-insensitive matching also takes "ı" for "i" and "ſ" for "s", which lower-casing keeps as they are: text
+    holding either skips the shortcut.
+    """
+    lowered = text.lower()
+    if text.isascii() or ("ı" not in lowered and "ſ" not in lowered):
+        return lowered
+    return None
+
+
+def _hinted(lowered: str | None, hints: tuple[str, ...]) -> bool:
+    return lowered is None or not hints or any(h in lowered for h in hints)
 
 
 @cache
@@ -121,9 +146,9 @@ class Redactor:
         """Return `value` with every secret replaced by a [REDACTED:kind] mark."""
         if not value:
             return value
-        lower = value.casefold()
+        lowered = _lowered(value)
         for name, rule, keep, hints in self._rules:
-            if hints and not any(h in lower for h in hints):
+            if not _hinted(lowered, hints):
                 continue
             if isinstance(rule, str):
                 rule = _compiled(rule)
@@ -150,6 +175,10 @@ class Redactor:
 
     def trajectory(self, traj: Trajectory) -> Trajectory:
         """Return the trajectory with its task, every step's fields and every string in its metadata redacted."""
+        # One look over the whole run first: most runs hold nothing any rule looks for.
+        lowered = _lowered(_stored_text(traj))
+        if not any(_hinted(lowered, hints) for _, _, _, hints in self._rules):
+            return traj
         before = self.masked
         steps = [Step(self.text(s.action) or "", self.text(s.thought), self.text(s.observation)) for s in traj.steps]
         task = self.text(traj.task) or ""
@@ -164,9 +193,10 @@ def flag(text: str | None) -> str | None:
     if not text:
         return None
     if not _GUARD:
-        _GUARD.extend((name, re.compile(p, re.IGNORECASE)) for name, p in GUARD_PATTERNS)
-    for name, rule in _GUARD:
-        match = rule.search(text)
+        _GUARD.extend((name, re.compile(p, re.IGNORECASE), GUARD_HINTS[name]) for name, p in GUARD_PATTERNS)
+    lowered = _lowered(text)
+    for name, rule, hints in _GUARD:
+        match = rule.search(text) if _hinted(lowered, hints) else None
         if match:
             return f"{name}: {' '.join(match.group(0).split())[:80]!r}"
     return None

@@ -295,7 +295,7 @@ def rebuild_scripts(
             failed += 1  # the model failed on this one; the offline script stays until the next build
             continue
         script, held = boundary.check_script(script, boundary.Redactor())
-        text, tokens = build_memory(traj, kind, script)
+        _, tokens = build_memory(traj, kind, script)
         store.set_script(memory_id, trajectory_id, script, tokens, held)
         rebuilt += 1
         held_back += bool(held)
