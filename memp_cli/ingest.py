@@ -141,8 +141,9 @@ def _ingest(
 
     def stream() -> Iterator[Trajectory]:
         for traj in read():
-            # Redacted before anything reads it: the judge's prompt, keep-best's ids, the distiller.
-            yield boundary.prepare(traj, redactor).trajectory
+            # Redacted before anything reads it (the judge's prompt, keep-best's ids, the distiller); the guard's
+            # verdict comes at the store (_store_batch), once.
+            yield redactor.trajectory(traj) if redactor is not None else traj
 
     # Pass 1: validate everything, judge what is new, and rank for keep-best. Nothing is written.
     judged: dict[str, tuple[float, str | None]] = {}

@@ -9,7 +9,7 @@ from dataclasses import asdict, dataclass, field, replace
 from typing import Any
 
 from . import boundary, formats, models
-from .distill import SCHEMA, SYSTEM, offline_procedure, parse_procedure
+from .distill import OFFLINE_MODEL, SCHEMA, SYSTEM, offline_procedure, parse_procedure
 from .errors import MalformedAnswer, MempError, ModelError, NotFoundError
 from .formats import native
 from .records import OUTCOMES, Memory, Trajectory, render_memory
@@ -20,7 +20,6 @@ POLICIES = ("vanilla", "validation", "adjustment")
 DEFAULT_POLICY = "adjustment"
 REVISE_VERSION = "revise-v1"
 OFFLINE_REVISE = "offline-revise-v1"
-OFFLINE = "offline"
 
 REVISE_PROMPT = """A procedure from memory was followed on a new task, and the task failed. Revise the procedure so
 the next agent does not fail the same way: keep what still holds, correct or add steps, and add the cause of this
@@ -98,7 +97,7 @@ class Reviser:
         self.warn = warn
         self._model: Any = None
         self.offline = 0
-        if model == OFFLINE:
+        if model == OFFLINE_MODEL:
             return
         try:
             self._model = models.chat_model(models.resolve_name(model))
@@ -120,7 +119,7 @@ class Reviser:
                 self.warn(f"{exc}; revising offline for the rest of this run")
                 self._model = None
         self.offline += 1
-        return offline_revision(memory, failed), OFFLINE, OFFLINE_REVISE
+        return offline_revision(memory, failed), OFFLINE_MODEL, OFFLINE_REVISE
 
 
 def offline_revision(memory: Memory, failed: Trajectory) -> str:
