@@ -17,8 +17,9 @@ from pathlib import Path
 from typing import Any
 
 from . import records
+from .errors import MempError
 from .formats import native
-from .ingest import IngestOptions, IngestReport, ingest
+from .ingest import IngestOptions, IngestReport, ingest, ingest_runs
 from .prune import Retirement, Rules, plan_store
 from .recall import recall, recall_many
 from .records import Recall, Trajectory
@@ -34,10 +35,19 @@ class Memory:
         self.model = model
         self.embed_model = embed_model
 
-    def ingest(self, *paths: str | Path, **options: Any) -> IngestReport:
-        """Ingest files or folders; options are IngestOptions fields (build, fmt, keep_best, ...)."""
+    def ingest(self, *items: str | Path | Trajectory | dict[str, Any], **options: Any) -> IngestReport:
+        """Ingest files or folders, or runs given as Trajectory records or native-format dicts (not both at once).
+
+        Options are IngestOptions fields (build, fmt, keep_best, redact, ...). Runs pass the same boundary as files:
+        redacted in every field, held back from recall when they read like instructions.
+        """
         opts = IngestOptions(model=self.model, embed_model=self.embed_model, **options)
-        return ingest(self.store, [str(p) for p in paths], opts)
+        runs = [native.parse_line(i, "<api>", n) if isinstance(i, dict) else i for n, i in enumerate(items, 1)]
+        paths = [str(r) for r in runs if isinstance(r, (str, Path))]
+        given = [r for r in runs if isinstance(r, Trajectory)]
+        if paths and given:
+            raise MempError("ingest takes paths or runs, not both in one call")
+        return ingest_runs(self.store, given, opts) if given else ingest(self.store, paths, opts)
 
     def recall(self, task: str, k: int = 3, **options: Any) -> Recall:
         """Recall the memories that best fit `task` (options: policy, min_score, max_tokens, rank)."""
@@ -62,7 +72,7 @@ class Memory:
         trajectory: Trajectory | dict[str, Any] | None = None,
         **options: Any,
     ) -> UpdateReport:
-        """Report how a run went (options: policy, every, success_threshold, build)."""
+        """Report how a run went (options: policy, every, success_threshold, build); the run is redacted first."""
         run = native.parse_line(trajectory, "<update>", 1) if isinstance(trajectory, dict) else trajectory
         return report(
             self.store, recall_id, memory_ids, outcome, score, trajectory=run, model=self.model, **options

@@ -250,6 +250,8 @@ def build(
     fmt = output.resolve_format(fmt, ("table", "json", "jsonl"))
     report = rebuild_scripts(_open(db), model=model, everything=rebuild, warn=_say)
     _say(f"{report['rebuilt']} scripts rebuilt with {report['model']}, {report['failed']} left for later")
+    if report["held"]:
+        _say(f"{report['held']} rebuilt scripts read like instructions and are held back; see `memp list --status held`")
     output.show_mapping(report, fmt, "build")
 
 

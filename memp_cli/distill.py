@@ -2,18 +2,15 @@
 
 from __future__ import annotations
 
-import json
-import os
 import re
 import sys
-import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any, TypeVar
+from typing import Any
 
-from .errors import ModelError
+from . import models
+from .errors import MalformedAnswer, ModelError
 from .records import Script, Step, Trajectory
-from .tokens import count_tokens
 
 PROMPT_VERSION = "distill-v1"
 OFFLINE_MODEL = "offline"
@@ -88,30 +85,6 @@ class Procedure:
         return "\n".join(lines)
 
 
-class DistillError(Exception):
-    """A model answered with something that is not a procedure."""
-
-
-T = TypeVar("T")
-RETRIES = 3
-
-
-def with_retries(call: Callable[[], T], attempts: int = RETRIES) -> T:
-    """Return `call()`, retried with exponential backoff on any error (time-outs, rate limits, malformed answers).
-
-    The first delay is $MEMP_RETRY_DELAY seconds (default 1), doubling each time; the last error is raised.
-    """
-    delay = float(os.environ.get("MEMP_RETRY_DELAY", "1"))
-    for attempt in range(attempts):
-        try:
-            return call()
-        except Exception:
-            if attempt == attempts - 1:
-                raise
-            time.sleep(delay * 2**attempt)
-    raise AssertionError("unreachable")
-
-
 def _is_failed(step: Step) -> bool:
     first = (step.observation or "").strip().split("\n", 1)[0]
     return bool(FAILURE_PATTERNS.search(first))
@@ -173,34 +146,23 @@ def _parameterise(action: str, params: list[str]) -> str:
     return action
 
 
-def parse_procedure(text: str) -> Procedure:
-    """Return the procedure in a model's JSON answer, or raise DistillError."""
-    body = text.strip()
-    fence = re.search(r"```(?:json)?\s*(.*?)```", body, re.DOTALL)
-    if fence:
-        body = fence.group(1)
-    start, end = body.find("{"), body.rfind("}")
-    if start < 0 or end <= start:
-        raise DistillError("answer holds no JSON object")
-    try:
-        data = json.loads(body[start : end + 1])
-    except json.JSONDecodeError as exc:
-        raise DistillError(f"answer is not valid JSON: {exc.msg}") from exc
+def parse_procedure(data: Any) -> Procedure:
+    """Return the procedure in a model's decoded JSON answer, or raise ValueError saying what is wrong with it."""
     if not isinstance(data, dict):
-        raise DistillError("answer is not a JSON object")
+        raise TypeError("answer is not a JSON object")
 
     def strings(key: str) -> list[str]:
         value = data.get(key) or []
         if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
-            raise DistillError(f"'{key}' is not a list of strings")
+            raise ValueError(f"'{key}' is not a list of strings")
         return value
 
     steps = strings("steps")
     if not steps:
-        raise DistillError("answer has no steps")
+        raise ValueError("answer has no steps")
     when = data.get("when_to_use")
     if not isinstance(when, str) or not when.strip():
-        raise DistillError("answer has no when_to_use")
+        raise ValueError("answer has no when_to_use")
     return Procedure(when, strings("parameters"), steps, strings("pitfalls"))
 
 
@@ -209,41 +171,18 @@ def offline_script(traj: Trajectory) -> Script:
     return Script(offline_procedure(traj).render(), OFFLINE_MODEL, OFFLINE_VERSION)
 
 
-def chat_model(name: str, role: str = "model") -> Any:
-    """Return the `llm` chat model called `name` (id or alias), or raise ModelError when it is unknown or lacks a key."""
-    import llm
-
-    try:
-        model = llm.get_model(name)
-        model.get_key()  # raises when the model needs a key nobody set
-    except (llm.UnknownModelError, llm.NeedsKeyException) as exc:
-        raise ModelError(f"{role} {name} unavailable: {exc}") from None
-    return model
-
-
-def resolve_model_name(name: str | None) -> str:
-    """Return the chat model to use: the name given, else $MEMP_MODEL, else llm's default."""
-    if name:
-        return name
-    if os.environ.get("MEMP_MODEL"):
-        return os.environ["MEMP_MODEL"]
-    import llm
-
-    return llm.get_default_model()
-
-
 class Distiller:
     """Distils trajectories with one `llm` model, falling back to the offline distiller when it cannot be used."""
 
     def __init__(self, model: str | None = None, warn: Callable[[str], None] | None = None) -> None:
         self.warn = warn or (lambda msg: print(f"memp: {msg}", file=sys.stderr))
-        self.model_name = resolve_model_name(model) if model != OFFLINE_MODEL else OFFLINE_MODEL
+        self.model_name = models.resolve_name(model) if model != OFFLINE_MODEL else OFFLINE_MODEL
         self._model: Any = None
         self.fallbacks = 0
         if self.model_name == OFFLINE_MODEL:
             return
         try:
-            candidate = chat_model(self.model_name)
+            candidate = models.chat_model(self.model_name)
         except ModelError as exc:
             self.warn(f"{exc}; using the offline distiller")
             return
@@ -265,32 +204,20 @@ class Distiller:
         if self._model is None:
             self.fallbacks += 1
             return offline_script(traj)
+        outcome = "succeeded" if traj.outcome == "success" else "failed"
+        prompt = PROMPT.format(outcome=outcome, trajectory=traj.render())
         try:
-            return with_retries(lambda: self._ask(traj))
-        except DistillError as exc:
-            self.warn(f"model {self.model_name} gave no usable procedure ({exc}); offline script kept for now")
-        except Exception as exc:  # noqa: BLE001 - network and provider errors come in many types
+            answer = models.ask_json(
+                self._model, prompt, system=SYSTEM, schema=SCHEMA, parse=parse_procedure, warn=self.warn
+            )
+            return Script(
+                answer.value.render(), self.model_name, PROMPT_VERSION, answer.input_tokens, answer.output_tokens
+            )
+        except MalformedAnswer as exc:
+            self.warn(f"{exc}; offline script kept for now")
+        except ModelError as exc:
             # Still failing after the retries: stop paying for time-outs; `memp build` redoes these later.
-            self.warn(f"model {self.model_name} failed ({exc}); using the offline distiller for the rest of this run")
+            self.warn(f"{exc}; using the offline distiller for the rest of this run")
             self._model = None
         self.fallbacks += 1
         return offline_script(traj)
-
-    def _ask(self, traj: Trajectory) -> Script:
-        outcome = "succeeded" if traj.outcome == "success" else "failed"
-        prompt = PROMPT.format(outcome=outcome, trajectory=traj.render())
-        kwargs: dict[str, Any] = {"system": SYSTEM}
-        if getattr(self._model, "supports_schema", False):
-            kwargs["schema"] = SCHEMA
-        response = self._model.prompt(prompt, **kwargs)
-        text = response.text()
-        procedure = parse_procedure(text)
-        usage = response.usage()
-        # Not every plugin reports usage; count with tiktoken then, so costs are never blank.
-        return Script(
-            procedure.render(),
-            self.model_name,
-            PROMPT_VERSION,
-            usage.input if usage.input is not None else count_tokens(SYSTEM + prompt),
-            usage.output if usage.output is not None else count_tokens(text),
-        )

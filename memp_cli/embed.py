@@ -199,12 +199,11 @@ class LlmEmbedder:
         """Return llm's vectors, normalised so cosine search treats every model alike."""
         import numpy as np
 
-        from .distill import with_retries
+        from .models import with_backoff
 
-        try:
-            vectors = np.asarray(with_retries(lambda: list(self._model.embed_multi(list(texts)))), dtype=np.float32)
-        except Exception as exc:  # noqa: BLE001 - plugins raise anything; say which model failed
-            raise ModelError(f"embedding model {self.model_id} failed: {exc}") from exc
+        # Raises ModelError naming the model once the retries are spent.
+        batch = with_backoff(lambda: list(self._model.embed_multi(list(texts))), f"embedding model {self.model_id}")
+        vectors = np.asarray(batch, dtype=np.float32)
         if vectors.size == 0:
             return []
         norms = np.linalg.norm(vectors, axis=1, keepdims=True)

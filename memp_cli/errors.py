@@ -32,6 +32,10 @@ class ModelError(MempError):
     """An LLM or embedding model could not be resolved or failed."""
 
 
+class MalformedAnswer(ModelError):
+    """A model answered, asked twice, with something that could not be parsed into what was asked for."""
+
+
 class NotFoundError(MempError):
     """A memory, trajectory or recall id that does not exist."""
 

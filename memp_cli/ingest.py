@@ -7,16 +7,16 @@ from dataclasses import asdict, dataclass, field, replace
 from itertools import islice
 from pathlib import Path
 
-from . import formats
+from . import boundary, formats
+from .boundary import build_memory
 from .distill import Distiller
 from .embed import DEFAULT_EMBED_MODEL, get_embedder, is_default, resolve_embed_model
 from .errors import MempError
-from .guard import flag
 from .judge import Judge
-from .records import BUILD_POLICIES, OUTCOMES, Script, Trajectory, render_memory
-from .redact import Redactor
-from .store import NewMemory, Store
-from .tokens import count_tokens
+from .records import BUILD_POLICIES, OUTCOMES, Script, Trajectory
+from .store import Store
+
+__all__ = ["IngestOptions", "IngestReport", "build_memory", "ingest", "ingest_runs", "store_trajectories"]
 
 # Each batch is one short write transaction: a kill loses at most the batch in flight, and a re-run redoes it.
 BATCH = 64
@@ -67,12 +67,6 @@ def _batches(items: Iterator[Trajectory], size: int) -> Iterator[list[Trajectory
         yield batch
 
 
-def build_memory(traj: Trajectory, policy: str, script: Script | None) -> tuple[str | None, int]:
-    """Return the trajectory text the memory keeps under `policy`, and the memory's token count."""
-    text = traj.render() if policy in ("trajectory", "proceduralization") else None
-    return text, count_tokens(render_memory(script.text if script else None, text))
-
-
 def _check(options: IngestOptions) -> None:
     if options.build not in BUILD_POLICIES:
         raise MempError(f"unknown build policy {options.build!r}; choose one of {', '.join(BUILD_POLICIES)}")
@@ -81,6 +75,11 @@ def _check(options: IngestOptions) -> None:
     if options.keep_best is not None and options.keep_best < 1:
         raise MempError("--keep-best must be at least 1")
     formats.check_format(options.fmt)
+
+
+def _redactor(options: IngestOptions) -> boundary.Redactor | None:
+    """Return the redactor the options ask for: the built-in rules and --redact patterns, or None for --no-redact."""
+    return boundary.Redactor(options.redact_patterns) if options.redact else None
 
 
 def _rank_score(traj: Trajectory) -> float:
@@ -99,66 +98,97 @@ def ingest(
     """Read, redact and judge every source whole first (so bad input stores nothing), then store new ones in batches."""
     options = options or IngestOptions()
     _check(options)
-    report = IngestReport()
     embed_id = resolve_embed_model(store, options.embed_model)
-    report.embed_model = embed_id
-    redactor = Redactor(options.redact_patterns) if options.redact else None
     for path in options.outcomes_files:
         options.read.outcomes.update(formats.read_outcomes(formats.Source(Path(path), path)))
     with formats.sources(paths) as (found, outcome_files):
         for src in outcome_files:
             options.read.outcomes.update(formats.read_outcomes(src))
-        report.files = len(found)
 
-        def stream() -> Iterator[Trajectory]:
+        def read() -> Iterator[Trajectory]:
             for src in found:
-                for traj in formats.read(src, options.fmt, options.read):
-                    yield redactor.trajectory(traj) if redactor else traj
+                yield from formats.read(src, options.fmt, options.read)
 
-        # Pass 1: validate everything, judge what is new, and rank for keep-best. Nothing is written.
-        judged: dict[str, tuple[float, str | None]] = {}
-        ranked: dict[str, list[tuple[float, int, str]]] = {}
-        for batch in _batches(stream(), BATCH):
-            if options.judge is not None:
-                known = store.memories.known([t.id for t in batch])
-                for traj in batch:
-                    if traj.id not in known and traj.id not in judged:
-                        judged[traj.id] = options.judge.score(traj)
+        report = _ingest(store, read, embed_id, options, on_total, on_progress, warn)
+        report.files = len(found)
+    return report
+
+
+def ingest_runs(
+    store: Store, runs: Sequence[Trajectory], options: IngestOptions | None = None,
+    warn: Callable[[str], None] | None = None,
+) -> IngestReport:
+    """Ingest trajectories given in memory (the Python API's dicts) exactly as `ingest` does files; return the report."""
+    options = options or IngestOptions()
+    _check(options)
+    embed_id = resolve_embed_model(store, options.embed_model)
+    read_options = options.read
+    return _ingest(store, lambda: (read_options.settle(t) for t in runs), embed_id, options, None, None, warn)
+
+
+def _ingest(
+    store: Store,
+    read: Callable[[], Iterator[Trajectory]],
+    embed_id: str,
+    options: IngestOptions,
+    on_total: Callable[[int], None] | None,
+    on_progress: Progress | None,
+    warn: Callable[[str], None] | None,
+) -> IngestReport:
+    """Run ingest's two passes over what `read` yields (called once per pass)."""
+    report = IngestReport(embed_model=embed_id)
+    redactor = _redactor(options)
+
+    def stream() -> Iterator[Trajectory]:
+        for traj in read():
+            # Redacted before anything reads it (the judge's prompt, keep-best's ids, the distiller); the guard's
+            # verdict comes at the store (_store_batch), once.
+            yield redactor.trajectory(traj) if redactor is not None else traj
+
+    # Pass 1: validate everything, judge what is new, and rank for keep-best. Nothing is written.
+    judged: dict[str, tuple[float, str | None]] = {}
+    ranked: dict[str, list[tuple[float, int, str]]] = {}
+    for batch in _batches(stream(), BATCH):
+        if options.judge is not None:
+            known = store.memories.known([t.id for t in batch])
             for traj in batch:
-                if options.keep_best is not None:
-                    score = judged[traj.id][0] if traj.id in judged else _rank_score(traj)
-                    ranked.setdefault(traj.task.strip().lower(), []).append((-score, report.read, traj.id))
-                report.read += 1
-        keep: set[str] | None = None
-        if options.keep_best is not None:
-            keep = {tid for runs in ranked.values() for _, _, tid in sorted(runs)[: options.keep_best]}
-        ranked.clear()
-        report.judged = len(judged)
-        if on_total:
-            on_total(report.read)
-        if report.read == 0:
-            return report
+                if traj.id not in known and traj.id not in judged:
+                    judged[traj.id] = options.judge.score(traj)
+        for traj in batch:
+            if options.keep_best is not None:
+                score = judged[traj.id][0] if traj.id in judged else _rank_score(traj)
+                ranked.setdefault(traj.task.strip().lower(), []).append((-score, report.read, traj.id))
+            report.read += 1
+    keep: set[str] | None = None
+    if options.keep_best is not None:
+        keep = {tid for runs in ranked.values() for _, _, tid in sorted(runs)[: options.keep_best]}
+    ranked.clear()
+    report.judged = len(judged)
+    if on_total:
+        on_total(report.read)
+    if report.read == 0:
+        return report
 
-        # Pass 2: store. Each batch is one transaction.
-        if redactor:
-            redactor.masked = 0
-        scripts = _LazyDistiller(options.model, warn) if options.build != "trajectory" else None
-        embedder = get_embedder(None if is_default(embed_id) else embed_id)
-        # Batches run across files: many formats hold one trajectory per file, and embedding is cheaper in bulk.
-        for batch in _batches(stream(), BATCH):
-            size = len(batch)
-            if keep is not None:
-                batch = [t for t in batch if t.id in keep]
-                report.dropped += size - len(batch)
-            if options.judge is not None:
-                batch = [_with_judgement(t, judged.get(t.id), options) for t in batch]
-            _store_batch(store, batch, options.build, scripts, embedder, embed_id, report)
-            if on_progress:
-                on_progress(size)
-        if scripts and scripts.distiller:
-            report.offline_scripts = scripts.distiller.fallbacks
-            report.model = scripts.distiller.model_name if scripts.distiller.online else None
-        report.redacted = redactor.masked if redactor else 0
+    # Pass 2: store. Each batch is one transaction.
+    if redactor:
+        redactor.masked = 0
+    scripts = _LazyDistiller(options.model, warn) if options.build != "trajectory" else None
+    embedder = get_embedder(None if is_default(embed_id) else embed_id)
+    # Batches run across files: many formats hold one trajectory per file, and embedding is cheaper in bulk.
+    for batch in _batches(stream(), BATCH):
+        size = len(batch)
+        if keep is not None:
+            batch = [t for t in batch if t.id in keep]
+            report.dropped += size - len(batch)
+        if options.judge is not None:
+            batch = [_with_judgement(t, judged.get(t.id), options) for t in batch]
+        _store_batch(store, batch, options.build, scripts, embedder, embed_id, report, redactor)
+        if on_progress:
+            on_progress(size)
+    if scripts and scripts.distiller:
+        report.offline_scripts = scripts.distiller.fallbacks
+        report.model = scripts.distiller.model_name if scripts.distiller.online else None
+    report.redacted = redactor.masked if redactor else 0
     return report
 
 
@@ -199,10 +229,11 @@ def store_trajectories(
     embed_id = resolve_embed_model(store, options.embed_model)
     embedder = get_embedder(None if is_default(embed_id) else embed_id)
     scripts = _LazyDistiller(options.model, warn) if options.build != "trajectory" else None
+    redactor = _redactor(options)
     report = IngestReport()
     ids: list[int] = []
     for batch in _batches(iter(runs), BATCH):
-        ids.extend(_store_batch(store, batch, options.build, scripts, embedder, embed_id, report))
+        ids.extend(_store_batch(store, batch, options.build, scripts, embedder, embed_id, report, redactor))
     return ids
 
 
@@ -214,24 +245,25 @@ def _store_batch(
     embedder: object,
     embed_id: str,
     report: IngestReport,
+    redactor: boundary.Redactor | None,
 ) -> list[int]:
     """Store the new trajectories of a batch in one transaction; return their memory ids."""
-    known = store.memories.known([t.id for t in batch])
-    fresh: dict[str, Trajectory] = {}
-    for traj in batch:
-        if traj.id in known or traj.id in fresh:
+    # Every path into the store passes the boundary here, whatever it did before (redacting again changes nothing).
+    prepared = [boundary.prepare(t, redactor) for t in batch]
+    known = store.memories.known([p.trajectory.id for p in prepared])
+    fresh: dict[str, boundary.Prepared] = {}
+    for run in prepared:
+        if run.trajectory.id in known or run.trajectory.id in fresh:
             report.skipped += 1
         else:
-            fresh[traj.id] = traj
+            fresh[run.trajectory.id] = run
     if not fresh:
         return []
     items = []
-    vectors = embedder.embed([t.task for t in fresh.values()])  # type: ignore[attr-defined]
-    for traj, vector in zip(fresh.values(), vectors):
-        script = scripts.script(store, traj) if scripts is not None else None
-        text, tokens = build_memory(traj, build, script)
-        held = flag(render_memory(script.text if script else None, text) + "\n" + traj.task)
-        items.append(NewMemory(traj, build, script, text, tokens, vector, held))
+    vectors = embedder.embed([p.trajectory.task for p in fresh.values()])  # type: ignore[attr-defined]
+    for run, vector in zip(fresh.values(), vectors):
+        script = scripts.script(store, run.trajectory) if scripts is not None else None
+        items.append(boundary.new_memory(run, build, script, vector, redactor))
     added = store.memories.add(items, embed_id)
     report.added += len(added)
     report.skipped += len(items) - len(added)
@@ -256,14 +288,16 @@ def rebuild_scripts(
             f"no usable model to build scripts with ({distiller.model_name}); pass -m/--model or set a key with "
             "`llm keys set`"
         )
-    rebuilt = failed = 0
+    rebuilt = failed = held_back = 0
     for memory_id, trajectory_id, build in store.memories.scripts_to_rebuild(everything):
         traj = store.memories.trajectory(trajectory_id)
         script = script_for(store, distiller, traj)
         if script.model != distiller.model_name:
             failed += 1  # the model failed on this one; the offline script stays until the next build
             continue
+        script, held = boundary.check_script(script, boundary.Redactor())
         _, tokens = build_memory(traj, build, script)
-        store.memories.set_script(memory_id, trajectory_id, script, tokens)
+        store.memories.set_script(memory_id, trajectory_id, script, tokens, held)
         rebuilt += 1
-    return {"model": distiller.model_name, "rebuilt": rebuilt, "failed": failed}
+        held_back += bool(held)
+    return {"model": distiller.model_name, "rebuilt": rebuilt, "failed": failed, "held": held_back}

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import re
 import subprocess
 from typing import Any, Protocol
 
@@ -79,27 +78,32 @@ class CommandJudge:
         return _unit(lines[-1].strip() if lines else "", "judge command", traj), None
 
 
+def _verdict(data: Any) -> tuple[Any, str | None]:
+    """Return (score, reason) from a model's decoded answer, or raise ValueError when it holds no score."""
+    if not isinstance(data, dict) or data.get("score") is None:
+        raise ValueError('answer has no "score"')
+    reason = data.get("reason")
+    return data["score"], reason if isinstance(reason, str) else None
+
+
 class ModelJudge:
     """Asks an `llm` model to grade the run against a rubric."""
 
     def __init__(self, model: str) -> None:
-        from .distill import chat_model
+        from . import models
 
-        self._model = chat_model(model, "judge model")
+        self._model = models.chat_model(model, "judge model")
         self.name = f"model:{self._model.model_id}"
 
     def score(self, traj: Trajectory) -> tuple[float, str | None]:
         """Return the model's score and reason for `traj`."""
-        kwargs: dict[str, Any] = {"system": RUBRIC_SYSTEM}
-        if getattr(self._model, "supports_schema", False):
-            kwargs["schema"] = SCHEMA
+        from . import models
+        from .errors import ModelError
+
+        prompt = RUBRIC.format(trajectory=traj.render())
         try:
-            reply = self._model.prompt(RUBRIC.format(trajectory=traj.render()), **kwargs).text()
-        except Exception as exc:  # noqa: BLE001 - provider errors come in many types
+            answer = models.ask_json(self._model, prompt, system=RUBRIC_SYSTEM, schema=SCHEMA, parse=_verdict)
+        except ModelError as exc:
             raise MempError(f"judge {self.name} failed on {_where(traj)}: {exc}") from None
-        match = re.search(r"\{.*\}", reply, re.DOTALL)
-        try:
-            data = json.loads(match.group(0)) if match else {}
-        except json.JSONDecodeError:
-            data = {}
-        return _unit(data.get("score"), f"judge {self.name}", traj), data.get("reason")
+        value, reason = answer.value
+        return _unit(value, f"judge {self.name}", traj), reason

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 import os
 import re
 import sys
@@ -58,34 +57,35 @@ class Extractor:
         self._model: Any = None
         self.name = OFFLINE
         if model and model != OFFLINE:
-            from .distill import chat_model
+            from . import models
 
-            self._model = chat_model(model, "keyword model")
+            self._model = models.chat_model(model, "keyword model")
             self.name = self._model.model_id
 
     def __call__(self, task: str) -> list[str]:
         """Return the task's keywords."""
         if self._model is None:
             return extract(task)
-        from .distill import with_retries
+        from . import boundary, models
+        from .errors import ModelError
 
-        kwargs: dict[str, Any] = {}
-        if getattr(self._model, "supports_schema", False):
-            kwargs["schema"] = SCHEMA
         try:
-            answer = with_retries(lambda: _parse(self._model.prompt(PROMPT.format(task=task), **kwargs).text()))
-        except Exception as exc:  # noqa: BLE001 - provider errors come in many types
-            self.warn(f"keyword model {self.name} failed ({exc}); offline keywords for this task")
+            answer = models.ask_json(
+                self._model, PROMPT.format(task=task), schema=SCHEMA, parse=_parse, warn=self.warn
+            )
+        except ModelError as exc:
+            self.warn(f"{exc}; offline keywords for this task")
             return extract(task)
-        return answer
+        # The words are stored and shown: they pass the boundary as any model answer does.
+        checked = boundary.check_text("\n".join(answer.value), boundary.Redactor())
+        if checked.flag:
+            self.warn(f"keyword model {self.name} answered with an instruction ({checked.flag}); offline keywords")
+            return extract(task)
+        return [w for w in checked.text.split("\n") if w]
 
 
-def _parse(text: str) -> list[str]:
-    """Return the keywords in a model's answer: a JSON array, or an object holding one under "keywords"."""
-    start = min((i for i in (text.find("["), text.find("{")) if i >= 0), default=-1)
-    if start < 0:
-        raise ValueError("no JSON in the answer")
-    data = json.loads(text[start : max(text.rfind("]"), text.rfind("}")) + 1])
+def _parse(data: Any) -> list[str]:
+    """Return the keywords in a model's decoded answer: a JSON array, or an object holding one under "keywords"."""
     if isinstance(data, dict):
         data = data.get("keywords")
     if not isinstance(data, list) or not all(isinstance(w, str) for w in data):

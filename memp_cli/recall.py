@@ -80,7 +80,7 @@ def candidates(
 ) -> list[tuple[int, float]]:
     """Return (memory id, policy score) best first for a task and its vector under avefact, hybrid or random.
 
-    The query policy is `store.vectors.nearest_many`, which searches all of a batch's vectors in one product.
+    The query policy is `Store.nearest_many`, which searches all of a batch's vectors in one product.
     """
     from . import keywords
 
@@ -176,7 +176,9 @@ def recall_many(
             match.rank = position
         results.append(Recall(new_recall_id(), task, policy, matches))
     if log:
+        from .boundary import redact_text  # a task can hold a secret too, and the log keeps it
+
         store.log.record_recalls(
-            [(r.id, r.task, policy, k, [(m.memory.id, m.score) for m in r.matches]) for r in results]
+            [(r.id, redact_text(r.task), policy, k, [(m.memory.id, m.score) for m in r.matches]) for r in results]
         )
     return results

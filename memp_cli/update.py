@@ -8,11 +8,10 @@ from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field, replace
 from typing import Any
 
-from . import formats
-from .distill import SCHEMA, SYSTEM, Distiller, DistillError, offline_procedure, parse_procedure, with_retries
-from .errors import MempError, NotFoundError
+from . import boundary, formats, models
+from .distill import OFFLINE_MODEL, SCHEMA, SYSTEM, offline_procedure, parse_procedure
+from .errors import MalformedAnswer, MempError, ModelError, NotFoundError
 from .formats import native
-from .guard import flag
 from .records import OUTCOMES, Memory, Trajectory, render_memory
 from .store import Store
 from .tokens import count_tokens
@@ -71,14 +70,12 @@ def decide_outcome(outcome: str | None, score: float | None, threshold: float) -
 
 
 def read_one_trajectory(path: str, fmt: str = "auto") -> Trajectory:
-    """Return the single trajectory in a file, redacted."""
-    from .redact import Redactor
-
+    """Return the single trajectory in a file, past the boundary (redacted in every field)."""
     with formats.sources([path]) as (found, _):
         runs = [t for src in found for t in formats.read(src, fmt)]
     if len(runs) != 1:
         raise MempError(f"{path}: expected one trajectory for this outcome, found {len(runs)}")
-    return Redactor().trajectory(runs[0])
+    return boundary.prepare(runs[0], boundary.Redactor()).trajectory
 
 
 def _trajectory_json(traj: Trajectory) -> str:
@@ -98,26 +95,31 @@ class Reviser:
 
     def __init__(self, model: str | None, warn: Callable[[str], None]) -> None:
         self.warn = warn
-        self._distiller = Distiller(model, warn) if model != "offline" else None
+        self._model: Any = None
         self.offline = 0
+        if model == OFFLINE_MODEL:
+            return
+        try:
+            self._model = models.chat_model(models.resolve_name(model))
+        except ModelError as exc:
+            self.warn(f"{exc}; revising offline")
 
     def revise(self, memory: Memory, failed: Trajectory) -> tuple[str, str, str]:
         """Return (new script, model, prompt version)."""
-        model = self._distiller._model if self._distiller else None
-        if model is not None:
+        if self._model is not None:
+            prompt = REVISE_PROMPT.format(memory=memory.render(), trajectory=failed.render())
             try:
-                kwargs: dict[str, Any] = {"system": SYSTEM}
-                if getattr(model, "supports_schema", False):
-                    kwargs["schema"] = SCHEMA
-                prompt = REVISE_PROMPT.format(memory=memory.render(), trajectory=failed.render())
-                answer = with_retries(lambda: parse_procedure(model.prompt(prompt, **kwargs).text()))
-                return answer.render(), model.model_id, REVISE_VERSION
-            except DistillError as exc:
-                self.warn(f"model {model.model_id} gave no usable revision ({exc}); revising offline")
-            except Exception as exc:  # noqa: BLE001 - provider errors come in many types
-                self.warn(f"model {model.model_id} failed ({exc}); revising offline")
+                answer = models.ask_json(
+                    self._model, prompt, system=SYSTEM, schema=SCHEMA, parse=parse_procedure, warn=self.warn
+                )
+                return answer.value.render(), self._model.model_id, REVISE_VERSION
+            except MalformedAnswer as exc:
+                self.warn(f"{exc}; revising offline")
+            except ModelError as exc:
+                self.warn(f"{exc}; revising offline for the rest of this run")
+                self._model = None
         self.offline += 1
-        return offline_revision(memory, failed), "offline", OFFLINE_REVISE
+        return offline_revision(memory, failed), OFFLINE_MODEL, OFFLINE_REVISE
 
 
 def offline_revision(memory: Memory, failed: Trajectory) -> str:
@@ -170,8 +172,10 @@ def report(
         raise NotFoundError(f"no memory with id {min(missing)}")
     run_json = None
     if trajectory is not None:
+        # Every caller's run (a file, the Python API's dict) passes the boundary before the outcome log keeps it.
+        prepared = boundary.prepare(trajectory, boundary.Redactor()).trajectory
         # The report says how the run went, whatever the file said.
-        run = replace(trajectory, outcome=decided, score=score if score is not None else trajectory.score)
+        run = replace(prepared, outcome=decided, score=score if score is not None else prepared.score)
         run_json = _trajectory_json(run)
     outcome_id = store.log.record_outcome(recall_id, used, decided, score, chosen, run_json, applied=False)
     result = UpdateReport(outcome_id, decided, used, chosen)
@@ -211,12 +215,14 @@ def _apply(
         for memory in store.memories.get_many(item["memory_ids"]):
             if memory.status != "active":
                 continue
-            script, used_model, version = reviser.revise(memory, run)
+            answer, used_model, version = reviser.revise(memory, run)
+            checked = boundary.check_text(answer, boundary.Redactor())
+            script = checked.text
             if script == (memory.script or ""):
                 continue
             tokens = count_tokens(render_memory(script, memory.trajectory))
             reason = f"failed in recall {item['recall_id']}" if item["recall_id"] else f"failed (outcome {item['id']})"
-            held = flag(script)
+            held = checked.flag
             result.revised[memory.id] = store.memories.revise(
                 memory.id, script, memory.trajectory, used_model, version, tokens, "revised", reason, held
             )
@@ -232,7 +238,5 @@ def revert(store: Store, memory_id: int, version: int) -> int:
     """Restore a memory's content as it was at `version`, as a new version; return that version number."""
     script, trajectory, model = store.memories.version_content(memory_id, version)
     tokens = count_tokens(render_memory(script, trajectory))
-    return store.memories.revise(
-        memory_id, script, trajectory, model, None, tokens, "reverted", f"reverted to v{version}"
-    )
+    return store.memories.revise(memory_id, script, trajectory, model, None, tokens, "reverted", f"reverted to v{version}")
 

@@ -163,7 +163,7 @@ def test_model_down_leaves_pending_builds_that_build_finishes(memp, fake_chat, t
     assert json.loads(result.stdout)["offline_scripts"] == 2 and "failed" in result.stderr
     assert {m["model"] for m in memp.json("list")} == {"offline"}
     fake_chat.queue(procedure_json(["a"]), procedure_json(["b"]))
-    assert memp.json("build", "--pending", "-m", "fake-chat") == {"model": "fake-chat", "rebuilt": 2, "failed": 0}
+    assert memp.json("build", "--pending", "-m", "fake-chat") == {"model": "fake-chat", "rebuilt": 2, "failed": 0, "held": 0}
     assert {m["model"] for m in memp.json("list")} == {"fake-chat"}
     assert [h["event"] for h in memp.json("history", "1")["history"]] == ["built", "rebuilt"]
 

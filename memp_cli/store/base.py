@@ -111,7 +111,9 @@ class Memories(Protocol):
     def trajectory(self, trajectory_id: str) -> Trajectory:
         """Return a stored trajectory, or raise NotFoundError."""
 
-    def set_script(self, memory_id: int, trajectory_id: str, script: Script, tokens: int) -> None:
+    def set_script(
+        self, memory_id: int, trajectory_id: str, script: Script, tokens: int, flag: str | None = None
+    ) -> None:
         """Replace a memory's script (a rebuild) as a new version, caching the new one."""
 
     def revise(

@@ -113,12 +113,14 @@ class SqliteMemories:
             self._vectors.add(list(added.values()), vectors, embed_model)
         return added
 
-    def set_script(self, memory_id: int, trajectory_id: str, script: Script, tokens: int) -> None:
-        """Replace a memory's script (a rebuild) as a new version, caching the new one."""
+    def set_script(
+        self, memory_id: int, trajectory_id: str, script: Script, tokens: int, flag: str | None = None
+    ) -> None:
+        """Replace a memory's script (a rebuild) as a new version, caching the new one; a `flag` holds it."""
         with write(self._conn):
             self._cache_script(trajectory_id, script)
             self._revise(memory_id, script.text, None, script.model, script.prompt_version, tokens, "rebuilt",
-                         f"script rebuilt with {script.model}", keep_trajectory=True)
+                         f"script rebuilt with {script.model}", keep_trajectory=True, flag=flag)
 
     # -- history and revision -------------------------------------------------------------------------------------
 

@@ -1,0 +1,173 @@
+"""The one seam for chat-model calls: resolve a model, ask it for JSON, retry what the provider failed at.
+
+Provider errors (time-outs, rate limits, dropped connections) are retried with exponential backoff; an answer that
+arrives but cannot be parsed is asked for once more, then given up on: asking a third time rarely helps and costs.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any, Generic, TypeVar
+
+from .errors import MalformedAnswer, ModelError
+from .tokens import count_tokens
+
+if TYPE_CHECKING:
+    import llm
+
+T = TypeVar("T")
+Warn = Callable[[str], None]
+
+ATTEMPTS = 3
+# How many places in an answer are tried as the start of its JSON before giving up on it.
+MAX_CANDIDATES = 16
+REASK = "\n\n(Your previous answer could not be used: {error}. Answer with the JSON only.)"
+
+
+def _quiet(_: str) -> None:
+    return None
+
+
+def resolve_name(name: str | None) -> str:
+    """Return the chat model to use: the name given, else $MEMP_MODEL, else llm's default."""
+    if name:
+        return name
+    if os.environ.get("MEMP_MODEL"):
+        return os.environ["MEMP_MODEL"]
+    import llm
+
+    return llm.get_default_model()
+
+
+def chat_model(name: str, role: str = "model") -> llm.Model:
+    """Return the `llm` chat model called `name` (id or alias), or raise ModelError when it is unknown or lacks a key."""
+    import llm
+
+    try:
+        model = llm.get_model(name)
+        model.get_key()  # raises when the model needs a key nobody set
+    except (llm.UnknownModelError, llm.NeedsKeyException) as exc:
+        raise ModelError(f"{role} {name} unavailable: {exc}") from None
+    return model
+
+
+def retry_delay() -> float:
+    """Return the first backoff delay in seconds: $MEMP_RETRY_DELAY, else 1."""
+    try:
+        return max(0.0, float(os.environ.get("MEMP_RETRY_DELAY", "1")))
+    except ValueError:
+        return 1.0
+
+
+def with_backoff(call: Callable[[], T], what: str, warn: Warn = _quiet, attempts: int = ATTEMPTS) -> T:
+    """Return `call()`, retried on any error with exponential backoff; raise ModelError after the last attempt.
+
+    The first delay is $MEMP_RETRY_DELAY seconds (default 1), doubling each time. Plugins raise errors of every
+    type for time-outs, rate limits and dropped connections, so none is singled out.
+    """
+    delay = retry_delay()
+    for attempt in range(attempts):
+        try:
+            return call()
+        except Exception as exc:  # provider errors come in many types
+            if attempt == attempts - 1:
+                raise ModelError(f"{what} failed: {exc} ({attempts} attempts)") from exc
+            wait = delay * 2**attempt
+            warn(f"{what}: {exc}; retrying in {wait:g}s")
+            time.sleep(wait)
+    raise AssertionError("unreachable")
+
+
+def _candidates(text: str) -> Iterator[str]:
+    """Yield the places JSON may start in an answer: fenced blocks first, then each '{' or '[' in order."""
+    for fence in re.finditer(r"```(?:json)?[ \t]*\n?(.*?)```", text, re.DOTALL | re.IGNORECASE):
+        yield fence.group(1)
+    yield text
+
+
+def extract_json(text: str, parse: Callable[[Any], T]) -> T:
+    """Return `parse` of the first JSON object or array in `text` that it accepts; raise ValueError if none.
+
+    Looks in fenced ```json blocks first, then at each '{' or '[' in turn (so "Step [1] ... {...}" still works).
+    `parse` raises ValueError (or TypeError, KeyError) for a value of the wrong shape.
+    """
+    decoder = json.JSONDecoder()
+    error = "no JSON object or array in the answer"
+    tried = 0
+    for body in _candidates(text):
+        i = 0
+        while tried < MAX_CANDIDATES:
+            starts = [p for p in (body.find("{", i), body.find("[", i)) if p >= 0]
+            if not starts:
+                break
+            start = min(starts)
+            tried += 1
+            try:
+                value, end = decoder.raw_decode(body, start)
+            except (json.JSONDecodeError, RecursionError) as exc:
+                error = f"not valid JSON: {getattr(exc, 'msg', exc)}"
+                i = start + 1
+                continue
+            try:
+                return parse(value)
+            except (ValueError, TypeError, KeyError) as exc:
+                error = str(exc) or type(exc).__name__
+                i = end  # whatever is nested inside this value was part of the wrong answer
+    raise ValueError(error)
+
+
+@dataclass
+class Answer(Generic[T]):
+    """A model's parsed answer, its raw text and what it cost (summed over a re-ask)."""
+
+    value: T
+    text: str
+    input_tokens: int
+    output_tokens: int
+
+
+def ask_json(
+    model: llm.Model,
+    prompt: str,
+    *,
+    parse: Callable[[Any], T],
+    system: str | None = None,
+    schema: dict[str, Any] | None = None,
+    warn: Warn = _quiet,
+) -> Answer[T]:
+    """Return the model's answer to `prompt`, parsed; raise MalformedAnswer or ModelError when there is none.
+
+    `schema` is passed only to models that support one. Provider errors are retried with backoff; a malformed
+    answer is asked for once more, with the reason it could not be used.
+    """
+    kwargs: dict[str, Any] = {}
+    if system is not None:
+        kwargs["system"] = system
+    if schema is not None and getattr(model, "supports_schema", False):
+        kwargs["schema"] = schema
+    name = model.model_id
+    tokens_in = tokens_out = 0
+    text, asked = "", prompt
+    for ask in range(2):
+
+        def send(asked: str = asked) -> tuple[str, Any]:
+            response = model.prompt(asked, **kwargs)
+            return response.text(), response.usage()
+
+        text, usage = with_backoff(send, f"model {name}", warn)
+        # Not every plugin reports usage; count with tiktoken then, so costs are never blank.
+        tokens_in += usage.input if usage.input is not None else count_tokens((system or "") + asked)
+        tokens_out += usage.output if usage.output is not None else count_tokens(text)
+        try:
+            return Answer(extract_json(text, parse), text, tokens_in, tokens_out)
+        except ValueError as exc:
+            if ask == 1:
+                raise MalformedAnswer(f"model {name} gave no usable answer ({exc})") from None
+            warn(f"model {name} gave an answer that could not be used ({exc}); asking once more")
+            asked = prompt + REASK.format(error=exc)
+    raise AssertionError("unreachable")
