@@ -624,6 +624,9 @@ def main() -> None:
     every call); an agent calling `memp recall` in a loop needs only that one. `memp --help` and unknown commands
     still see them all.
     """
+    from .embed import limit_blas_threads
+
+    limit_blas_threads()  # before anything imports numpy
     name = next((arg for arg in sys.argv[1:] if not arg.startswith("-")), None)
     chosen = [info for info in app.registered_commands if _command_name(info) == name]
     if chosen:

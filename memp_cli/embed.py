@@ -31,15 +31,15 @@ class Embedder(Protocol):
 
 
 class OnnxEmbedder:
-    """all-MiniLM-L6-v2, int8 ONNX, run with onnxruntime: no torch, no download."""
+    """all-MiniLM-L6-v2, int8 ONNX, run with onnxruntime and tokenized with `tokenizers`: no torch, no download."""
 
     model_id = DEFAULT_EMBED_MODEL
 
-    def __init__(self, folder: Path = MODEL_DIR, tokenizer: Any = None) -> None:
-        import onnxruntime
+    def __init__(self, folder: Path = MODEL_DIR) -> None:
+        import onnxruntime  # type: ignore[import-untyped]
 
         self._session = _load_session(onnxruntime, _model_file(folder))
-        self._tokenizer = tokenizer or _tokenizer(folder)
+        self._tokenizer = _tokenizer(folder)
 
     def embed(self, texts: Sequence[str]) -> list[list[float]]:
         """Return L2-normalised mean-pooled vectors, as sentence-transformers computes them."""
@@ -58,47 +58,12 @@ class OnnxEmbedder:
     def _one(self, text: str) -> list[float]:
         import numpy as np
 
-        ids = np.asarray([self._tokenizer.encode(text)], dtype=np.int64)
+        ids = np.asarray([self._tokenizer.encode(text).ids], dtype=np.int64)
         (hidden,) = self._session.run(
             None, {"input_ids": ids, "attention_mask": np.ones_like(ids), "token_type_ids": np.zeros_like(ids)}
         )
         pooled = hidden[0].mean(axis=0)
         return (pooled / max(float(np.linalg.norm(pooled)), 1e-12)).tolist()
-
-
-class MiniLM:
-    """memp's embedded model: numpy for the first few texts of a process, onnxruntime once there are more.
-
-    Both compute the same int8 graph one text at a time, so they give the same vectors (tests hold them to it). A
-    fresh `memp recall` embeds one text: numpy is ready in ~25 ms where onnxruntime needs ~0.14 s; past FEW texts
-    (ingest, batch recall) onnxruntime's faster kernels win.
-    """
-
-    model_id = DEFAULT_EMBED_MODEL
-    FEW = 12
-
-    def __init__(self, folder: Path = MODEL_DIR) -> None:
-        self._folder = folder
-        self._model_file = _model_file(folder)
-        self._onnx: OnnxEmbedder | None = None
-        self._numpy: Any = None
-        self._tokenizer: Any = None
-        self._texts = 0
-
-    def embed(self, texts: Sequence[str]) -> list[list[float]]:
-        """Return one unit vector per text."""
-        self._texts += len(texts)
-        if self._tokenizer is None:
-            self._tokenizer = _tokenizer(self._folder)
-        if self._onnx is None and self._texts > self.FEW:
-            self._onnx = OnnxEmbedder(self._folder, self._tokenizer)
-        if self._onnx is not None:
-            return self._onnx.embed(texts)
-        if self._numpy is None:
-            from . import minilm
-
-            self._numpy = minilm.load(self._model_file, _derived(self._model_file, "weights", minilm.FORMAT))
-        return [self._numpy.vector(self._tokenizer.encode(text)).tolist() for text in texts]
 
 
 def _model_file(folder: Path) -> Path:
@@ -109,9 +74,19 @@ def _model_file(folder: Path) -> Path:
 
 
 def _tokenizer(folder: Path) -> Any:
-    from .wordpiece import WordPiece
+    """Return the model's WordPiece tokenizer: [CLS] text [SEP], at most MAX_TOKENS ids, no padding."""
+    from tokenizers import Tokenizer
 
-    return WordPiece(folder / "vocab.txt", MAX_TOKENS)
+    path = folder / "tokenizer.json"
+    try:
+        tokenizer = Tokenizer.from_file(str(path))
+    except Exception as exc:  # the Rust side raises plain Exception for a missing or damaged file
+        raise ModelError(f"embedded tokenizer unreadable: {path}: {exc} (reinstall memp)") from exc
+    # The shipped file truncates and pads to 128 (the HF export's defaults); sentence-transformers runs this model
+    # with max_seq_length 256, special tokens included, and one text per run needs no padding.
+    tokenizer.enable_truncation(max_length=MAX_TOKENS)
+    tokenizer.no_padding()
+    return tokenizer
 
 
 def threads() -> int:
@@ -122,10 +97,22 @@ def threads() -> int:
         return 1
 
 
+def limit_blas_threads() -> None:
+    """Keep numpy's BLAS to one thread in memp's own process; call before numpy is imported (the CLI does)."""
+    # Agents run many memp processes at once; OpenBLAS starting a thread per core in each of them made a 20 ms
+    # product take 100+ ms under contention. Only the `memp` command calls this: a program importing memp_cli
+    # keeps its own environment. A value the user set is left alone.
+    for var in ("OPENBLAS_NUM_THREADS", "OMP_NUM_THREADS"):
+        os.environ.setdefault(var, "1")
+
+
 def _options(onnxruntime: Any) -> Any:
     options = onnxruntime.SessionOptions()
-    # One thread inside each run: agents call memp in parallel, and many texts run side by side instead (threads()).
+    # One thread inside each run and none across graph branches: agents call memp in parallel, and many texts run
+    # side by side instead (threads()).
     options.intra_op_num_threads = 1
+    options.inter_op_num_threads = 1
+    options.execution_mode = onnxruntime.ExecutionMode.ORT_SEQUENTIAL
     options.log_severity_level = 3
     return options
 
@@ -219,7 +206,7 @@ def is_default(name: str | None) -> bool:
 def get_embedder(name: str | None = None) -> Embedder:
     """Return a cached embedder: the embedded model loads directly, skipping llm's plugin loading."""
     if is_default(name):
-        return MiniLM()
+        return OnnxEmbedder()
     assert name is not None
     return LlmEmbedder(name)
 

@@ -1,16 +1,19 @@
-"""The embedded model's two runners (onnxruntime, numpy) and its plain-Python tokenizer, against their references."""
+"""The embedded model (onnxruntime + tokenizers): its reference vectors, one vector per text, its session cache."""
 
 from __future__ import annotations
 
 import json
+import os
+import subprocess
+import sys
 from pathlib import Path
 
+import llm
 import numpy as np
 import pytest
-from conftest import EXAMPLES, SHARED
+from conftest import EXAMPLES
 
-from memp_cli.embed import MAX_TOKENS, MODEL_DIR, MiniLM, OnnxEmbedder
-from memp_cli.wordpiece import Vocabulary, WordPiece
+from memp_cli.embed import MAX_TOKENS, MODEL_DIR, OnnxEmbedder, _derived, _tokenizer, limit_blas_threads
 
 REFERENCE = json.loads((Path(__file__).parent / "data" / "minilm_reference.json").read_text())
 TRICKY = [
@@ -30,108 +33,95 @@ def example_tasks() -> list[str]:
     return [json.loads(line)["task"] for f in sorted(EXAMPLES.glob("*.jsonl")) for line in f.open()]
 
 
-def real_texts() -> list[str]:
-    """Return slices of real agent logs: issue texts, code, shell output, web pages."""
-    texts = []
-    for f in sorted((SHARED / "mini-swe-agent").rglob("*.traj.json"))[:20]:
-        for message in json.loads(f.read_text())["messages"]:
-            content = message["content"] if isinstance(message["content"], str) else json.dumps(message["content"])
-            texts += [content[i : i + 400] for i in range(0, min(len(content), 2000), 400)]
-    log = (SHARED / "react-webshop" / "WebShop_ipynb_cell7_output.txt").read_text()
-    texts += [log[i : i + 300] for i in range(0, 150_000, 300)]
-    for f in sorted((SHARED / "swe-agent").rglob("*.traj")):
-        content = f.read_text()
-        texts += [content[i : i + 400] for i in range(0, min(len(content), 8000), 400)]
-    return texts
+def thirty() -> list[str]:
+    texts = list(dict.fromkeys(example_tasks() + REFERENCE["texts"] + TRICKY))[:30]
+    return texts + [f"move box {i} to shelf {i + 1}" for i in range(30 - len(texts))]
 
 
-@pytest.mark.parametrize("lookup", ["search", "dict"])
-def test_tokenizer_gives_the_ids_of_the_tokenizers_library_on_tricky_text(
-    lookup: str, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    from tokenizers import Tokenizer
-
-    reference = Tokenizer.from_file(str(MODEL_DIR / "tokenizer.json"))
-    reference.enable_truncation(max_length=MAX_TOKENS)
-    reference.no_padding()
-    if lookup == "dict":
-        monkeypatch.setattr(Vocabulary, "SEARCH_BUDGET", 0)
-    for text in TRICKY + example_tasks():
-        # A new tokenizer per text: each starts by searching the file (a fresh `memp recall`) unless told not to.
-        ours = WordPiece(MODEL_DIR / "vocab.txt", MAX_TOKENS)
-        assert ours.encode(text) == reference.encode(text).ids, text
-        assert (ours.vocab._ids is not None) == (lookup == "dict") or len(text) > 1000
-    assert len(ours.encode("word " * 400)) == MAX_TOKENS
-
-
-@pytest.mark.skipif(not SHARED.exists(), reason=f"real data folder {SHARED} is absent")
-def test_tokenizer_gives_the_ids_of_the_tokenizers_library_on_real_logs() -> None:
-    from tokenizers import Tokenizer
-
-    reference = Tokenizer.from_file(str(MODEL_DIR / "tokenizer.json"))
-    reference.enable_truncation(max_length=MAX_TOKENS)
-    reference.no_padding()
-    ours = WordPiece(MODEL_DIR / "vocab.txt", MAX_TOKENS)
-    texts = real_texts()
-    assert len(texts) > 1000
-    mismatched = [t for t in texts if ours.encode(t) != reference.encode(t).ids]
-    assert mismatched == []
-
-
-def test_a_text_gets_the_same_vector_alone_or_among_others() -> None:
-    tasks = example_tasks()
-    onnx = OnnxEmbedder()
-    together = np.asarray(onnx.embed(tasks))
-    alone = np.asarray([onnx.embed([t])[0] for t in tasks])
-    assert np.abs(together - alone).max() < 1e-6
-
-
-def test_numpy_runner_agrees_with_onnxruntime() -> None:
-    texts = example_tasks() + REFERENCE["texts"] + TRICKY
-    numpy_path = MiniLM()
-    numpy_path.FEW = 10**6  # never hand over to onnxruntime
-    ours = np.asarray(numpy_path.embed(texts))
-    assert numpy_path._onnx is None
-    theirs = np.asarray(OnnxEmbedder().embed(texts))
-    cos = (ours * theirs).sum(axis=1)
-    # Both run the same int8 graph; a rounding step that lands differently can move a vector by up to ~0.5%
-    # (onnxruntime's own optimisation levels differ from each other as much), most agree to float precision.
-    assert cos.min() > 0.99
-    assert np.median(cos) > 0.99999
+def test_vectors_match_sentence_transformers() -> None:
+    ours = np.asarray(OnnxEmbedder().embed(REFERENCE["texts"]))
     assert np.abs(np.linalg.norm(ours, axis=1) - 1).max() < 1e-5
-    start = len(example_tasks())
-    for got, want in zip(ours[start:], REFERENCE["vectors"]):
-        assert float(np.dot(got, want)) > 0.98  # and to sentence-transformers, like onnxruntime
+    cos = (ours * np.asarray(REFERENCE["vectors"])).sum(axis=1)
+    assert cos.min() > 0.98, cos
 
 
-def test_many_texts_on_several_threads_get_the_vectors_of_one_thread(monkeypatch: pytest.MonkeyPatch) -> None:
-    texts = example_tasks() + TRICKY
+def test_tokenizer_adds_cls_and_sep_and_truncates_to_the_model_window() -> None:
+    tokenizer = _tokenizer(MODEL_DIR)
+    cls, sep = tokenizer.token_to_id("[CLS]"), tokenizer.token_to_id("[SEP]")
+    # As sentence-transformers tokenizes: lower-cased word pieces between [CLS] and [SEP], no padding.
+    assert tokenizer.encode("Restart nginx").tokens == ["[CLS]", "restart", "ng", "##in", "##x", "[SEP]"]
+    assert tokenizer.encode("").ids == [cls, sep]
+    long = tokenizer.encode("word " * 400).ids
+    # The shipped tokenizer.json says 128; sentence-transformers runs the model on 256, special tokens included.
+    assert len(long) == MAX_TOKENS == 256 and long[0] == cls and long[-1] == sep
+    assert tokenizer.token_to_id("[PAD]") not in long
+
+
+def test_a_text_gets_the_identical_vector_alone_in_a_batch_reordered_and_on_threads(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    texts = thirty()
+    assert len(set(texts)) == 30
     model = OnnxEmbedder()
     monkeypatch.setenv("MEMP_THREADS", "1")
-    one = model.embed(texts)
+    alone = [model.embed([t])[0] for t in texts]
+    batch = model.embed(texts)
+    assert batch == alone  # equality, not closeness: the store must not depend on how texts were grouped
+    order = list(reversed(range(30)))[::2] + list(range(30))[::2]
+    reordered = model.embed([texts[i] for i in order])
+    assert reordered == [alone[i] for i in order]
     monkeypatch.setenv("MEMP_THREADS", "3")
-    assert model.embed(texts) == one
+    assert model.embed(texts) == alone
+    assert OnnxEmbedder().embed(texts[::-1]) == alone[::-1]  # a second session, as a later process has
 
 
-def test_numpy_runner_hands_over_to_onnxruntime_past_a_few_texts() -> None:
-    model = MiniLM()
-    first = model.embed(["restart nginx"])
-    assert model._onnx is None and model._numpy is not None
-    model.embed(["task %d" % i for i in range(model.FEW)])
-    assert model._onnx is not None
-    again = model.embed(["restart nginx"])
-    assert float(np.dot(first[0], again[0])) > 0.99
+def test_session_cache_is_written_once_and_rebuilt_when_damaged(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import onnxruntime  # type: ignore[import-untyped]
 
-
-def test_weight_cache_is_written_once_and_rebuilt_when_damaged(model_cache: Path) -> None:
-    from memp_cli import minilm
-    from memp_cli.embed import _derived
-
-    path = _derived(MODEL_DIR / "model.onnx", "weights", minilm.FORMAT)
-    assert path is not None and path.parent == model_cache
-    MiniLM().embed(["warm the cache"])
-    assert path.exists()
-    before = MiniLM().embed(["put a mug in the sink"])[0]
+    monkeypatch.setenv("MEMP_CACHE", str(tmp_path / "cache"))
+    path = _derived(MODEL_DIR / "model.onnx", "ort", onnxruntime.__version__)
+    assert path is not None and path.parent == tmp_path / "cache"
+    text = "put a mug in the sink"
+    built = OnnxEmbedder().embed([text])[0]  # optimised from model.onnx, ORT copy written
+    assert path.exists() and path.read_bytes()[4:8] == b"ORTM"
+    assert [p.name for p in path.parent.iterdir()] == [path.name]  # no temporary file left behind
+    assert OnnxEmbedder().embed([text])[0] == built  # loaded from the copy: the same vector
     path.write_bytes(b"\x00" * 16)
-    assert MiniLM().embed(["put a mug in the sink"])[0] == before
-    assert minilm.map_weights(path)["l0.qkv.w"].shape == (3 * 384, 384)
+    assert OnnxEmbedder().embed([text])[0] == built
+    assert path.read_bytes()[4:8] == b"ORTM"
+
+
+def test_no_writable_cache_still_embeds(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    text = "restart nginx"
+    cached = OnnxEmbedder().embed([text])
+    blocker = tmp_path / "file"
+    blocker.write_text("not a folder")
+    monkeypatch.setenv("MEMP_CACHE", str(blocker / "cache"))
+    assert OnnxEmbedder().embed([text]) == cached
+
+
+def test_llm_plugin_embeds_with_the_same_runner(fake_chat) -> None:  # type: ignore[no-untyped-def]
+    model = llm.get_embedding_model("memp-minilm")
+    texts = ["restart the web server", "bake a chocolate cake"]
+    assert list(model.embed_multi(texts)) == OnnxEmbedder().embed(texts)
+    assert model.embed("restart the web server") == OnnxEmbedder().embed(["restart the web server"])[0]
+
+
+def test_blas_threads_are_limited_only_when_asked(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.delenv("OPENBLAS_NUM_THREADS", raising=False)
+    monkeypatch.setenv("OMP_NUM_THREADS", "3")
+    limit_blas_threads()
+    assert os.environ["OPENBLAS_NUM_THREADS"] == "1"
+    assert os.environ["OMP_NUM_THREADS"] == "3"  # the user's own setting wins
+
+
+def test_using_memp_as_a_library_leaves_the_environment_alone() -> None:
+    code = (
+        "import os\nfrom memp_cli.embed import get_embedder\nget_embedder().embed(['restart nginx', 'a mug'])\n"
+        "print([v for v in ('OPENBLAS_NUM_THREADS', 'OMP_NUM_THREADS') if v in os.environ])"
+    )
+    env = {k: v for k, v in os.environ.items() if k not in ("OPENBLAS_NUM_THREADS", "OMP_NUM_THREADS")}
+    out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "[]"
