@@ -122,40 +122,10 @@ def _words(text: str) -> list[str]:
 
 
 def offline_procedure(traj: Trajectory) -> Procedure:
-    """Return a procedure built without a model from the trajectory's successful, non-repeated actions."""
-    kept: list[str] = []
-    failed: list[Step] = []
-    seen: set[str] = set()
-    for step in traj.steps:
-        action = step.action.strip()
-        # ReAct logs put reasoning in "think:" actions; it is not something to do again.
-        if not action or action.lower().startswith("think:"):
-            continue
-        if _is_failed(step):
-            failed.append(step)
-            continue
-        if action in seen:
-            continue
-        seen.add(action)
-        kept.append(action)
-    params = [w for w in dict.fromkeys(_words(traj.task)) if len(w) > 2 and w not in STOPWORDS]
-    params = [w for w in params if any(_is_argument(w, a) for a in kept)]
-    steps = [_parameterise(a, params) for a in kept[:MAX_STEPS]]
-    if len(kept) > MAX_STEPS:
-        steps.append(f"... ({len(kept) - MAX_STEPS} more steps in the example run)")
-    if not steps:
-        steps = ["(no action in the run succeeded)"]
-    pitfalls = [
-        f"`{s.action.strip()}` did not work: {' '.join((s.observation or '').split())[:120]}" for s in failed[:3]
-    ]
-    if traj.outcome == "failure":
-        pitfalls.append("This run failed overall: check each step's result instead of repeating it as is.")
-    return Procedure(
-        when_to_use=f"Tasks like: {traj.task}",
-        parameters=[f"{{{p}}} (example: {p})" for p in params],
-        steps=steps,
-        pitfalls=pitfalls,
-    )
+    """Return a procedure built without a model: the steps a successful run needed, or a failed run's warning."""
+    from .offline import offline_procedure as build  # here: memp_cli.offline imports Procedure from this module
+
+    return build(traj)
 
 
 def _is_argument(word: str, action: str) -> bool:
