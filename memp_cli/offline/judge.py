@@ -14,7 +14,7 @@ RESULT_CHARS = 120
 # problem ("nginx -t" showing a bad config, a failing assertion) is what the run learned from, and is kept.
 REJECTED = re.compile(
     r"^\s*(?:nothing happens|invalid (?:action|command|input|syntax)|unknown (?:action|command)|usage:|"
-    r"(?:error|fatal|traceback \(most recent call last\)|wrong|incorrect)\b)"
+    r"(?:error|fatal|wrong|incorrect)\b|traceback \(most recent call last\))"
     r"|command not found|no such file or directory|permission denied|syntax error|\btimed out\b"
     r"|\boutput (?:\w+ ){0,4}(?:was|is) too long",
     re.IGNORECASE,
@@ -27,6 +27,8 @@ READERS = frozenset({
     "cat", "head", "tail", "less", "more", "grep", "logs", "log", "journalctl", "dmesg",
 })
 UNRUN = re.compile(r"command not found|no such file or directory|permission denied|^\s*usage:", re.IGNORECASE)
+# The line a test runner ends with ("2 failed, 10 passed in 3.1s", "FAILED (failures=1)", "Ran 5 tests").
+SUMMARY = re.compile(r"\b\d+ (?:passed|failed|errors?)\b|^\s*(?:FAILED|OK)\b(?: \(|$)|^Ran \d+ tests?\b")
 THINK = re.compile(r"^\s*think\s*[:\[]", re.IGNORECASE)
 BRACKET = re.compile(r"^(?P<verb>[a-z_]+)\[(?P<arg>.*)\]$", re.IGNORECASE | re.DOTALL)
 # Shell commands: what runs a check without being the check ("sudo pytest" is pytest).
@@ -54,19 +56,24 @@ def _content(observation: str | None) -> list[str]:
 
 
 def telling_line(observation: str | None) -> str:
-    """Return the observation's first line that says something, shortened."""
+    """Return the observation's line that says what happened: a test run's summary, else its first line."""
     lines = _content(observation)
-    return one_line(lines[0], RESULT_CHARS) if lines else ""
+    summary = [ln for ln in lines if SUMMARY.search(ln)]
+    return one_line((summary or lines or [""])[-1 if summary else 0].strip(" =-"), RESULT_CHARS)
 
 
 def failure_line(observation: str | None) -> str:
-    """Return why an action failed: a traceback's last error, else the first line and the error it names."""
+    """Return why an action failed: a traceback's last error, a test summary, else the first line and its error."""
     lines = _content(observation)
     if not lines:
         return "(no output)"
     errors = [ln for ln in lines if ERROR_LINE.match(ln)]
     if lines[0].lower().startswith("traceback") and errors:
         return one_line(errors[-1], RESULT_CHARS)
+    summary = [ln for ln in lines if SUMMARY.search(ln)]
+    if summary:
+        said = one_line(summary[-1].strip(" =-"), 80)
+        return one_line(lines[0], 80) + " — " + said if REJECTED.search(lines[0]) and summary[-1] != lines[0] else said
     if errors and errors[0] is not lines[0]:
         return one_line(lines[0], 80) + " — " + one_line(errors[0].lstrip(" -"), 80)
     return one_line(lines[0], RESULT_CHARS)
@@ -81,7 +88,8 @@ def failure_of(action: str, observation: str | None, expects_code: bool = False)
             return True
     elif expects_code:
         return True  # every other command in this run reports a return code: this one never ran
-    line = telling_line(obs)
+    lines = _content(obs)
+    line = lines[0] if lines else ""
     # What a reader prints (`docker logs`, `cat`) is content: an "Error: ..." in it is what the run learned.
     if READERS.intersection(action.split()[:3]) and not UNRUN.search(line):
         return False
