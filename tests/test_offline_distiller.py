@@ -199,7 +199,7 @@ runs = st.builds(
 def _plain_steps(traj: Trajectory) -> list[str]:
     """Return the steps that are actions to perform as they are (not a find step, a reproduction or a pick)."""
     procedure = offline_procedure(traj)
-    marks = ("Find ", "Reproduce first: ", "click the listed", "(no action", "... (")
+    marks = ("Find ", "Reproduce first: ", "click the listed", "Read the code", "(no action", "... (")
     return [s for s in procedure.steps if not s.startswith(marks)]
 
 

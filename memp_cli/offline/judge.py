@@ -23,6 +23,10 @@ RETURN_CODE = re.compile(r"<returncode>\s*(-?\d+)\s*</returncode>|\bexit (?:code
 TAG_LINE = re.compile(r"^\s*</?(?:returncode|output|warning)[^>]*>.*?(?:</\w+>)?\s*$", re.IGNORECASE)
 BUTTON = re.compile(r"^\s*\[[^\[\]]*\]\s*$")
 ERROR_LINE = re.compile(r"^\s*(?:-\s*)?(?:E\d+\s+)?[A-Za-z_.]*(?:Error|Exception)\b")
+READING = frozenset({
+    "cat", "nl", "sed", "grep", "rg", "ls", "find", "head", "tail", "wc", "pwd", "which", "open", "goto", "scroll_up",
+    "scroll_down", "find_file", "search_file", "search_dir", "file", "tree",
+})
 READERS = frozenset({
     "cat", "head", "tail", "less", "more", "grep", "logs", "log", "journalctl", "dmesg",
 })
@@ -35,6 +39,8 @@ BRACKET = re.compile(r"^(?P<verb>[a-z_]+)\[(?P<arg>.*)\]$", re.IGNORECASE | re.D
 WRAPPERS = frozenset({
     "sudo", "env", "time", "timeout", "nice", "nohup", "stdbuf",
 })
+# Commands that change existing code, as opposed to writing a new script to reproduce a problem with.
+EDITS = re.compile(r"\bsed\s+(?:-\w+\s+)*-i|^edit\b|\bstr_replace|\bpatch\b|\bgit apply\b|\bapply_patch\b")
 SEGMENTS = re.compile(r"&&|\|\||;|\|")
 # A repeat whose output differs from last time only by a few names the run itself wrote learned nothing new.
 MAX_OWN_NEW_WORDS = 3
@@ -147,6 +153,16 @@ def _nothing_new(before: str, now: str, written: set[str], domain: Domain) -> bo
     )
 
 
+def is_reading(action: str) -> bool:
+    """Return True for a command that only reads (cat, grep, sed -n, git diff, ls, an editor's open or search)."""
+    first = action.strip().splitlines()[0] if action.strip() else ""
+    if re.search(r"(?<![\d&])>(?!&)|\bsed\s+(?:-\w+\s+)*-i|\btee\b|\brm\b|\bmv\b|\bcp\b", first):
+        return False
+    key = check_key(first)
+    return bool(key) and (key[0] in READING or key[:2] in (("git", "diff"), ("git", "log"), ("git", "show"),
+                                                             ("git", "status"), ("git", "grep")))
+
+
 def check_key(action: str) -> tuple[str, ...]:
     """Return what identifies a check command: its program and first argument, past `cd ... &&` and sudo."""
     segments = [s.strip() for s in SEGMENTS.split(action.splitlines()[0]) if s.strip()]
@@ -170,6 +186,8 @@ def _mark_reproductions(judged: list[Judged]) -> None:
         passed = next((n for n, j in enumerate(later) if j.verdict is Verdict.KEPT and check_key(j.action) == key), None)
         if passed is None or not any(j.verdict is Verdict.KEPT for j in later[:passed]):
             continue
-        # Later failures of the same check only say the fix was not done yet: neither a step nor a pitfall.
-        item.verdict = Verdict.REPEATED if key in shown else Verdict.REPRODUCED
+        # A failure after the run began editing, or a later one of the same check, only says the fix was not done
+        # yet: neither a step nor a pitfall.
+        edited = any(j.verdict is Verdict.KEPT and EDITS.search(j.action.splitlines()[0]) for j in judged[:pos])
+        item.verdict = Verdict.REPEATED if key in shown or edited else Verdict.REPRODUCED
         shown.add(key)

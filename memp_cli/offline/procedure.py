@@ -8,7 +8,7 @@ from dataclasses import dataclass, field
 from ..distill import Procedure
 from ..records import Trajectory
 from . import household
-from .judge import BRACKET, domain_of, judge
+from .judge import BRACKET, domain_of, is_reading, judge
 from .params import placeholders, substitute
 from .steps import Domain, Entry, Judged, Kind, Verdict, brief, one_line
 
@@ -58,6 +58,8 @@ def offline_procedure(traj: Trajectory) -> Procedure:
     if traj.outcome == "failure":
         return _failure_report(traj, judged, entries, when, domain)
     names = placeholders(entries, traj.task, domain)
+    if len(entries) > MAX_STEPS and domain is Domain.SHELL:
+        entries = _fold_reading(entries)
     steps = [_render(e, names, domain) for e in entries]
     if len(steps) > MAX_STEPS:
         tail = MAX_STEPS - HEAD_STEPS - 1
@@ -81,15 +83,34 @@ def _entries(traj: Trajectory, judged: list[Judged], domain: Domain) -> list[Ent
     for j in kept:
         kind = Kind.REPRODUCE if j.verdict is Verdict.REPRODUCED else Kind.ACTION
         m = BRACKET.match(j.action) if domain is Domain.WEB else None
-        shown = traj.steps[j.index - 1].observation or "" if j.index else ""
-        # An item id the task never named, picked from the list the page before showed, is a choice to make anew.
-        if m and ITEM_ID.fullmatch(m["arg"]) and f"[{m['arg']}]" in shown and m["arg"].lower() not in traj.task.lower():
+        # An item id the task never named, picked from a list a page showed, is a choice to make anew.
+        listed = m and any(f"[{m['arg']}]" in (s.observation or "") for s in traj.steps[: j.index])
+        if m and listed and ITEM_ID.fullmatch(m["arg"]) and m["arg"].lower() not in traj.task.lower():
             kind = Kind.PICK
         entries.append(Entry(j.action, kind, result=j.result))
     return entries
 
 
+def _fold_reading(entries: list[Entry]) -> list[Entry]:
+    """Return the entries with each run of two or more reading commands folded into one line, for a long run."""
+    out: list[Entry] = []
+    for e in entries:
+        if e.kind is Kind.ACTION and is_reading(e.action):
+            if out and out[-1].kind is Kind.READ:
+                out[-1].places.append(e.action)
+                continue
+            if out and out[-1].kind is Kind.ACTION and is_reading(out[-1].action):
+                out[-1] = Entry(out[-1].action, Kind.READ, [out[-1].action, e.action])
+                continue
+        out.append(e)
+    return out
+
+
 def _render(entry: Entry, names: dict[str, str], domain: Domain) -> str:
+    if entry.kind is Kind.READ:
+        reads = ", ".join(f"`{substitute(brief(a, 60), names, domain)}`" for a in entry.places[:2])
+        more = f" and {len(entry.places) - 2} more reads" if len(entry.places) > 2 else ""
+        return f"Read the code and output that matter, as with {reads}{more}"
     if entry.kind is Kind.FIND:
         shown = [*entry.places[: MAX_PLACES - 1][: len(entry.places) - 1], entry.places[-1]]
         places = ", ".join(substitute(p, names, domain) for p in shown)

@@ -32,6 +32,7 @@ class Kind(Enum):
     FIND = "find"  # a search loop folded into one step
     REPRODUCE = "reproduce"  # run a check that is expected to fail until the fix
     PICK = "pick"  # a choice among the results a page listed
+    READ = "read"  # reading commands of a long run, folded into one line
 
 
 @dataclass
@@ -51,7 +52,7 @@ class Entry:
 
     action: str
     kind: Kind = Kind.ACTION
-    places: list[str] = field(default_factory=list)  # for a find step: the places checked, the last one the find
+    places: list[str] = field(default_factory=list)  # a find step's places (the last one the find); a read's commands
     opened: bool = False
     result: str = ""
 
