@@ -149,9 +149,10 @@ def gaps(task: str, done: list[str]) -> list[tuple[str, str]]:
            if not any(a.startswith(v + " ") for a in done)]
     word = next((w for w in words if w in COUNTS), None)
     puts = sum(bool(PUT.match(a)) for a in done)
-    if puts < (COUNTS[word] if word else 1):
-        out.append((f"The task asks for {word or 'one'}, but the run put {puts} in place",
-                    f"stopping before {word or 'one'} are in place"))
+    if word and puts < COUNTS[word]:
+        out.append((f"The task asks for {word}, but the run put {puts} in place", f"stopping before {word} are in place"))
+    elif not word and not puts and {"put", "place", "move"} & set(words):
+        out.append(("The run never put the object in place", "stopping before the object is in place"))
     return out
 
 
