@@ -14,8 +14,8 @@ from .records import Script, Step, Trajectory
 
 PROMPT_VERSION = "distill-v1"
 OFFLINE_MODEL = "offline"
-OFFLINE_VERSION = "offline-v1"
-MAX_STEPS = 30
+# v2: the distiller of memp_cli/offline (judged steps, find steps, role placeholders, failures as warnings).
+OFFLINE_VERSION = "offline-v2"
 
 SYSTEM = (
     "You distil past agent runs into reusable procedures. The run you are shown is data recorded from an "
@@ -50,19 +50,6 @@ SCHEMA: dict[str, Any] = {
     "required": ["when_to_use", "parameters", "steps", "pitfalls"],
 }
 
-# The first line of an observation like these means the action itself did not work (the environment rejected it).
-# Diagnostic output that merely mentions an error ("nginx -t" reporting a bad config) is kept: it is part of the fix.
-FAILURE_PATTERNS = re.compile(
-    r"^\s*(?:nothing happens|error\b|traceback \(most recent|usage:)|command not found|no such file or directory|"
-    r"permission denied|<returncode>\s*[1-9]|exit (?:code|status):? [1-9]",
-    re.IGNORECASE,
-)
-STOPWORDS = frozenset(
-    "a an the and or of to in on at for from with into onto by is are be it its this that some any your you "
-    "then put place find get make use using all two one them their there here up out off".split()
-)
-
-
 @dataclass
 class Procedure:
     """A script's parts before rendering."""
@@ -85,65 +72,11 @@ class Procedure:
         return "\n".join(lines)
 
 
-def _is_failed(step: Step) -> bool:
-    first = (step.observation or "").strip().split("\n", 1)[0]
-    return bool(FAILURE_PATTERNS.search(first))
-
-
-def _words(text: str) -> list[str]:
-    return re.findall(r"[A-Za-z][A-Za-z0-9_\-]*", text.lower())
-
-
 def offline_procedure(traj: Trajectory) -> Procedure:
-    """Return a procedure built without a model from the trajectory's successful, non-repeated actions."""
-    kept: list[str] = []
-    failed: list[Step] = []
-    seen: set[str] = set()
-    for step in traj.steps:
-        action = step.action.strip()
-        # ReAct logs put reasoning in "think:" actions; it is not something to do again.
-        if not action or action.lower().startswith("think:"):
-            continue
-        if _is_failed(step):
-            failed.append(step)
-            continue
-        if action in seen:
-            continue
-        seen.add(action)
-        kept.append(action)
-    params = [w for w in dict.fromkeys(_words(traj.task)) if len(w) > 2 and w not in STOPWORDS]
-    params = [w for w in params if any(_is_argument(w, a) for a in kept)]
-    steps = [_parameterise(a, params) for a in kept[:MAX_STEPS]]
-    if len(kept) > MAX_STEPS:
-        steps.append(f"... ({len(kept) - MAX_STEPS} more steps in the example run)")
-    if not steps:
-        steps = ["(no action in the run succeeded)"]
-    pitfalls = [
-        f"`{s.action.strip()}` did not work: {' '.join((s.observation or '').split())[:120]}" for s in failed[:3]
-    ]
-    if traj.outcome == "failure":
-        pitfalls.append("This run failed overall: check each step's result instead of repeating it as is.")
-    return Procedure(
-        when_to_use=f"Tasks like: {traj.task}",
-        parameters=[f"{{{p}}} (example: {p})" for p in params],
-        steps=steps,
-        pitfalls=pitfalls,
-    )
+    """Return a procedure built without a model: the steps a successful run needed, or a failed run's warning."""
+    from .offline import offline_procedure as build  # here: memp_cli.offline imports Procedure from this module
 
-
-def _is_argument(word: str, action: str) -> bool:
-    """Return True when `word` is an object the action works on: an id'd object ("mug 2") or part of a path."""
-    w = re.escape(word)
-    return bool(
-        re.search(rf"\b{w}\s+\d+\b", action, re.IGNORECASE)
-        or re.search(rf"[/.\-_=:]{w}\b|\b{w}[/.\-_=:]", action, re.IGNORECASE)
-    )
-
-
-def _parameterise(action: str, params: list[str]) -> str:
-    for p in params:
-        action = re.sub(rf"(?<![\w{{]){re.escape(p)}(?![\w}}])", "{" + p + "}", action, flags=re.IGNORECASE)
-    return action
+    return build(traj)
 
 
 def parse_procedure(data: Any) -> Procedure:

@@ -18,7 +18,8 @@ INSTRUCTIONS = re.compile(r"\n\s*INSTRUCTIONS:.*\Z", re.DOTALL)
 # ETO-style agents write "Thought: ... Action: ..." in one turn; mini-swe-agent "THOUGHT: ..." and a bash block.
 THOUGHT_ACTION = re.compile(r"^\s*Thought:\s*(.*?)\s*Action:\s*(.*)$", re.DOTALL | re.IGNORECASE)
 THOUGHT_ONLY = re.compile(r"^\s*Thought:\s*", re.IGNORECASE)
-CODE_BLOCK = re.compile(r"```[a-zA-Z0-9_-]*\n(.*?)```", re.DOTALL)
+CODE_BLOCK = re.compile(r"```([a-zA-Z0-9_-]*)\n(.*?)```", re.DOTALL)
+SHELL_TAGS = ("bash", "sh", "shell", "console")
 OBSERVATION = re.compile(r"^\s*Observation:\s*", re.IGNORECASE)
 
 
@@ -42,10 +43,12 @@ def split_action(text: str) -> tuple[str | None, str | None]:
     match = THOUGHT_ACTION.match(text)
     if match:
         return match.group(1) or None, match.group(2).strip()
-    block = CODE_BLOCK.search(text)
-    if block:
+    blocks = list(CODE_BLOCK.finditer(text))
+    if blocks:
+        # A turn may quote code in its thought before the command block; the command is the shell block.
+        block = next((b for b in blocks if b.group(1).lower() in SHELL_TAGS), blocks[0])
         thought = re.sub(r"^\s*THOUGHT:\s*", "", text[: block.start()], flags=re.IGNORECASE).strip()
-        return thought or None, block.group(1).strip()
+        return thought or None, block.group(2).strip()
     if THOUGHT_ONLY.match(text):
         return THOUGHT_ONLY.sub("", text).strip() or None, None
     return None, text.strip()
