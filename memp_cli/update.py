@@ -9,6 +9,7 @@ from dataclasses import asdict, dataclass, field, replace
 from typing import Any
 
 from . import formats
+from .choices import UpdatePolicy, values
 from .distill import SCHEMA, SYSTEM, Distiller, DistillError, offline_procedure, parse_procedure, with_retries
 from .errors import MempError, NotFoundError
 from .guard import flag
@@ -17,7 +18,7 @@ from .records import OUTCOMES, Memory, Trajectory, render_memory
 from .store import Store
 from .tokens import count_tokens
 
-POLICIES = ("vanilla", "validation", "adjustment")
+POLICIES = values(UpdatePolicy)
 DEFAULT_POLICY = "adjustment"
 REVISE_VERSION = "revise-v1"
 OFFLINE_REVISE = "offline-revise-v1"
