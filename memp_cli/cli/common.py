@@ -48,7 +48,7 @@ EmbedOpt = Annotated[
         "else memp's embedded memp-minilm.",
     ),
 ]
-MemoryIdArg = Annotated[int, typer.Argument(help="Memory id, as list and recall print it.", show_default=False)]
+MemoryIdArg = Annotated[int, typer.Argument(help="Memory id, as list and recall print it.", metavar="MEMORY_ID", show_default=False)]
 
 
 def say(message: str) -> None:

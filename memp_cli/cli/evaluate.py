@@ -10,7 +10,7 @@ from .common import EmbedOpt, FormatOpt, handle_errors, output_format, say
 
 @handle_errors
 def eval_(
-    paths: Annotated[list[str], typer.Argument(help="Labelled trajectory files or folders.", show_default=False)],
+    paths: Annotated[list[str], typer.Argument(help="Labelled trajectory files or folders.", metavar="PATH...", show_default=False)],
     label: Annotated[
         str,
         typer.Option("--label", "-l", help="Metadata field to match, e.g. task_type or repo; or outcome."),

@@ -14,7 +14,7 @@ from .common import DbOpt, EmbedOpt, FormatOpt, ModelOpt, handle_errors, open_db
 @handle_errors
 def ingest(
     paths: Annotated[
-        list[str], typer.Argument(help="Trajectory files, folders (walked), or - for stdin.", show_default=False)
+        list[str], typer.Argument(help="Trajectory files, folders (walked), or - for stdin.", metavar="PATH...", show_default=False)
     ],
     build: Annotated[
         BuildPolicy,

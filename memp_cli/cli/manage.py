@@ -122,11 +122,11 @@ def _setting_value(ctx: typer.Context, raw: str | None) -> str | None:
 
 @handle_errors
 def config(
-    key: Annotated[Setting | None, typer.Argument(help="The setting; omit to show them all.", show_default=False)]
+    key: Annotated[Setting | None, typer.Argument(help="update_policy or update_every; omit to show both.", metavar="KEY", show_default=False)]
     = None,
     value: Annotated[
         str | None,
-        typer.Argument(help="New value; omit to show.", callback=_setting_value, show_default=False),
+        typer.Argument(help="New value; omit to show.", metavar="VALUE", callback=_setting_value, show_default=False),
     ] = None,
     db: DbOpt = None,
     fmt: FormatOpt = None,

@@ -16,7 +16,7 @@ BATCH_LINES = 64
 
 @handle_errors
 def recall(
-    task: Annotated[str, typer.Argument(help="The new task, or - to read one task per line from stdin.")],
+    task: Annotated[str, typer.Argument(help="The new task, or - to read one task per line from stdin.", metavar="TASK")],
     k: Annotated[int, typer.Option("-k", "--top", help="How many memories to return at most.")] = 3,
     policy: Annotated[
         RecallPolicy,
