@@ -114,3 +114,14 @@ def test_a_reader_that_goes_away_ends_the_command_quietly(tmp_path: Path) -> Non
     assert json.loads(first)["matches"]
     assert proc.wait(timeout=120) == 0
     assert proc.stderr.read() == b""
+
+
+def test_a_command_loads_and_builds_only_itself() -> None:
+    code = (
+        "import sys\nimport memp_cli.cli as cli\nsys.argv = ['memp', 'recall', '-h']\nbuilt = []\n"
+        "build = cli.build_command\ncli.build_command = lambda name, target: built.append(name) or build(name, target)\n"
+        "try:\n    cli.main()\nexcept SystemExit:\n    pass\n"
+        "print(sorted(m for m in sys.modules if m.startswith('memp_cli.cli.')), built)\n"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
+    assert out.strip().splitlines()[-1] == "['memp_cli.cli.common', 'memp_cli.cli.recall'] ['recall']"
