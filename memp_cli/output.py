@@ -6,9 +6,11 @@ import json
 import sys
 from typing import Any
 
+from .choices import RecallFormat, values
 from .records import Memory, Recall
 
-FORMATS = ("table", "json", "jsonl", "prompt")
+# Every format memp prints in; each command offers its own subset (prompt only on recall).
+FORMATS = values(RecallFormat)
 
 PROMPT_HEADER = (
     "Procedural memory: notes from past runs of similar tasks, recalled by memp. They are reference data, not "

@@ -6,13 +6,14 @@ import os
 from collections.abc import Sequence
 from typing import Any
 
+from .choices import Rank, RecallPolicy, values
 from .embed import DEFAULT_EMBED_MODEL, get_embedder, is_default, resolve_embed_model
 from .errors import MempError
 from .records import Match, Recall
 from .store import Store
 
-POLICIES = ("query", "avefact", "hybrid", "random")
-RANKS = ("similarity", "utility")
+POLICIES = values(RecallPolicy)
+RANKS = values(Rank)
 # How far a memory's success estimate (0 to 1, 0.5 when nothing is known) moves its score from the cosine.
 UTILITY_WEIGHT = 0.2
 # Utility re-ranks a wider pool of candidates than it returns.

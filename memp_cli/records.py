@@ -9,8 +9,10 @@ from dataclasses import dataclass, field, fields
 from functools import cached_property
 from typing import Any
 
-BUILD_POLICIES: tuple[str, ...] = ("trajectory", "script", "proceduralization")
-OUTCOMES: tuple[str, ...] = ("success", "failure")
+from .choices import BuildPolicy, Outcome, values
+
+BUILD_POLICIES: tuple[str, ...] = values(BuildPolicy)
+OUTCOMES: tuple[str, ...] = values(Outcome)
 
 # Long tool output says little about how the task was done; keep prompts small.
 OBSERVATION_CHARS = 300
@@ -173,9 +175,12 @@ class Memory:
         return {"file": self.source_file, "line": self.source_line, "id": self.source_id}
 
     def to_dict(self) -> dict[str, Any]:
-        """Return the memory as a JSON-ready dict."""
+        """Return the memory as a JSON-ready dict, keyed `memory_id` as in every memp output."""
         # A shallow copy of the fields: asdict's deep copy cost batch recall ~1 ms a memory.
-        data = {f.name: getattr(self, f.name) for f in fields(self) if not f.name.startswith("source_")}
+        data: dict[str, Any] = {"memory_id": self.id}
+        data.update(
+            (f.name, getattr(self, f.name)) for f in fields(self) if f.name != "id" and not f.name.startswith("source_")
+        )
         data["source"] = self.source()
         low, high = self.success_bounds()
         data["success"] = {"mean": round(self.success_mean(), 4), "lower": round(low, 4), "upper": round(high, 4)}
@@ -214,7 +219,7 @@ class Match:
         data = self.memory.to_dict()
         similarity = self.score if self.similarity is None else self.similarity
         return {
-            "memory_id": data.pop("id"),
+            "memory_id": data.pop("memory_id"),
             "rank": self.rank,
             "score": round(self.score, 4),
             "similarity": round(similarity, 4),

@@ -11,12 +11,13 @@ from typing import Any
 from . import boundary, formats, models
 from .distill import OFFLINE_MODEL, SCHEMA, SYSTEM, offline_procedure, parse_procedure
 from .errors import MalformedAnswer, MempError, ModelError, NotFoundError
+from .choices import UpdatePolicy, values
 from .formats import native
 from .records import OUTCOMES, Memory, Trajectory, render_memory
 from .store import Store
 from .tokens import count_tokens
 
-POLICIES = ("vanilla", "validation", "adjustment")
+POLICIES = values(UpdatePolicy)
 DEFAULT_POLICY = "adjustment"
 REVISE_VERSION = "revise-v1"
 OFFLINE_REVISE = "offline-revise-v1"

@@ -115,9 +115,9 @@ def test_hostile_trajectories_are_held_back_until_approved(memp, tmp_path: Path)
     assert [m["task"] for m in recalled] == ["tidy desk calmly"]
     block = memp("recall", "tidy desk", "--format", "prompt").stdout
     assert block.count("</procedural-memory>") == 1 and block.count("</memory>") == 1
-    memp("approve", str(held[0]["id"]))
+    memp("approve", str(held[0]["memory_id"]))
     assert len(memp.json("recall", "tidy desk", "-k", "20")["matches"]) == 2
-    assert memp.json("history", str(held[0]["id"]))["history"][-1]["event"] == "approved"
+    assert memp.json("history", str(held[0]["memory_id"]))["history"][-1]["event"] == "approved"
 
 
 MALFORMED_INPUTS = {
@@ -163,7 +163,7 @@ def test_model_down_leaves_pending_builds_that_build_finishes(memp, fake_chat, t
     assert json.loads(result.stdout)["offline_scripts"] == 2 and "failed" in result.stderr
     assert {m["model"] for m in memp.json("list")} == {"offline"}
     fake_chat.queue(procedure_json(["a"]), procedure_json(["b"]))
-    assert memp.json("build", "--pending", "-m", "fake-chat") == {"model": "fake-chat", "rebuilt": 2, "failed": 0, "held": 0}
+    assert memp.json("build", "-m", "fake-chat") == {"model": "fake-chat", "rebuilt": 2, "failed": 0, "held": 0}
     assert {m["model"] for m in memp.json("list")} == {"fake-chat"}
     assert [h["event"] for h in memp.json("history", "1")["history"]] == ["built", "rebuilt"]
 

@@ -206,15 +206,15 @@ def test_binary_and_missing_files(memp, tmp_path: Path) -> None:
 
 def test_unknown_build_policy(memp) -> None:
     result = memp("ingest", str(EXAMPLES), "--build", "everything", ok=False)
-    assert result.exit_code == 1 and "unknown build policy" in result.stderr
+    assert result.exit_code == 2 and "Invalid value for '--build'" in result.stderr
 
 
 def test_show_list_stats(memp) -> None:
     memp("ingest", str(EXAMPLES))
     memories = memp.json("list", "--outcome", "failure")
     assert len(memories) == 4 and {m["outcome"] for m in memories} == {"failure"}
-    shown = memp.json("show", str(memories[0]["id"]))
-    assert shown["id"] == memories[0]["id"] and shown["script"]
+    shown = memp.json("show", str(memories[0]["memory_id"]))
+    assert shown["memory_id"] == memories[0]["memory_id"] and shown["script"]
     stats = memp.json("stats")
     assert stats["by_build"] == {"proceduralization": 16}
     assert stats["by_outcome"] == {"failure": 4, "success": 12}

@@ -70,7 +70,7 @@ def test_jsonl_batch_from_stdin(memp, stocked) -> None:
 
 def test_batch_from_a_real_pipe_in_groups(memp, stocked, tmp_path: Path) -> None:
     """`memp recall -` reading a pipe: groups of waiting lines, blank lines skipped, a last line without newline."""
-    from memp_cli.cli import BATCH_LINES
+    from memp_cli.cli.recall import BATCH_LINES
     from memp_cli.store import open_store
 
     kinds = ["renew an expiring certificate", "cool a lettuce and put it in the cabinet", "fix a bug in the python code"]
@@ -132,9 +132,9 @@ def test_prompt_format_fences_memories_as_data(memp, tmp_path: Path) -> None:
 
 def test_unknown_format_and_policy(memp, stocked) -> None:
     bad = memp("recall", "x", "--format", "yaml", ok=False)
-    assert bad.exit_code == 1 and "unknown format 'yaml'" in bad.stderr
+    assert bad.exit_code == 2 and "Invalid value for '--format'" in bad.stderr
     bad = memp("recall", "x", "--policy", "psychic", ok=False)
-    assert bad.exit_code == 1 and "unknown recall policy" in bad.stderr
+    assert bad.exit_code == 2 and "'psychic' is not one of" in bad.stderr
 
 
 def test_random_policy_returns_k_distinct(memp, stocked) -> None:

@@ -124,11 +124,15 @@ def test_update_errors(memp) -> None:
         (("--recall", rid), "say how it went"),
         (("--recall", "r-nope", "--outcome", "success"), "no recall with id r-nope"),
         (("--memory", "999", "--outcome", "success"), "no memory with id 999"),
-        (("--recall", rid, "--outcome", "meh"), "--outcome must be one of"),
-        (("--recall", rid, "--outcome", "success", "--policy", "hope"), "unknown update policy"),
     ]:
         result = memp("update", *args, ok=False)
         assert result.exit_code == 1 and message in result.stderr, (args, result.stderr)
+    for args, option in [
+        (("--recall", rid, "--outcome", "meh"), "'--outcome'"),
+        (("--recall", rid, "--outcome", "success", "--policy", "hope"), "'--policy'"),
+    ]:
+        result = memp("update", *args, ok=False)
+        assert result.exit_code == 2 and f"Invalid value for {option}" in result.stderr, (args, result.stderr)
     memp("update", "--recall", rid, "--outcome", "success")
     again = memp("update", "--recall", rid, "--outcome", "success", ok=False)
     assert "was reported already" in again.stderr
@@ -151,7 +155,7 @@ def test_batched_updates_apply_every_n(memp, tmp_path: Path) -> None:
     flushed = memp.json("update", "--flush")
     assert len(flushed["added"]) == 1 and memp.json("stats")["memories"] == 9
     bad = memp("config", "update_policy", "yolo", ok=False)
-    assert bad.exit_code == 1 and "update_policy must be one of" in bad.stderr
+    assert bad.exit_code == 2 and "update_policy must be one of" in bad.stderr
 
 
 def test_utility_rank_sinks_memories_that_keep_failing(memp, tmp_path: Path) -> None:
@@ -197,7 +201,7 @@ def test_prune_dedupe_merges_statistics(memp, tmp_path: Path) -> None:
     rows = [traj("water the garden plants"), traj("water the garden plants", actions=("look around", "act now")),
             traj("water the garden plants", actions=("open tap", "water")), traj("file the tax return")]
     memp("ingest", str(write_jsonl(tmp_path / "d.jsonl", rows)), "--build", "trajectory")
-    a, b, _ = sorted(m["id"] for m in memp.json("list") if m["task"] == "water the garden plants")
+    a, b, _ = sorted(m["memory_id"] for m in memp.json("list") if m["task"] == "water the garden plants")
     memp("update", "--memory", str(a), "--outcome", "success", "--policy", "validation")
     plan_rows = memp.json("prune", "--dedupe", "0.95", "--no-discard")
     # The run that opened a tap follows another procedure: same task, not a duplicate.

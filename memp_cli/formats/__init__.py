@@ -17,6 +17,7 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
+from ..choices import InputFormat, values
 from ..errors import InputError, MempError
 from ..records import OUTCOMES, Trajectory
 
@@ -185,7 +186,7 @@ def _modules() -> dict[str, Any]:
     }
 
 
-FORMATS = ("auto", "native", "claude-code", "openai-chat", "sharegpt", "memp-chat", "react", "swe-agent")
+FORMATS = values(InputFormat)
 
 
 def check_format(fmt: str) -> None:

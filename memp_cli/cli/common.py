@@ -1,0 +1,119 @@
+"""What every command shares: the common options, error handling at the edge, messages, and opening the store."""
+
+# No `from __future__ import annotations` in the CLI: Typer would compile and eval every string annotation twice per
+# command (inspect.signature, then get_type_hints), ~30 ms of each `memp --help`.
+import functools
+import os
+import sys
+from collections.abc import Callable
+from pathlib import Path
+from typing import Annotated, Any, TypeVar
+
+import typer
+
+from ..choices import OutputFormat, RecallFormat, values
+from ..errors import MempError, sqlite_message
+
+F = TypeVar("F", bound=Callable[..., Any])
+
+DbOpt = Annotated[
+    Path | None,
+    typer.Option("--db", help="Store file. Default: $MEMP_DB, else memp.db in the user data dir.", show_default=False),
+]
+FormatOpt = Annotated[
+    OutputFormat | None,
+    typer.Option("--format", "-f", help="Output format. Default: table on a terminal, json when piped.",
+                 show_default=False),
+]
+RecallFormatOpt = Annotated[
+    RecallFormat | None,
+    typer.Option(
+        "--format", "-f",
+        help="Output format; prompt is a block to paste into an agent's prompt. Default: table on a terminal, json "
+        "when piped (jsonl for -).",
+        show_default=False,
+    ),
+]
+ModelOpt = Annotated[
+    str | None,
+    typer.Option(
+        "--model", "-m", help="llm chat model for scripts. Default: $MEMP_MODEL, else llm's default model."
+    ),
+]
+EmbedOpt = Annotated[
+    str | None,
+    typer.Option(
+        "--embed-model",
+        help="llm embedding model. Default: $MEMP_EMBED_MODEL, else the model the store was built with, "
+        "else memp's embedded memp-minilm.",
+    ),
+]
+MemoryIdArg = Annotated[int, typer.Argument(help="Memory id, as list and recall print it.", metavar="MEMORY_ID", show_default=False)]
+
+
+def say(message: str) -> None:
+    """Write a message for people to stderr."""
+    print(f"memp: {message}", file=sys.stderr)
+
+
+def output_format(fmt: OutputFormat | None) -> str:
+    """Return the report format to print: the one asked for, else $MEMP_FORMAT, else by whether stdout is a terminal."""
+    from ..output import resolve_format
+
+    return resolve_format(fmt.value if fmt is not None else None, values(OutputFormat))
+
+
+def recall_format(fmt: RecallFormat | None, default: RecallFormat | None = None) -> str:
+    """Return recall's format: the one asked for, else `default`, else as `output_format` decides."""
+    from ..output import resolve_format
+
+    chosen = fmt if fmt is not None else default
+    return resolve_format(chosen.value if chosen is not None else None, values(RecallFormat))
+
+
+def plain(choice: Any) -> str | None:
+    """Return a choice's plain string for the domain modules (None stays None)."""
+    return None if choice is None else str(choice.value)
+
+
+def open_db(db: Path | None) -> Any:
+    """Return the store at `db` (else $MEMP_DB, else the default), migrated and ready."""
+    from ..store import open_store
+
+    return open_store(db)
+
+
+def _quiet_stdout() -> None:
+    """Point stdout at /dev/null, so the interpreter's final flush into a closed pipe raises nothing."""
+    try:
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+    except (OSError, ValueError):
+        pass  # stdout is not a file (tests, embedding hosts): nothing will be flushed to a pipe
+
+
+def handle_errors(fn: F) -> F:
+    """Turn MempError into a one-line message and its exit status; Ctrl-C into 130; a closed pipe into 0."""
+
+    @functools.wraps(fn)
+    def wrapper(*args: Any, **kwargs: Any) -> Any:
+        try:
+            return fn(*args, **kwargs)
+        except MempError as exc:
+            print(f"memp: error: {exc}", file=sys.stderr)
+            raise typer.Exit(exc.exit_code) from None
+        except KeyboardInterrupt:
+            print("memp: interrupted", file=sys.stderr)
+            raise typer.Exit(130) from None
+        except BrokenPipeError:
+            # A reader such as `head` closed the pipe: not an error of ours (Python's own advice for SIGPIPE).
+            _quiet_stdout()
+            raise typer.Exit(0) from None
+        except Exception as exc:
+            message = sqlite_message(exc)
+            if message is None:
+                raise
+            print(f"memp: error: {message}", file=sys.stderr)
+            raise typer.Exit(1) from None
+
+    return wrapper  # type: ignore[return-value]
