@@ -20,10 +20,10 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from memp_cli import formats  # noqa: E402
-from memp_cli.ingest import IngestOptions, ingest  # noqa: E402
-from memp_cli.recall import recall  # noqa: E402
-from memp_cli.store import open_store  # noqa: E402
+from memp_cli import formats
+from memp_cli.ingest import IngestOptions, ingest
+from memp_cli.recall import recall
+from memp_cli.store import open_store
 
 
 def main() -> None:
@@ -50,7 +50,7 @@ def main() -> None:
         report = ingest(store, [str(f) for f in train], IngestOptions(build="trajectory"))
         ingest_s = time.perf_counter() - started
         hits: Counter[str] = Counter()
-        latencies = []
+        latencies: list[float] = []
         for f in test:
             (traj,) = formats.read(formats.Source(f, str(f)))
             want = traj.metadata["task_type"]

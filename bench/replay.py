@@ -21,13 +21,13 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from memp_cli import formats  # noqa: E402
-from memp_cli.api import Memory  # noqa: E402
+from memp_cli import formats
+from memp_cli.api import Memp
 
 
 def replay(episodes: list, policy: str, db: Path) -> dict:
     """Return the replay's figures for one policy."""
-    mem = Memory(db, model="offline")
+    mem = Memp(db, model="offline")
     hits = recalled = revised = 0
     started = time.perf_counter()
     for run in episodes:

@@ -29,8 +29,8 @@ _prefer_sqlean()
 
 def __getattr__(name: str) -> object:
     """Load the Python API on first use, so `memp --help` does not pay for it."""
-    if name == "Memory":
-        from .api import Memory
+    if name == "Memp":
+        from .api import Memp
 
-        return Memory
+        return Memp
     raise AttributeError(f"module 'memp_cli' has no attribute {name!r}")

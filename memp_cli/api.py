@@ -1,8 +1,8 @@
 """memp from Python: the same functions the CLI calls, on one open store.
 
-    from memp_cli import Memory
+    from memp_cli import Memp
 
-    mem = Memory("agent.db")
+    mem = Memp("agent.db")
     mem.ingest("runs/")
     recall = mem.recall("restart nginx after a config change")
     prompt_block = mem.prompt(recall)
@@ -14,7 +14,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from . import records
 from .errors import MempError
@@ -26,8 +26,11 @@ from .records import Recall, Trajectory
 from .store import Store, open_store
 from .update import UpdateReport, report, revert
 
+if TYPE_CHECKING:
+    from typing_extensions import Self
 
-class Memory:
+
+class Memp:
     """A memp store, opened once; every method is one CLI command."""
 
     def __init__(self, db: str | Path | None = None, model: str | None = None, embed_model: str | None = None):
@@ -102,7 +105,7 @@ class Memory:
         """Close the store."""
         self.store.close()
 
-    def __enter__(self) -> Memory:
+    def __enter__(self) -> Self:
         return self
 
     def __exit__(self, *exc: object) -> None:

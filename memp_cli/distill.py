@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import re
 import sys
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -10,7 +9,7 @@ from typing import Any
 
 from . import models
 from .errors import MalformedAnswer, ModelError
-from .records import Script, Step, Trajectory
+from .records import Script, Trajectory
 
 PROMPT_VERSION = "distill-v1"
 OFFLINE_MODEL = "offline"

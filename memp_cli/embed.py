@@ -36,7 +36,7 @@ class OnnxEmbedder:
     model_id = DEFAULT_EMBED_MODEL
 
     def __init__(self, folder: Path = MODEL_DIR) -> None:
-        import onnxruntime  # type: ignore[import-untyped]
+        import onnxruntime
 
         self._session = _load_session(onnxruntime, _model_file(folder))
         self._tokenizer = _tokenizer(folder)

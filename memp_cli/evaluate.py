@@ -51,7 +51,8 @@ def _is_test(key: str, share: float) -> bool:
 
 def split(runs: Sequence[Trajectory], group: str | None, share: float) -> tuple[list[Trajectory], list[Trajectory]]:
     """Return (train, test): whole groups (by `group` metadata, else by task text) fall on one side only."""
-    train, test = [], []
+    train: list[Trajectory] = []
+    test: list[Trajectory] = []
     for run in runs:
         key = str(run.metadata.get(group)) if group else run.task.strip().lower()
         (test if _is_test(key, share) else train).append(run)

@@ -67,7 +67,7 @@ class CommandJudge:
         payload = json.dumps(traj.to_dict())
         try:
             done = subprocess.run(
-                self.command, shell=True, input=payload, capture_output=True, text=True, timeout=TIMEOUT_S
+                self.command, shell=True, input=payload, capture_output=True, text=True, timeout=TIMEOUT_S, check=False
             )
         except subprocess.TimeoutExpired:
             raise MempError(f"judge command timed out after {TIMEOUT_S}s on {_where(traj)}") from None

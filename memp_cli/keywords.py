@@ -15,12 +15,7 @@ if TYPE_CHECKING:
 MAX_KEYWORDS = 12
 # Function words and filler; verbs stay, since in procedural tasks the verb is most of the meaning ("heat" vs "cool").
 STOPWORDS = frozenset(
-    """a an the and or but of to in on at for from with into onto by as is are was were be been being it its this that
-    these those some any each every all both your you my our their his her them they we i me us it's there here then
-    than so such very can could should would will shall may might must do does did done not no nor only also just
-    about above after again against before below between during over under up down out off once same other own too
-    more most few what which who whom when where why how if while until because please need needs want wants using
-    use""".split()
+    ["a", "an", "the", "and", "or", "but", "of", "to", "in", "on", "at", "for", "from", "with", "into", "onto", "by", "as", "is", "are", "was", "were", "be", "been", "being", "it", "its", "this", "that", "these", "those", "some", "any", "each", "every", "all", "both", "your", "you", "my", "our", "their", "his", "her", "them", "they", "we", "i", "me", "us", "it's", "there", "here", "then", "than", "so", "such", "very", "can", "could", "should", "would", "will", "shall", "may", "might", "must", "do", "does", "did", "done", "not", "no", "nor", "only", "also", "just", "about", "above", "after", "again", "against", "before", "below", "between", "during", "over", "under", "up", "down", "out", "off", "once", "same", "other", "own", "too", "more", "most", "few", "what", "which", "who", "whom", "when", "where", "why", "how", "if", "while", "until", "because", "please", "need", "needs", "want", "wants", "using", "use"]
 )
 WORD = re.compile(r"[a-z][a-z0-9_\-]*[a-z0-9]|[a-z]")
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Iterable, Iterator
+from typing import Any
 
 import llm
 
@@ -22,6 +23,6 @@ class MempMiniLM(llm.EmbeddingModel):
 
 
 @llm.hookimpl
-def register_embedding_models(register):  # type: ignore[no-untyped-def]
+def register_embedding_models(register: Any) -> None:
     """Register memp-minilm and its alias with llm."""
     register(MempMiniLM(), aliases=DEFAULT_EMBED_ALIASES)

@@ -130,8 +130,8 @@ def plan(
                        f"{similarity:.3f}, procedure {same:.2f}); merged", m.id, (similarity, same))
 
     if rules.max_memories is not None:
-        kept = sorted((m for m in active if m.id not in out), key=usefulness, reverse=True)
-        for m in kept[rules.max_memories :]:
+        ranked = sorted((m for m in active if m.id not in out), key=usefulness, reverse=True)
+        for m in ranked[rules.max_memories :]:
             retire(m, "capacity", f"over the cap of {rules.max_memories} memories, least useful first")
     return list(out.values())
 

@@ -9,9 +9,9 @@ from dataclasses import asdict, dataclass, field, replace
 from typing import Any
 
 from . import boundary, formats, models
+from .choices import UpdatePolicy, values
 from .distill import OFFLINE_MODEL, SCHEMA, SYSTEM, offline_procedure, parse_procedure
 from .errors import MalformedAnswer, MempError, ModelError, NotFoundError
-from .choices import UpdatePolicy, values
 from .formats import native
 from .records import OUTCOMES, Memory, Trajectory, render_memory
 from .store import Store

@@ -12,12 +12,12 @@ from typing import Any
 # llm loads no installed plugins under test; the fakes below and memp's own plugin are registered by hand.
 sys._called_from_test = True  # type: ignore[attr-defined]
 
-import llm  # noqa: E402
-import pytest  # noqa: E402
-from typer.testing import CliRunner  # noqa: E402
+import llm
+import pytest
+from typer.testing import CliRunner
 
-import memp_cli.llm_plugin  # noqa: E402
-from memp_cli.cli import app  # noqa: E402
+import memp_cli.llm_plugin
+from memp_cli.cli import app
 
 ROOT = Path(__file__).resolve().parents[1]
 EXAMPLES = ROOT / "examples" / "trajectories"

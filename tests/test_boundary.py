@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 from conftest import procedure_json, traj, write_jsonl
 
-from memp_cli import Memory, boundary
+from memp_cli import Memp, boundary
 from memp_cli.records import Step, Trajectory
 
 TOKEN = "ghp_" + "Q7x" * 12
@@ -57,7 +57,7 @@ def test_cli_ingest_redacts_every_field_and_metadata(memp, isolated: Path, tmp_p
 
 def test_api_ingest_of_a_dict_and_of_a_trajectory(tmp_path: Path) -> None:
     db = tmp_path / "api.db"
-    with Memory(db) as mem:
+    with Memp(db) as mem:
         report = mem.ingest(leaky(), build="trajectory")
         assert report.added == 1 and report.redacted == 3
         (memory,) = mem.store.memories.list()
@@ -71,7 +71,7 @@ def test_api_ingest_of_a_dict_and_of_a_trajectory(tmp_path: Path) -> None:
 def test_api_ingest_rejects_bad_dicts_and_mixed_items(tmp_path: Path) -> None:
     from memp_cli.errors import InputError, MempError
 
-    with Memory(tmp_path / "api.db") as mem:
+    with Memp(tmp_path / "api.db") as mem:
         with pytest.raises(InputError, match="<api>:2: 'steps' must be a non-empty list"):
             mem.ingest(leaky(), {"task": "t", "steps": []})
         with pytest.raises(MempError, match="paths or runs"):
@@ -81,7 +81,7 @@ def test_api_ingest_rejects_bad_dicts_and_mixed_items(tmp_path: Path) -> None:
 
 def test_api_update_with_a_dict_is_redacted(tmp_path: Path) -> None:
     db = tmp_path / "api.db"
-    with Memory(db) as mem:
+    with Memp(db) as mem:
         mem.ingest(traj("deploy the release"), build="trajectory")
         recall = mem.recall("deploy the release", k=1)
         report = mem.update(recall.id, outcome="success", trajectory=leaky("deploy again"), policy="vanilla")
@@ -151,7 +151,7 @@ def test_revision_that_gives_orders_is_held(memp, fake_chat, tmp_path: Path) -> 
 
 
 def test_metadata_that_gives_orders_is_held(tmp_path: Path) -> None:
-    with Memory(tmp_path / "api.db") as mem:
+    with Memp(tmp_path / "api.db") as mem:
         report = mem.ingest({**traj("tidy the desk"), "metadata": {"note": HOSTILE}}, build="trajectory")
         assert report.held == 1
 

@@ -31,7 +31,7 @@ def _corpus(path: Path, n: int, offset: int = 0) -> Path:
 
 
 def _memp(*args: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run([sys.executable, "-m", "memp_cli", *args], capture_output=True, text=True, timeout=300)
+    return subprocess.run([sys.executable, "-m", "memp_cli", *args], capture_output=True, text=True, timeout=300, check=False)
 
 
 def _counts(db: Path) -> tuple[int, int]:

@@ -40,7 +40,7 @@ def test_sharegpt_with_thought_action_turns(tmp_path: Path) -> None:
     assert traj.metadata["task_type"] == "pick_heat_then_place_in_recep"
     assert traj.outcome == "success"
     failed = formats.ReadOptions(outcome="failure")
-    assert list(formats.read(formats.Source(path, "p"), "sharegpt", failed))[0].outcome == "failure"
+    assert next(iter(formats.read(formats.Source(path, "p"), "sharegpt", failed))).outcome == "failure"
 
 
 def test_react_episode_text(tmp_path: Path) -> None:

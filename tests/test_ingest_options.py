@@ -124,7 +124,7 @@ def test_binary_and_huge_line(memp, tmp_path: Path, monkeypatch: pytest.MonkeyPa
     blob.write_bytes(b'{"a":\n 1, \x00\x01\x02}')
     result = memp("ingest", str(blob), ok=False)
     assert f"{blob}:2: binary data" in result.stderr
-    import memp_cli.formats as formats
+    from memp_cli import formats
 
     monkeypatch.setattr(formats, "MAX_LINE_BYTES", 1000)
     huge = tmp_path / "huge.jsonl"

@@ -235,9 +235,9 @@ def test_prune_rules_as_pure_policy(tmp_path: Path) -> None:
 
 
 def test_python_api(tmp_path: Path) -> None:
-    from memp_cli import Memory
+    from memp_cli import Memp
 
-    with Memory(tmp_path / "api.db") as mem:
+    with Memp(tmp_path / "api.db") as mem:
         assert mem.ingest(EXAMPLES / "devops.jsonl").added == 5
         result = mem.recall("nginx will not start", k=1)
         assert "nginx" in result.matches[0].memory.task
@@ -257,8 +257,8 @@ def test_python_api(tmp_path: Path) -> None:
 
 WORKER = """
 import sys
-from memp_cli import Memory
-mem = Memory(sys.argv[1])
+from memp_cli import Memp
+mem = Memp(sys.argv[1])
 for i in range(int(sys.argv[2])):
     r = mem.recall("renew the certificate that expires", k=2)
     mem.update(r.id, outcome="success" if i % 2 else "failure", policy="validation")

@@ -279,7 +279,7 @@ def read_outcomes(source: Source) -> dict[str, tuple[str | None, float | None]]:
     if isinstance(data, list):
         return dict(_outcome_of(r, source.label, None) for r in data if isinstance(r, dict))
     if isinstance(data, dict):
-        table = {}
+        table: dict[str, tuple[str | None, float | None]] = {}
         for key, value in data.items():
             record = value if isinstance(value, dict) else {"resolved": value} if isinstance(value, bool) else None
             if record is None:

@@ -56,7 +56,7 @@ def _vec_extension() -> str:
 
 def connect(path: Path) -> Any:
     """Return a connection to the store file at `path` (created readable by its owner only), sqlite-vec loaded."""
-    import sqlean  # type: ignore[import-untyped]
+    import sqlean
 
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
@@ -101,7 +101,7 @@ def write(conn: Any) -> Iterator[None]:
 
 def _last_migration(conn: Any) -> str | None:
     """Return the name of the last memp migration applied to the store, None when there is none."""
-    import sqlean  # type: ignore[import-untyped]
+    import sqlean
 
     try:
         row = conn.execute(
@@ -114,7 +114,7 @@ def _last_migration(conn: Any) -> str | None:
 
 def migrate(conn: Any, path: Path) -> None:
     """Bring the schema up to date under the write lock, refusing stores that are not memp's or are newer."""
-    import sqlean  # type: ignore[import-untyped]
+    import sqlean
 
     try:
         if _last_migration(conn) == LATEST_MIGRATION:
