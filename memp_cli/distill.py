@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import sys
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -37,6 +37,18 @@ The run {outcome}.
 
 Answer with one JSON object only: {{"when_to_use": "...", "parameters": ["..."], "steps": ["..."], "pitfalls": ["..."]}}
 """
+
+# Added to PROMPT when the store holds failed attempts at the same task as a successful run.
+ATTEMPTS = """
+Other agents attempted the same task and failed. In the pitfalls, say what the successful run above did differently
+from them (the step where they went another way, what only the success did, what only they did).
+
+<failed_attempts>
+{attempts}
+</failed_attempts>
+"""
+# Scripts that also draw on failed attempts at the task carry this after their prompt version.
+CONTRASTED = "+contrast"
 
 SCHEMA: dict[str, Any] = {
     "type": "object",
@@ -98,9 +110,16 @@ def parse_procedure(data: Any) -> Procedure:
     return Procedure(when, strings("parameters"), steps, strings("pitfalls"))
 
 
-def offline_script(traj: Trajectory) -> Script:
-    """Return the offline distiller's script for a trajectory."""
-    return Script(offline_procedure(traj).render(), OFFLINE_MODEL, OFFLINE_VERSION)
+def offline_script(traj: Trajectory, failures: Sequence[Trajectory] = ()) -> Script:
+    """Return the offline distiller's script for a trajectory; with failed attempts, what the success did otherwise."""
+    procedure = offline_procedure(traj)
+    if not failures or traj.outcome != "success":
+        return Script(procedure.render(), OFFLINE_MODEL, OFFLINE_VERSION)
+    from .offline import contrast
+
+    lessons = [f"Unlike failed attempts at this task: {note}" for note in contrast(traj, list(failures))]
+    procedure.pitfalls = [*procedure.pitfalls, *lessons]
+    return Script(procedure.render(), OFFLINE_MODEL, OFFLINE_VERSION + CONTRASTED)
 
 
 class Distiller:
@@ -131,20 +150,26 @@ class Distiller:
         """Return the prompt version scripts from this distiller carry."""
         return PROMPT_VERSION if self.online else OFFLINE_VERSION
 
-    def distill(self, traj: Trajectory) -> Script:
-        """Return a script for `traj`: the model's when it answers well, else the offline one."""
+    def distill(self, traj: Trajectory, failures: Sequence[Trajectory] = ()) -> Script:
+        """Return a script for `traj`: the model's when it answers well, else the offline one.
+
+        `failures` are failed attempts at the same task: the script then says what the success did differently.
+        """
         if self._model is None:
             self.fallbacks += 1
-            return offline_script(traj)
+            return offline_script(traj, failures)
         outcome = "succeeded" if traj.outcome == "success" else "failed"
         prompt = PROMPT.format(outcome=outcome, trajectory=traj.render())
+        if failures:
+            attempts = "\n\n".join(f"<attempt>\n{f.render()}\n</attempt>" for f in failures)
+            prompt = prompt.replace("\nAnswer with one JSON object only", ATTEMPTS.format(attempts=attempts)
+                                    + "\nAnswer with one JSON object only")
+        version = PROMPT_VERSION + (CONTRASTED if failures else "")
         try:
             answer = models.ask_json(
                 self._model, prompt, system=SYSTEM, schema=SCHEMA, parse=parse_procedure, warn=self.warn
             )
-            return Script(
-                answer.value.render(), self.model_name, PROMPT_VERSION, answer.input_tokens, answer.output_tokens
-            )
+            return Script(answer.value.render(), self.model_name, version, answer.input_tokens, answer.output_tokens)
         except MalformedAnswer as exc:
             self.warn(f"{exc}; offline script kept for now")
         except ModelError as exc:
@@ -152,4 +177,4 @@ class Distiller:
             self.warn(f"{exc}; using the offline distiller for the rest of this run")
             self._model = None
         self.fallbacks += 1
-        return offline_script(traj)
+        return offline_script(traj, failures)

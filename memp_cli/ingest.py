@@ -53,6 +53,7 @@ class IngestReport:
     redacted: int = 0
     offline_scripts: int = 0
     held: int = 0
+    contrasted: int = 0
     outcomes: dict[str, int] = field(default_factory=dict)
     model: str | None = None
     embed_model: str = DEFAULT_EMBED_MODEL
@@ -174,6 +175,7 @@ def _ingest(
         redactor.masked = 0
     scripts = _LazyDistiller(options.model, warn) if options.build != "trajectory" else None
     embedder = get_embedder(None if is_default(embed_id) else embed_id)
+    added: list[int] = []
     # Batches run across files: many formats hold one trajectory per file, and embedding is cheaper in bulk.
     for batch in _batches(stream(), BATCH):
         size = len(batch)
@@ -182,12 +184,14 @@ def _ingest(
             report.dropped += size - len(batch)
         if options.judge is not None:
             batch = [_with_judgement(t, judged.get(t.id), options) for t in batch]
-        _store_batch(store, batch, options.build, scripts, embedder, embed_id, report, redactor)
+        added.extend(_store_batch(store, batch, options.build, scripts, embedder, embed_id, report, redactor))
         if on_progress:
             on_progress(size)
     if scripts and scripts.distiller:
         report.offline_scripts = scripts.distiller.fallbacks
         report.model = scripts.distiller.model_name if scripts.distiller.online else None
+    if scripts is not None and added:
+        report.contrasted = _contrast(store, added, scripts, redactor)
     report.redacted = redactor.masked if redactor else 0
     return report
 
@@ -215,11 +219,15 @@ class _LazyDistiller:
         self.model, self.warn = model, warn
         self.distiller: Distiller | None = None
 
-    def script(self, store: Store, traj: Trajectory) -> Script:
-        """Return the cached script for `traj` under the current model, else a freshly distilled one."""
+    def get(self) -> Distiller:
+        """Return the distiller, resolving the model on first use."""
         if self.distiller is None:
             self.distiller = Distiller(self.model, warn=self.warn)
-        return script_for(store, self.distiller, traj)
+        return self.distiller
+
+    def script(self, store: Store, traj: Trajectory) -> Script:
+        """Return the cached script for `traj` under the current model, else a freshly distilled one."""
+        return script_for(store, self.get(), traj)
 
 
 def store_trajectories(
@@ -234,7 +242,17 @@ def store_trajectories(
     ids: list[int] = []
     for batch in _batches(iter(runs), BATCH):
         ids.extend(_store_batch(store, batch, options.build, scripts, embedder, embed_id, report, redactor))
+    if scripts is not None and ids:
+        _contrast(store, ids, scripts, redactor)
     return ids
+
+
+def _contrast(store: Store, added: Sequence[int], scripts: _LazyDistiller, redactor: boundary.Redactor | None) -> int:
+    """Let successes whose task also has failed runs say what they did differently; return how many changed."""
+    from .attempts import contrast_groups
+
+    tasks = {m.task for m in store.memories.get_many(list(added))}
+    return contrast_groups(store, tasks, scripts.get(), redactor, scripts.warn)
 
 
 def _store_batch(

@@ -246,3 +246,9 @@ def m010_build_column_and_script_cache(db: Database) -> None:
     """
     db.execute("ALTER TABLE memories RENAME COLUMN kind TO build")
     db.execute("ALTER TABLE scripts RENAME TO script_cache")
+
+
+@migrations()
+def m011_task_index(db: Database) -> None:
+    """An index on each memory's task as compared across attempts (trimmed, lower-case): runs of one task found fast."""
+    db.execute("CREATE INDEX idx_memories_task_key ON memories(lower(trim(task)))")

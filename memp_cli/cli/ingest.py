@@ -148,6 +148,8 @@ def _tell(report: Any) -> None:
             f"{report.held} memories read like instructions to the next agent and are held back from recall; "
             "see `memp list --status held`, then `memp approve ID`"
         )
+    if report.contrasted:
+        say(f"{report.contrasted} successful memories now say what they did differently from failed runs of their task")
     if report.offline_scripts:
         say(
             f"{report.offline_scripts} scripts were written by the offline distiller; "

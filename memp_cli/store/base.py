@@ -93,6 +93,9 @@ class Memories(Protocol):
     def add(self, items: Sequence[NewMemory], embed_model: str) -> dict[str, int]:
         """Store trajectories with their memories and vectors in one transaction; return trajectory id -> memory id."""
 
+    def attempts(self, tasks: Sequence[str]) -> builtins.list[Memory]:
+        """Return the memories whose task is one of `tasks` (trimmed, lower-case), oldest first."""
+
     def get(self, memory_id: int) -> Memory:
         """Return one memory, or raise NotFoundError."""
 

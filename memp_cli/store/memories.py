@@ -276,6 +276,19 @@ class SqliteMemories:
         by_id = {r["id"]: Memory.from_row(r) for r in rows}
         return [by_id[i] for i in memory_ids if i in by_id]
 
+    def attempts(self, tasks: Sequence[str]) -> builtins.list[Memory]:
+        """Return the memories whose task is one of `tasks` (compared trimmed and lower-case), oldest first."""
+        keys = sorted({t.strip().lower() for t in tasks})
+        found: builtins.list[Memory] = []
+        for start in range(0, len(keys), 500):
+            chunk = keys[start : start + 500]
+            marks = ",".join("?" * len(chunk))
+            rows = self._conn.execute(
+                f"SELECT {_MEMORY_COLUMNS} {_MEMORY_FROM} WHERE lower(trim(m.task)) IN ({marks}) ORDER BY m.id", chunk
+            ).fetchall()
+            found.extend(Memory.from_row(r) for r in rows)
+        return found
+
     def get(self, memory_id: int) -> Memory:
         """Return one memory, or raise NotFoundError."""
         found = self.get_many([memory_id])
