@@ -263,10 +263,10 @@ def recall(
         typer.Option(
             "--policy",
             "-p",
-            help="query (task embedding, cosine), avefact (mean best keyword similarity), hybrid (full text and "
-            "vectors, rank-fused) or random.",
+            help="procedural (task and procedure-key cosines, near-copies collapsed), query (task embedding, "
+            "cosine), avefact (mean best keyword similarity), hybrid (full text and vectors, rank-fused) or random.",
         ),
-    ] = "query",
+    ] = "procedural",
     min_score: Annotated[
         Optional[float],
         typer.Option("--min-score", help="Drop matches whose task cosine similarity is below this (0 to 1), any policy."),

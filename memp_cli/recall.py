@@ -11,7 +11,8 @@ from .errors import MempError
 from .records import Match, Recall
 from .store import Store
 
-POLICIES = ("query", "avefact", "hybrid", "random")
+POLICIES = ("procedural", "query", "avefact", "hybrid", "random")
+DEFAULT_POLICY = "procedural"
 RANKS = ("similarity", "utility")
 # How far a memory's success estimate (0 to 1, 0.5 when nothing is known) moves its score from the cosine.
 UTILITY_WEIGHT = 0.2
@@ -24,6 +25,10 @@ HYBRID_POOL = 50
 # `memp eval` on ALFWorld expert runs and on the bundled examples (see README): 0.5 keeps nearly all right top-1
 # matches and drops most cross-domain ones.
 CONFIDENT = {DEFAULT_EMBED_MODEL: 0.5}
+# Default floors (no --min-score): below them a task gets nothing. Calibrated with bench/quality.py for memp-minilm
+# on hand-written unrelated tasks (other domains, nonsense) against in-domain held-out and paraphrased ones; the
+# rates are in bench/quality/README.md. The procedural policy's floor is on its own score, the others' on the cosine.
+FLOORS = {DEFAULT_EMBED_MODEL: {"procedural": 0.35, "query": 0.45, "hybrid": 0.45, "avefact": 0.45}}
 
 
 def new_recall_id() -> str:
@@ -99,6 +104,11 @@ def candidates(
     raise MempError(f"unknown recall policy {policy!r}; choose one of {', '.join(POLICIES)}")
 
 
+def _floored(match: Match, policy: str) -> float:
+    """Return what the floor and utility ranking compare: the procedural score, else the tasks' cosine."""
+    return match.score if policy == "procedural" else (match.similarity or 0.0)
+
+
 def confident_floor(embed_id: str) -> float:
     """Return the calibrated --confident similarity floor for an embedding model."""
     if embed_id not in CONFIDENT:
@@ -106,7 +116,7 @@ def confident_floor(embed_id: str) -> float:
     return CONFIDENT[embed_id]
 
 
-def recall(store: Store, task: str, k: int = 3, policy: str = "query", **options: Any) -> Recall:
+def recall(store: Store, task: str, k: int = 3, policy: str = DEFAULT_POLICY, **options: Any) -> Recall:
     """Return the top-`k` memories for `task`, logged under a new recall id for later outcome reporting.
 
     Options are those of `recall_many`.
@@ -118,7 +128,7 @@ def recall_many(
     store: Store,
     tasks: Sequence[str],
     k: int = 3,
-    policy: str = "query",
+    policy: str = DEFAULT_POLICY,
     min_score: float | None = None,
     max_tokens: int | None = None,
     embed_model: str | None = None,
@@ -130,8 +140,9 @@ def recall_many(
 ) -> list[Recall]:
     """Return one recall per task, each as `recall` would: the tasks embedded together and logged in one write.
 
-    `min_score` (and `confident`) filter on `similarity`, the cosine of the two tasks, whatever the policy: one
-    threshold means the same for every policy.
+    `min_score` (and `confident`) filter on `similarity`, the cosine of the two tasks, under every policy but
+    `procedural`, whose floor is on its score (a blend of that cosine and the procedure keys' cosine). Without it, the
+    policy's calibrated default floor applies (FLOORS); 0 turns the floor off.
     """
     tasks = [task.strip() for task in tasks]
     if not all(tasks):
@@ -146,14 +157,24 @@ def recall_many(
     if confident:
         floor = confident_floor(embed_id)
         min_score = floor if min_score is None else max(min_score, floor)
+    if min_score is None:
+        min_score = FLOORS.get(embed_id, {}).get(policy)
     embedder = get_embedder(None if is_default(embed_id) else embed_id)
     pool = k * UTILITY_POOL if rank == "utility" else k
     # Each task is embedded on its own run (int8 activations are quantised per run, so batch-mates would nudge it);
     # many tasks spread those runs over the machine's cores. Searching each as it arrived, beside the embedding
     # threads, measured slower: every numpy call then waited its turn for the GIL.
     vectors = embedder.embed(tasks)
+    copies: dict[int, int] = {}
     if policy == "query":
         all_hits = store.nearest_many(vectors, pool)
+    elif policy == "procedural":
+        from . import procedural
+
+        ranked = procedural.rank(store, tasks, vectors, embedder, embed_id, pool)
+        all_hits = [[(i, score) for i, score, _, _ in hits] for hits in ranked]
+        cosines = [{i: cos for i, _, cos, _ in hits} for hits in ranked]
+        copies = {i: n for hits in ranked for i, _, _, n in hits}
     else:
         all_hits = [
             candidates(store, task, vector, policy, pool, embedder, seed, keywords_model)
@@ -161,15 +182,18 @@ def recall_many(
         ]
     found = {m.id: m for m in store.get_memories(sorted({i for hits in all_hits for i, _ in hits}))}
     results = []
-    for task, vector, hits in zip(tasks, vectors, all_hits):
+    for n, (task, vector, hits) in enumerate(zip(tasks, vectors, all_hits)):
         hits = [(i, score) for i, score in hits if i in found]
-        similarity = dict(hits) if policy == "query" else store.similarities(vector, [i for i, _ in hits])
-        matches = [Match(found[i], score, 0, similarity.get(i, 0.0)) for i, score in hits]
+        if policy == "procedural":
+            similarity = cosines[n]
+        else:
+            similarity = dict(hits) if policy == "query" else store.similarities(vector, [i for i, _ in hits])
+        matches = [Match(found[i], score, 0, similarity.get(i, 0.0), copies.get(i, 1)) for i, score in hits]
         if min_score is not None:
-            matches = [m for m in matches if (m.similarity or 0.0) >= min_score]
+            matches = [m for m in matches if _floored(m, policy) >= min_score]
         if rank == "utility":
             for match in matches:
-                match.score = (match.similarity or 0.0) + UTILITY_WEIGHT * (match.memory.success_mean() - 0.5)
+                match.score = _floored(match, policy) + UTILITY_WEIGHT * (match.memory.success_mean() - 0.5)
             matches.sort(key=lambda m: m.score, reverse=True)
         matches = _within_budget(matches[:k], max_tokens)
         for position, match in enumerate(matches, 1):

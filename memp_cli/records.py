@@ -178,6 +178,7 @@ class Match:
     score: float
     rank: int
     similarity: float | None = None
+    count: int = 1  # near-copies this match stands for (itself included)
 
     def to_dict(self) -> dict[str, Any]:
         """Return the match as a JSON-ready dict: `score` ranks, `similarity` is the cosine of the tasks."""
@@ -188,6 +189,7 @@ class Match:
             "rank": self.rank,
             "score": round(self.score, 4),
             "similarity": round(similarity, 4),
+            "count": self.count,
             **data,
         }
 
