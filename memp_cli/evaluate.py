@@ -99,7 +99,7 @@ def evaluate(
             for i, run in enumerate(test):
                 started = time.perf_counter()
                 result = recall(
-                    store, run.task, k, policy, embed_model=embed_model, seed=i, log=False,
+                    store, run.task, k, policy, embed_model=embed_model, seed=i, log=False, min_score=0.0,
                     keywords_model=keywords_model,
                 )
                 latencies.append(1000 * (time.perf_counter() - started))

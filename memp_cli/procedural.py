@@ -44,15 +44,15 @@ KEY_CANDIDATES = 400
 # Near-copies: the same outcome, task cosine at least COPY_TASK, procedure keys as close, and, unless the tasks are
 # the same (SAME_TASK), the runs' verbs alike by at least COPY_STEPS: the Jaccard of the two sets of action verbs,
 # each weighted by its inverse document frequency in the store, since runs of one task differ in common steps such
-# as "go" or "open" while rare ones ("heat", "cool") tell procedures apart. Looked for among the best COPY_POOL
-# candidates.
+# as "go" or "open" while rare ones ("heat", "cool") tell procedures apart. Looked for among COPY_POOL candidates
+# per match asked for.
 COPY_TASK = 0.95
 SAME_TASK = 0.99
 COPY_STEPS = 0.5
-COPY_POOL = 100
+COPY_POOL = 8
 # Arguments kept per memory in the index (shell runs name thousands of tokens; the first ones are enough).
 MAX_ARGUMENTS = 300
-INDEX_VERSION = "3"
+INDEX_VERSION = "5"
 
 # General English procedure words and their common synonyms, each read as one canonical word. Not a list of any
 # benchmark's objects: verbs and states that change which procedure a task needs. Measured to help on the
@@ -210,28 +210,40 @@ class Entry:
 
 
 class ProcedureIndex:
-    """Procedure keys of a store's active memories, their vectors, and what query masking and collapsing need."""
+    """Procedure keys of a store's active memories, their vectors, and what query masking and collapsing need.
 
-    def __init__(self, state: tuple[Any, ...] = (), entries: dict[int, Entry] | None = None,
-                 key_texts: list[str] | None = None, key_vectors: Any = None) -> None:
+    Entries are kept as one UTF-8 blob with offsets and decoded one at a time when a recall needs them (its
+    neighbours and candidates), so that loading the index costs a read, not a parse of every memory.
+    """
+
+    def __init__(self, state: tuple[Any, ...] = (), ids: Any = None, key_of: Any = None, key_vectors: Any = None,
+                 blob: bytes = b"", offsets: Any = None, idf: dict[str, float] | None = None,
+                 key_texts: list[str] | None = None) -> None:
         import numpy as np
 
         self.state = state
-        self.entries = entries or {}
-        self.key_texts = key_texts or []
+        self.ids = ids if ids is not None else np.zeros(0, dtype=np.int64)  # sorted
+        self.key_of = key_of if key_of is not None else np.zeros(0, dtype=np.int64)
         self.key_vectors = key_vectors if key_vectors is not None else np.zeros((0, 0), dtype=np.float32)
-        self._arrange()
+        self._blob, self._offsets = blob, offsets if offsets is not None else np.zeros(1, dtype=np.int64)
+        self.idf = idf or {}
+        self._key_texts = key_texts
+        self._path: Path | None = None
+        self._decoded: dict[int, Entry] = {}
 
-    def _arrange(self) -> None:
-        import numpy as np
-
-        self.ids = np.array(sorted(self.entries), dtype=np.int64)
-        self.key_of = np.array([self.entries[int(i)].key for i in self.ids], dtype=np.int64)
-        df: dict[str, int] = {}
-        for entry in self.entries.values():
-            for verb in entry.verbs:
-                df[verb] = df.get(verb, 0) + 1
-        self.idf = {verb: math.log((1 + len(self.entries)) / n) for verb, n in df.items()}
+    def entry(self, memory_id: int) -> Entry | None:
+        """Return what the index keeps of a memory, or None when it is not indexed."""
+        if memory_id in self._decoded:
+            return self._decoded[memory_id]
+        row = int(self.ids.searchsorted(memory_id))
+        if row >= len(self.ids) or int(self.ids[row]) != memory_id:
+            return None
+        raw = self._blob[int(self._offsets[row]) : int(self._offsets[row + 1])].decode("utf-8")
+        trajectory_id, outcome, task_words_, args, verbs_ = raw.split("\t")
+        entry = Entry(trajectory_id, outcome, frozenset(task_words_.split()), frozenset(args.split()),
+                      frozenset(verbs_.split()), int(self.key_of[row]))
+        self._decoded[memory_id] = entry
+        return entry
 
     def near_copies(self, a: Entry, b: Entry, task_cosine: float) -> bool:
         """Return True when two memories are near-copies: alike tasks, outcomes, keys and (rarer) steps."""
@@ -244,33 +256,47 @@ class ProcedureIndex:
         union = sum(self.idf.get(v, 0.0) for v in a.verbs | b.verbs)
         return union == 0 or sum(self.idf.get(v, 0.0) for v in a.verbs & b.verbs) / union >= COPY_STEPS
 
-    def refresh(self, source: ProcedureSource, embedder: Embedder, state: tuple[Any, ...]) -> None:
+    def refresh(self, source: ProcedureSource, embedder: Embedder, state: tuple[Any, ...],
+                key_texts: list[str] | None = None) -> None:
         """Bring the index in line with the store's active memories (new ones read and embedded, gone ones dropped)."""
         import numpy as np
 
+        entries = {int(i): e for i in self.ids if (e := self.entry(int(i))) is not None}
+        texts = {t: n for n, t in enumerate(key_texts if key_texts is not None else self._key_texts or [])}
         active = {m.id: m for m in source.list_memories(status="active")}
-        stale = [i for i, e in self.entries.items() if i not in active or e.trajectory_id != active[i].trajectory_id]
-        fresh = [m for i, m in active.items() if i not in self.entries or i in stale]
-        for i in stale:
-            del self.entries[i]
-        texts = {t: n for n, t in enumerate(self.key_texts)}
+        entries = {i: e for i, e in entries.items() if i in active and e.trajectory_id == active[i].trajectory_id}
         added: list[str] = []
-        for memory in fresh:
+        for memory in active.values():
+            if memory.id in entries:
+                continue
             actions = [step.action for step in source.trajectory(memory.trajectory_id).steps]
             args = arguments(actions)
             key = memory_key(memory.task, args)
             if key not in texts:
                 texts[key] = len(texts)
                 added.append(key)
-            self.entries[memory.id] = Entry(
+            entries[memory.id] = Entry(
                 memory.trajectory_id, memory.outcome, task_words(memory.task), args, verbs(actions), texts[key]
             )
         if added:
             vectors = np.asarray(embedder.embed(added), dtype=np.float32)
-            self.key_vectors = vectors if not len(self.key_texts) else np.vstack([self.key_vectors, vectors])
-            self.key_texts.extend(added)
+            self.key_vectors = vectors if not len(self.key_vectors) else np.vstack([self.key_vectors, vectors])
+        self._key_texts = list(texts)
         self.state = state
-        self._arrange()
+        self.ids = np.array(sorted(entries), dtype=np.int64)
+        self.key_of = np.array([entries[int(i)].key for i in self.ids], dtype=np.int64)
+        raws = [
+            "\t".join([e.trajectory_id, e.outcome, " ".join(e.task_words), " ".join(e.args), " ".join(e.verbs)]).encode()
+            for e in (entries[int(i)] for i in self.ids)
+        ]
+        self._blob = b"".join(raws)
+        self._offsets = np.cumsum([0] + [len(r) for r in raws], dtype=np.int64)
+        self._decoded = entries
+        df: dict[str, int] = {}
+        for entry in entries.values():
+            for verb in entry.verbs:
+                df[verb] = df.get(verb, 0) + 1
+        self.idf = {verb: math.log((1 + len(entries)) / n) for verb, n in df.items()}
 
     def key_cosines(self, query_keys: Any) -> Any:
         """Return the cosine of each query key to each memory's key: (queries, memories), columns as `self.ids`."""
@@ -284,77 +310,78 @@ class ProcedureIndex:
         """Write the index to one file, atomically (concurrent recalls each write their own; the last one wins)."""
         import numpy as np
 
-        meta = {
-            "version": INDEX_VERSION,
-            "state": list(self.state),
-            "keys": self.key_texts,
-            "entries": [
-                [i, e.trajectory_id, e.outcome, " ".join(e.task_words), " ".join(e.args), " ".join(e.verbs), e.key]
-                for i, e in self.entries.items()
-            ],
-        }
-        path.parent.mkdir(parents=True, exist_ok=True)
+        meta = {"version": INDEX_VERSION, "state": list(self.state), "idf": self.idf}
+        keys = json.dumps(self._key_texts or []).encode()
         tmp = path.with_name(f"{path.name}.{os.getpid()}.tmp")
-        with open(tmp, "wb") as f:
-            np.savez(f, meta=np.array(json.dumps(meta)), vectors=self.key_vectors)
+        # Task words and arguments come from the store, which is readable by its owner only: so is this file.
+        with os.fdopen(os.open(tmp, os.O_CREAT | os.O_TRUNC | os.O_WRONLY, 0o600), "wb") as f:
+            np.savez(
+                f, meta=np.frombuffer(json.dumps(meta).encode(), dtype=np.uint8), ids=self.ids, key_of=self.key_of,
+                vectors=self.key_vectors, blob=np.frombuffer(self._blob, dtype=np.uint8), offsets=self._offsets,
+                keys=np.frombuffer(keys, dtype=np.uint8),
+            )
         os.replace(tmp, path)
 
     @classmethod
     def load(cls, path: Path) -> ProcedureIndex | None:
-        """Return the index saved at `path`, or None when it is missing, unreadable or of another version."""
+        """Return the index saved at `path` (its key texts left unread), or None when missing, unreadable or stale."""
         import numpy as np
 
         try:
             with np.load(path, allow_pickle=False) as data:
-                meta = json.loads(str(data["meta"]))
-                vectors = data["vectors"]
-        except (OSError, ValueError, KeyError):
+                meta = json.loads(data["meta"].tobytes())
+                if meta.get("version") != INDEX_VERSION:
+                    return None
+                index = cls(tuple(meta["state"]), data["ids"], data["key_of"], data["vectors"],
+                            data["blob"].tobytes(), data["offsets"], meta["idf"])
+        except (OSError, ValueError, KeyError, json.JSONDecodeError):
             return None
-        if meta.get("version") != INDEX_VERSION:
-            return None
-        entries = {
-            int(i): Entry(t, o, frozenset(tw.split()), frozenset(a.split()), frozenset(v.split()), int(k))
-            for i, t, o, tw, a, v, k in meta["entries"]
-        }
-        return cls(tuple(meta["state"]), entries, meta["keys"], vectors)
+        index._path = path
+        return index
+
+    def key_texts(self) -> list[str]:
+        """Return the key texts (read from the saved file on first use: only refreshing needs them)."""
+        if self._key_texts is None:
+            import numpy as np
+
+            self._key_texts = []
+            if self._path is not None:
+                with np.load(self._path, allow_pickle=False) as data:
+                    self._key_texts = json.loads(data["keys"].tobytes())
+        return self._key_texts
 
 
 _indexes: dict[tuple[str, str], ProcedureIndex] = {}
 
 
-def _index_path(store: ProcedureSource, embed_id: str) -> Path:
-    """Return where this machine keeps the procedure index of a store (derived data, rebuilt from the store)."""
-    from .embed import cache_dir
-
-    resolved = str(Path(store.path).resolve())
-    safe = re.sub(r"[^A-Za-z0-9]+", "-", resolved).strip("-")[-80:]
-    import zlib
-
-    return cache_dir() / "procedures" / f"{safe}-{zlib.crc32(resolved.encode()):08x}-{embed_id}.npz"
+def index_path(store: ProcedureSource) -> Path:
+    """Return the side file beside the store that keeps its procedure index (derived, rebuilt from the store)."""
+    path = Path(store.path)
+    return path.with_name(path.name + "-procedures.npz")
 
 
 def index_for(store: ProcedureSource, embedder: Embedder, embed_id: str) -> ProcedureIndex:
-    """Return the store's procedure index: held per process, kept on disk, brought up to date when the store changed."""
+    """Return the store's procedure index: held per process, kept beside the store, updated when the store changed."""
     try:
         inode = os.stat(store.path).st_ino
     except OSError:
         inode = 0
-    state = (inode, *store.keyword_state())
+    # Keyed by the store file's inode too, so a side file left by a deleted store of the same name is never trusted.
+    state = (inode, embed_id, *store.keyword_state())
     key = (str(store.path), embed_id)
     index = _indexes.get(key)
     if index is not None and index.state == state:
         return index
-    path = _index_path(store, embed_id)
+    path = index_path(store)
     if index is None:
         loaded = ProcedureIndex.load(path)
-        # Another store once at this path (another inode): start afresh rather than trust its entries.
-        index = loaded if loaded is not None and loaded.state[:1] == state[:1] else ProcedureIndex()
+        index = loaded if loaded is not None and loaded.state[:2] == state[:2] else ProcedureIndex()
     if index.state != state:
-        index.refresh(store, embedder, state)
+        index.refresh(store, embedder, state, index.key_texts())
         try:
             index.save(path)
         except OSError:
-            pass  # a read-only cache only costs the next process the rebuild
+            pass  # a read-only folder only costs the next process the rebuild
     _indexes[key] = index
     return index
 
@@ -362,18 +389,17 @@ def index_for(store: ProcedureSource, embedder: Embedder, embed_id: str) -> Proc
 def rank(
     store: ProcedureSource, tasks: Sequence[str], vectors: Sequence[Sequence[float]], embedder: Embedder,
     embed_id: str, pool: int,
-) -> list[list[tuple[int, float, float, int]]]:
-    """Return, per task, (memory id, procedural score, task cosine, near-copies it stands for), best first."""
+) -> list[list[tuple[int, float, float]]]:
+    """Return, per task, the best `pool` (memory id, procedural score, task cosine), best first."""
     import numpy as np
 
     index = index_for(store, embedder, embed_id)
     nearest = store.nearest_many(vectors, max(NEIGHBOURS, pool))
     keys = []
     for task, hits in zip(tasks, nearest):
-        entries = [index.entries[i] for i, _ in hits[:NEIGHBOURS] if i in index.entries]
+        entries = [e for i, _ in hits[:NEIGHBOURS] if (e := index.entry(i)) is not None]
         keys.append(query_key(task, [(e.task_words, e.args) for e in entries]))
     key_cos = index.key_cosines(embedder.embed(keys))
-    row_of = {int(i): n for n, i in enumerate(index.ids)}
     out = []
     for vector, hits, cosines in zip(vectors, nearest, key_cos):
         task_cos = dict(hits)
@@ -381,32 +407,37 @@ def rank(
         order = np.argsort(-cosines, kind="stable")[:KEY_CANDIDATES]
         extra = [int(index.ids[n]) for n in order if int(index.ids[n]) not in task_cos]
         task_cos.update(store.similarities(vector, extra))
-        scored = sorted(
-            ((i, fuse(c, float(cosines[row_of[i]])) if i in row_of else fuse(c, c), c) for i, c in task_cos.items()),
-            key=lambda t: t[1],
-            reverse=True,
-        )
-        out.append(collapse(scored, index, store.vector, pool))
+        rows = index.ids.searchsorted(list(task_cos))
+        scored = [
+            (i, fuse(c, float(cosines[r]) if r < len(index.ids) and index.ids[r] == i else c), c)
+            for (i, c), r in zip(task_cos.items(), rows)
+        ]
+        out.append(sorted(scored, key=lambda t: t[1], reverse=True)[:pool])
     return out
 
 
+def pool_for(k: int, pool: int) -> int:
+    """Return how many candidates to rank so that `k` remain once near-copies collapse."""
+    return max(pool, COPY_POOL * k)
+
+
 def collapse(
-    scored: Sequence[tuple[int, float, float]], index: ProcedureIndex, vector_of: Callable[[int], Sequence[float]],
-    k: int,
-) -> list[tuple[int, float, float, int]]:
-    """Return the best `k` groups of near-copies, each as its best member with the group's size."""
+    store: ProcedureSource, embedder: Embedder, embed_id: str, ranked: Sequence[int], k: int
+) -> list[tuple[int, int]]:
+    """Return the best `k` groups of near-copies among memories ranked best first: (best member, group size)."""
     import numpy as np
 
-    groups: list[list[Any]] = []  # [id, score, cosine, count, unit vector, entry]
-    for memory_id, score, cosine in scored[: max(COPY_POOL, k)]:
-        entry = index.entries.get(memory_id)
-        vec = np.asarray(vector_of(memory_id), dtype=np.float32)
+    index = index_for(store, embedder, embed_id)
+    groups: list[list[Any]] = []  # [id, count, unit vector, entry]
+    for memory_id in ranked:
+        entry = index.entry(memory_id)
+        vec = np.asarray(store.vector(memory_id), dtype=np.float32)
         for group in groups:
-            if entry is not None and group[5] is not None and index.near_copies(entry, group[5], float(vec @ group[4])):
-                group[3] += 1
+            if entry is not None and group[3] is not None and index.near_copies(entry, group[3], float(vec @ group[2])):
+                group[1] += 1
                 break
         else:
             if len(groups) == k:
                 continue  # past the k-th group only near-copies of kept ones still count
-            groups.append([memory_id, score, cosine, 1, vec, entry])
-    return [(g[0], g[1], g[2], g[3]) for g in groups]
+            groups.append([memory_id, 1, vec, entry])
+    return [(g[0], g[1]) for g in groups]

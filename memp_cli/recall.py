@@ -28,7 +28,7 @@ CONFIDENT = {DEFAULT_EMBED_MODEL: 0.5}
 # Default floors (no --min-score): below them a task gets nothing. Calibrated with bench/quality.py for memp-minilm
 # on hand-written unrelated tasks (other domains, nonsense) against in-domain held-out and paraphrased ones; the
 # rates are in bench/quality/README.md. The procedural policy's floor is on its own score, the others' on the cosine.
-FLOORS = {DEFAULT_EMBED_MODEL: {"procedural": 0.35, "query": 0.45, "hybrid": 0.45, "avefact": 0.45}}
+FLOORS = {DEFAULT_EMBED_MODEL: {"procedural": 0.35, "query": 0.4, "hybrid": 0.38, "avefact": 0.35}}
 
 
 def new_recall_id() -> str:
@@ -165,16 +165,14 @@ def recall_many(
     # many tasks spread those runs over the machine's cores. Searching each as it arrived, beside the embedding
     # threads, measured slower: every numpy call then waited its turn for the GIL.
     vectors = embedder.embed(tasks)
-    copies: dict[int, int] = {}
     if policy == "query":
         all_hits = store.nearest_many(vectors, pool)
     elif policy == "procedural":
         from . import procedural
 
-        ranked = procedural.rank(store, tasks, vectors, embedder, embed_id, pool)
-        all_hits = [[(i, score) for i, score, _, _ in hits] for hits in ranked]
-        cosines = [{i: cos for i, _, cos, _ in hits} for hits in ranked]
-        copies = {i: n for hits in ranked for i, _, _, n in hits}
+        ranked = procedural.rank(store, tasks, vectors, embedder, embed_id, procedural.pool_for(k, pool))
+        all_hits = [[(i, score) for i, score, _ in hits] for hits in ranked]
+        cosines = [{i: cos for i, _, cos in hits} for hits in ranked]
     else:
         all_hits = [
             candidates(store, task, vector, policy, pool, embedder, seed, keywords_model)
@@ -188,13 +186,19 @@ def recall_many(
             similarity = cosines[n]
         else:
             similarity = dict(hits) if policy == "query" else store.similarities(vector, [i for i, _ in hits])
-        matches = [Match(found[i], score, 0, similarity.get(i, 0.0), copies.get(i, 1)) for i, score in hits]
+        matches = [Match(found[i], score, 0, similarity.get(i, 0.0)) for i, score in hits]
         if min_score is not None:
             matches = [m for m in matches if _floored(m, policy) >= min_score]
         if rank == "utility":
             for match in matches:
                 match.score = _floored(match, policy) + UTILITY_WEIGHT * (match.memory.success_mean() - 0.5)
             matches.sort(key=lambda m: m.score, reverse=True)
+        if policy == "procedural":
+            # After utility, so that a group of near-copies is represented by its most useful member.
+            groups = dict(procedural.collapse(store, embedder, embed_id, [m.memory.id for m in matches], k))
+            matches = [m for m in matches if m.memory.id in groups]
+            for match in matches:
+                match.count = groups[match.memory.id]
         matches = _within_budget(matches[:k], max_tokens)
         for position, match in enumerate(matches, 1):
             match.rank = position

@@ -158,12 +158,12 @@ def test_utility_rank_sinks_memories_that_keep_failing(memp, tmp_path: Path) -> 
     rows = [traj("deploy the web service to staging"), traj("deploy the web service to staging servers")]
     memp("ingest", str(write_jsonl(tmp_path / "d.jsonl", rows)), "--build", "trajectory")
     task = "deploy the web service to staging"
-    top = _recall(memp, task, "-k", "1")["matches"][0]["memory_id"]
+    top = _recall(memp, task, "-k", "1", "-p", "query")["matches"][0]["memory_id"]
     for _ in range(4):
         memp("update", "--memory", str(top), "--outcome", "failure", "--policy", "validation")
-    by_similarity = _recall(memp, task, "-k", "2")["matches"]
+    by_similarity = _recall(memp, task, "-k", "2", "-p", "query")["matches"]
     assert by_similarity[0]["memory_id"] == top
-    by_utility = _recall(memp, task, "-k", "2", "--rank", "utility")["matches"]
+    by_utility = _recall(memp, task, "-k", "2", "-p", "query", "--rank", "utility")["matches"]
     assert by_utility[0]["memory_id"] != top
     assert by_utility[0]["score"] > by_utility[1]["score"]
     assert by_utility[1]["similarity"] > by_utility[0]["similarity"]
@@ -253,7 +253,7 @@ import sys
 from memp_cli import Memory
 mem = Memory(sys.argv[1])
 for i in range(int(sys.argv[2])):
-    r = mem.recall("renew the certificate that expires", k=2)
+    r = mem.recall("renew the certificate that expires", k=2, min_score=0)
     mem.update(r.id, outcome="success" if i % 2 else "failure", policy="validation")
 """
 
