@@ -5,9 +5,13 @@ countertop 1`, file and function names in shell commands) replaced by a placehol
 key masks the words that the memories nearest to it by full-task cosine use as arguments, so the vocabulary of
 parameters is learned from the store, never listed by hand. Both keys first pass a small lexicon of general English
 procedure words ("chilled", "cold", "refrigerate" read "cool"), since the embedding model places antonyms such as
-"hot" and "cold" close together. The `procedural` policy ranks memories by a weighted sum of the two tasks' cosine
-and the two keys' cosine, and collapses near-copies (near-identical tasks run with near-identical steps) into one
-match that says how many it stands for.
+"hot" and "cold" close together. The `procedural` policy ranks memories by a weighted sum of the two tasks' cosine,
+the two keys' cosine and the overlap of the words left in the keys, and collapses near-copies (near-identical tasks
+run with near-identical steps) into one match that says how many it stands for.
+
+What it needs from the store is `ProcedureSource`; the keys live in a side file beside the store (`index_for`),
+derived from it and brought up to date when its memories change. In the store's schema they would be one more
+vector per memory (the key's), its argument words and action verbs, written at ingest.
 """
 
 from __future__ import annotations
@@ -29,10 +33,13 @@ if TYPE_CHECKING:
     from .records import Memory, Trajectory
 
 PLACEHOLDER = "something"
-# Weight of the full-task cosine in a match's score; the procedure keys' cosine has the rest. Chosen with
-# bench/quality.py on the dev paraphrases, the standard held-out ALFWorld tasks and the graded set (0.3-0.5 are
-# all within a point or two of each other there; lower loses repository matches on SWE tasks, higher object traps).
-TASK_WEIGHT = 0.4
+# A match's score: TASK_WEIGHT x the full tasks' cosine + KEY_WEIGHT x the procedure keys' cosine + the rest x the
+# overlap of the keys' remaining words (IDF-weighted Jaccard; what is left once parameters are masked names the
+# procedure, so "heat" and "cool" count as different words however close the model places them). Chosen with
+# bench/quality.py on the dev paraphrases, the held-out ALFWorld tasks and the graded set, and with object traps on
+# the bundled examples (tests/test_recall_quality.py): the full-task cosine alone lets shared objects win there.
+TASK_WEIGHT = 0.3
+KEY_WEIGHT = 0.3
 # How many nearest memories (by full-task cosine) teach a new task which of its words are parameters.
 NEIGHBOURS = 50
 # A word of the new task is a parameter when at least this share of the neighbours whose task has it used it as an
@@ -52,7 +59,7 @@ COPY_STEPS = 0.5
 COPY_POOL = 8
 # Arguments kept per memory in the index (shell runs name thousands of tokens; the first ones are enough).
 MAX_ARGUMENTS = 300
-INDEX_VERSION = "5"
+INDEX_VERSION = "7"
 
 # General English procedure words and their common synonyms, each read as one canonical word. Not a list of any
 # benchmark's objects: verbs and states that change which procedure a task needs. Measured to help on the
@@ -162,15 +169,16 @@ def _parameters(task_words: list[str], is_argument: Callable[[tuple[str, ...]], 
     for i, word in enumerate(task_words):
         if word not in _KEEP and len(word) > 2 and is_argument(_forms(word)):
             chosen.add(i)
-        if i + 1 < len(task_words) and task_words[i + 1] not in _KEEP and is_argument(_forms(word + task_words[i + 1])):
+        # The second word may be a stopword too: "garbage can" is the runs' `garbagecan`.
+        if i + 1 < len(task_words) and word not in _KEEP and is_argument(_forms(word + task_words[i + 1])):
             chosen.update((i, i + 1))
     return chosen
 
 
 def task_words(task: str) -> frozenset[str]:
-    """Return a task's words and its adjacent pairs written as one, as `_parameters` looks them up."""
+    """Return a task's words and its adjacent pairs written as one, with their singulars, as `_parameters` looks up."""
     ws = words(task)
-    return frozenset(ws + [a + b for a, b in itertools.pairwise(ws)])
+    return frozenset(f for w in ws + [a + b for a, b in itertools.pairwise(ws)] for f in _forms(w))
 
 
 def memory_key(task: str, args: frozenset[str]) -> str:
@@ -192,9 +200,14 @@ def query_key(task: str, neighbours: Sequence[tuple[frozenset[str], frozenset[st
     return _masked(canonical(task), lambda ws: _parameters(ws, is_argument))
 
 
-def fuse(task_cosine: float, key_cosine: float) -> float:
-    """Return a match's procedural score from the tasks' cosine and the procedure keys' cosine."""
-    return TASK_WEIGHT * task_cosine + (1.0 - TASK_WEIGHT) * key_cosine
+def fuse(task_cosine: float, key_cosine: float, word_overlap: float) -> float:
+    """Return a match's procedural score from the tasks' cosine, the keys' cosine and their procedure words' overlap."""
+    return TASK_WEIGHT * task_cosine + KEY_WEIGHT * key_cosine + (1.0 - TASK_WEIGHT - KEY_WEIGHT) * word_overlap
+
+
+def key_words(key: str) -> frozenset[str]:
+    """Return a procedure key's content words: what is left of the task once its parameters are masked."""
+    return frozenset(w for w in words(key) if w not in STOPWORDS and w != PLACEHOLDER and len(w) > 1)
 
 
 @dataclass
@@ -207,6 +220,18 @@ class Entry:
     args: frozenset[str]
     verbs: frozenset[str]
     key: int  # row of its key's vector
+    key_words: frozenset[str]
+
+
+def _idf(sets: Iterable[frozenset[str]]) -> dict[str, float]:
+    """Return each word's inverse document frequency over the sets (one per memory)."""
+    df: dict[str, int] = {}
+    n = 0
+    for words_ in sets:
+        n += 1
+        for word in words_:
+            df[word] = df.get(word, 0) + 1
+    return {word: math.log((1 + n) / count) for word, count in df.items()}
 
 
 class ProcedureIndex:
@@ -218,7 +243,7 @@ class ProcedureIndex:
 
     def __init__(self, state: tuple[Any, ...] = (), ids: Any = None, key_of: Any = None, key_vectors: Any = None,
                  blob: bytes = b"", offsets: Any = None, idf: dict[str, float] | None = None,
-                 key_texts: list[str] | None = None) -> None:
+                 word_idf: dict[str, float] | None = None, key_texts: list[str] | None = None) -> None:
         import numpy as np
 
         self.state = state
@@ -227,6 +252,7 @@ class ProcedureIndex:
         self.key_vectors = key_vectors if key_vectors is not None else np.zeros((0, 0), dtype=np.float32)
         self._blob, self._offsets = blob, offsets if offsets is not None else np.zeros(1, dtype=np.int64)
         self.idf = idf or {}
+        self.word_idf = word_idf or {}
         self._key_texts = key_texts
         self._path: Path | None = None
         self._decoded: dict[int, Entry] = {}
@@ -239,9 +265,9 @@ class ProcedureIndex:
         if row >= len(self.ids) or int(self.ids[row]) != memory_id:
             return None
         raw = self._blob[int(self._offsets[row]) : int(self._offsets[row + 1])].decode("utf-8")
-        trajectory_id, outcome, task_words_, args, verbs_ = raw.split("\t")
+        trajectory_id, outcome, task_words_, args, verbs_, key_words_ = raw.split("\t")
         entry = Entry(trajectory_id, outcome, frozenset(task_words_.split()), frozenset(args.split()),
-                      frozenset(verbs_.split()), int(self.key_of[row]))
+                      frozenset(verbs_.split()), int(self.key_of[row]), frozenset(key_words_.split()))
         self._decoded[memory_id] = entry
         return entry
 
@@ -276,7 +302,8 @@ class ProcedureIndex:
                 texts[key] = len(texts)
                 added.append(key)
             entries[memory.id] = Entry(
-                memory.trajectory_id, memory.outcome, task_words(memory.task), args, verbs(actions), texts[key]
+                memory.trajectory_id, memory.outcome, task_words(memory.task), args, verbs(actions), texts[key],
+                key_words(key),
             )
         if added:
             vectors = np.asarray(embedder.embed(added), dtype=np.float32)
@@ -286,17 +313,24 @@ class ProcedureIndex:
         self.ids = np.array(sorted(entries), dtype=np.int64)
         self.key_of = np.array([entries[int(i)].key for i in self.ids], dtype=np.int64)
         raws = [
-            "\t".join([e.trajectory_id, e.outcome, " ".join(e.task_words), " ".join(e.args), " ".join(e.verbs)]).encode()
+            "\t".join(
+                [e.trajectory_id, e.outcome, *(" ".join(ws) for ws in (e.task_words, e.args, e.verbs, e.key_words))]
+            ).encode()
             for e in (entries[int(i)] for i in self.ids)
         ]
         self._blob = b"".join(raws)
         self._offsets = np.cumsum([0] + [len(r) for r in raws], dtype=np.int64)
         self._decoded = entries
-        df: dict[str, int] = {}
-        for entry in entries.values():
-            for verb in entry.verbs:
-                df[verb] = df.get(verb, 0) + 1
-        self.idf = {verb: math.log((1 + len(entries)) / n) for verb, n in df.items()}
+        self.idf = _idf(e.verbs for e in entries.values())
+        self.word_idf = _idf(e.key_words for e in entries.values())
+
+    def word_overlap(self, query_words: frozenset[str], entry: Entry | None) -> float:
+        """Return the IDF-weighted Jaccard of a query key's words and a memory key's (0 when either has none)."""
+        if entry is None or not query_words or not entry.key_words:
+            return 0.0
+        unseen = math.log(2 + len(self.ids))  # a word no memory's key has weighs as the rarest
+        union = sum(self.word_idf.get(w, unseen) for w in query_words | entry.key_words)
+        return sum(self.word_idf.get(w, unseen) for w in query_words & entry.key_words) / union
 
     def key_cosines(self, query_keys: Any) -> Any:
         """Return the cosine of each query key to each memory's key: (queries, memories), columns as `self.ids`."""
@@ -310,7 +344,7 @@ class ProcedureIndex:
         """Write the index to one file, atomically (concurrent recalls each write their own; the last one wins)."""
         import numpy as np
 
-        meta = {"version": INDEX_VERSION, "state": list(self.state), "idf": self.idf}
+        meta = {"version": INDEX_VERSION, "state": list(self.state), "idf": self.idf, "word_idf": self.word_idf}
         keys = json.dumps(self._key_texts or []).encode()
         tmp = path.with_name(f"{path.name}.{os.getpid()}.tmp")
         # Task words and arguments come from the store, which is readable by its owner only: so is this file.
@@ -333,7 +367,7 @@ class ProcedureIndex:
                 if meta.get("version") != INDEX_VERSION:
                     return None
                 index = cls(tuple(meta["state"]), data["ids"], data["key_of"], data["vectors"],
-                            data["blob"].tobytes(), data["offsets"], meta["idf"])
+                            data["blob"].tobytes(), data["offsets"], meta["idf"], meta["word_idf"])
         except (OSError, ValueError, KeyError, json.JSONDecodeError):
             return None
         index._path = path
@@ -401,17 +435,19 @@ def rank(
         keys.append(query_key(task, [(e.task_words, e.args) for e in entries]))
     key_cos = index.key_cosines(embedder.embed(keys))
     out = []
-    for vector, hits, cosines in zip(vectors, nearest, key_cos):
+    for key, vector, hits, cosines in zip(keys, vectors, nearest, key_cos):
+        query_words = key_words(key)
         task_cos = dict(hits)
         # The members of the best-matching keys join the nearest tasks as candidates (a key is shared by many).
         order = np.argsort(-cosines, kind="stable")[:KEY_CANDIDATES]
         extra = [int(index.ids[n]) for n in order if int(index.ids[n]) not in task_cos]
         task_cos.update(store.similarities(vector, extra))
         rows = index.ids.searchsorted(list(task_cos))
-        scored = [
-            (i, fuse(c, float(cosines[r]) if r < len(index.ids) and index.ids[r] == i else c), c)
-            for (i, c), r in zip(task_cos.items(), rows)
-        ]
+        scored = []
+        for (i, c), r in zip(task_cos.items(), rows):
+            indexed = r < len(index.ids) and index.ids[r] == i
+            entry = index.entry(i) if indexed else None
+            scored.append((i, fuse(c, float(cosines[r]) if indexed else c, index.word_overlap(query_words, entry)), c))
         out.append(sorted(scored, key=lambda t: t[1], reverse=True)[:pool])
     return out
 

@@ -28,7 +28,7 @@ CONFIDENT = {DEFAULT_EMBED_MODEL: 0.5}
 # Default floors (no --min-score): below them a task gets nothing. Calibrated with bench/quality.py for memp-minilm
 # on hand-written unrelated tasks (other domains, nonsense) against in-domain held-out and paraphrased ones; the
 # rates are in bench/quality/README.md. The procedural policy's floor is on its own score, the others' on the cosine.
-FLOORS = {DEFAULT_EMBED_MODEL: {"procedural": 0.35, "query": 0.4, "hybrid": 0.38, "avefact": 0.35}}
+FLOORS = {DEFAULT_EMBED_MODEL: {"procedural": 0.25, "query": 0.4, "hybrid": 0.38, "avefact": 0.35}}
 
 
 def new_recall_id() -> str:
