@@ -113,11 +113,22 @@ def read_jsonl(path: Path) -> list[dict[str, Any]]:
     return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
 
 
-def _memory_sources(data: Path) -> tuple[list[Path], list[Path]]:
-    """Return (files whose runs become memories, ALFWorld expert files held out as queries)."""
+def _memory_sources(data: Path, trials: int | None = None) -> tuple[list[Path], list[Path]]:
+    """Return (files whose runs become memories, ALFWorld expert files held out as queries).
+
+    `trials` keeps only the first few trials of each ALFWorld task folder as memories (a smaller store for tests).
+    """
     expert = sorted((data / "alfworld-expert").rglob("gt_traj.json"))
     held = [f for f in expert if is_held_out(f.parent.parent.name)]
     kept = [f for f in expert if not is_held_out(f.parent.parent.name)]
+    if trials is not None:
+        seen: dict[str, int] = {}
+        fewer = []
+        for f in kept:
+            seen[f.parent.parent.name] = seen.get(f.parent.parent.name, 0) + 1
+            if seen[f.parent.parent.name] <= trials:
+                fewer.append(f)
+        kept = fewer
     others = [
         data / "react-alfworld" / "alfworld_3prompts.json",
         data / "memp-alfworld" / "alfworld_examples.json",
@@ -129,11 +140,13 @@ def _memory_sources(data: Path) -> tuple[list[Path], list[Path]]:
     return kept + [f for f in others if f.exists()], held
 
 
-def build_store(data: Path, cache: Path, say: Callable[[str], None]) -> tuple[Path, list[Query]]:
+def build_store(
+    data: Path, cache: Path, say: Callable[[str], None], trials: int | None = None
+) -> tuple[Path, list[Query]]:
     """Return the cached store (built when missing) and the standard held-out queries."""
     from memp_cli import formats
 
-    files, held = _memory_sources(data)
+    files, held = _memory_sources(data, trials)
     standard: dict[str, Query] = {}
     for f in held:
         for traj in formats.read(formats.Source(f, str(f))):
@@ -166,9 +179,9 @@ def build_store(data: Path, cache: Path, say: Callable[[str], None]) -> tuple[Pa
     return db, sorted(standard.values(), key=lambda q: q.task)
 
 
-def load_corpus(data: Path, cache: Path, say: Callable[[str], None]) -> Corpus:
+def load_corpus(data: Path, cache: Path, say: Callable[[str], None], trials: int | None = None) -> Corpus:
     """Return the store and every query set."""
-    db, standard = build_store(data, cache, say)
+    db, standard = build_store(data, cache, say, trials)
     para = [Query(r["task"], canonical(r["label"]) or "", r["domain"], r["split"]) for r in read_jsonl(SETS / "paraphrases.jsonl")]
     graded = [Query(r["task"], canonical(r["label"]) or "", r["domain"]) for r in read_jsonl(SETS / "graded.jsonl")]
     unrelated = [Query(r["task"], "", r["kind"], r["split"]) for r in read_jsonl(SETS / "unrelated.jsonl")]
@@ -396,6 +409,15 @@ def render(rows: Sequence[dict[str, Any]]) -> str:
                 )
                 + " |"
             )
+    lines += ["", "Calibrated floor: the lowest giving nothing to 95% of the dev split's unrelated tasks", ""]
+    for r in rows:
+        fit = [f for f in r["floors_dev"] if f["unrelated_nothing"] >= 0.95]
+        if fit:
+            every = next(f for f in r["floors"] if f["floor"] == fit[0]["floor"])
+            lines.append(
+                f"- {r['policy']}: {fit[0]['floor']} (all splits: unrelated with nothing {every['unrelated_nothing']:.3f}, "
+                f"in-domain matched {every['in_domain_matched']:.3f}, paraphrases matched {every['paraphrase_matched']:.3f})"
+            )
     lines += ["", "Default floor (no --min-score): unrelated with nothing / in-domain matched", ""]
     for r in rows:
         if r.get("default"):
@@ -417,6 +439,7 @@ def main() -> None:
     parser.add_argument("--cache", default=os.environ.get("MEMP_QUALITY_CACHE", "/tmp/memp-quality"))
     parser.add_argument("--policies", default="procedural,query,avefact,hybrid")
     parser.add_argument("--format", choices=("markdown", "json"), default="markdown")
+    parser.add_argument("--trials", type=int, help="keep only this many trials of each ALFWorld task as memories")
     args = parser.parse_args()
     data = Path(args.data)
     if not (data / "alfworld-expert").exists():
@@ -425,7 +448,7 @@ def main() -> None:
     def say(msg: str) -> None:
         print(msg, file=sys.stderr)
 
-    corpus = load_corpus(data, Path(args.cache), say)
+    corpus = load_corpus(data, Path(args.cache), say, args.trials)
     from memp_cli.store import open_store
 
     store = open_store(corpus.db)

@@ -48,8 +48,8 @@ PARAMETER_SHARE = 0.5
 ARGUMENT_SHARE = 0.1
 # Candidates beyond the nearest by full-task cosine: members of the best-matching keys, up to this many.
 KEY_CANDIDATES = 400
-# Near-copies: the same outcome, task cosine at least COPY_TASK, procedure keys as close, and, unless the tasks are
-# the same (SAME_TASK), the runs' verbs alike by at least COPY_STEPS: the Jaccard of the two sets of action verbs,
+# Near-copies: the same outcome and the same task (cosine SAME_TASK), or a task at least COPY_TASK alike with procedure
+# keys as close and the runs' verbs alike by at least COPY_STEPS: the Jaccard of the two sets of action verbs,
 # each weighted by its inverse document frequency in the store, since runs of one task differ in common steps such
 # as "go" or "open" while rare ones ("heat", "cool") tell procedures apart. Looked for among COPY_POOL candidates
 # per match asked for.
@@ -275,10 +275,10 @@ class ProcedureIndex:
         """Return True when two memories are near-copies: alike tasks, outcomes, keys and (rarer) steps."""
         if task_cosine < COPY_TASK or a.outcome != b.outcome:
             return False
+        if task_cosine >= SAME_TASK:
+            return True  # the same task: its runs differ in how they explored, and in what they took for parameters
         if float(self.key_vectors[a.key] @ self.key_vectors[b.key]) < COPY_TASK:
             return False
-        if task_cosine >= SAME_TASK:
-            return True
         union = sum(self.idf.get(v, 0.0) for v in a.verbs | b.verbs)
         return union == 0 or sum(self.idf.get(v, 0.0) for v in a.verbs & b.verbs) / union >= COPY_STEPS
 
@@ -464,16 +464,18 @@ def collapse(
     import numpy as np
 
     index = index_for(store, embedder, embed_id)
-    groups: list[list[Any]] = []  # [id, count, unit vector, entry]
+    groups: list[tuple[int, list[tuple[Any, Entry]]]] = []  # (best member, [(unit vector, entry) of each member])
     for memory_id in ranked:
         entry = index.entry(memory_id)
         vec = np.asarray(store.vector(memory_id), dtype=np.float32)
-        for group in groups:
-            if entry is not None and group[3] is not None and index.near_copies(entry, group[3], float(vec @ group[2])):
-                group[1] += 1
+        for _, members in groups:
+            # A near-copy of any member joins the group: copies of one task explore differently, and each
+            # resembles some of the others more than the first.
+            if entry is not None and any(index.near_copies(entry, e, float(vec @ v)) for v, e in members):
+                members.append((vec, entry))
                 break
         else:
             if len(groups) == k:
                 continue  # past the k-th group only near-copies of kept ones still count
-            groups.append([memory_id, 1, vec, entry])
-    return [(g[0], g[1]) for g in groups]
+            groups.append((memory_id, [(vec, entry)] if entry is not None else []))
+    return [(best, max(1, len(members))) for best, members in groups]
