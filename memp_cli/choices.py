@@ -33,6 +33,7 @@ class Outcome(Choice):
 class RecallPolicy(Choice):
     """How recall scores a stored memory against a new task."""
 
+    PROCEDURAL = "procedural"
     QUERY = "query"
     AVEFACT = "avefact"
     HYBRID = "hybrid"

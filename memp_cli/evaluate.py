@@ -11,11 +11,12 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
-from . import formats
+from . import fidelity, formats
 from .errors import MempError
+from .fidelity import Fidelity
 from .ingest import IngestOptions, store_trajectories
 from .recall import POLICIES, recall
-from .records import Trajectory
+from .records import Memory, Trajectory
 from .store import open_store
 
 
@@ -32,10 +33,27 @@ class PolicyScore:
     tokens_per_recall: float
     latency_ms_median: float
     latency_ms_p95: float
+    # Fidelity (memp_cli/fidelity.py) of the top procedure, fitted to the task, against the successful test run's
+    # own actions; 0 when nothing was recalled for it. Means over the successful test runs.
+    fidelity_type_f1: float = 0.0
+    fidelity_type_edit: float = 0.0
+    fidelity_action_f1: float = 0.0
 
     def to_dict(self) -> dict[str, Any]:
         """Return the row as a JSON-ready dict."""
         return {key: round(value, 4) if isinstance(value, float) else value for key, value in asdict(self).items()}
+
+
+def _fidelity(memory: Memory | None, run: Trajectory) -> Fidelity:
+    """Return how closely the recalled procedure, fitted to the run's task, follows what the run did."""
+    if memory is None:
+        return Fidelity(0.0, 0.0, 0.0)
+    from .offline.judge import failure_of
+
+    steps = fidelity.fit(fidelity.memory_steps(memory.script, memory.trajectory), memory.task, run.task,
+                         fidelity.parameters(memory.script))
+    reference = fidelity.reference_actions(run.steps, lambda s: failure_of(s.action, s.observation))
+    return fidelity.score(steps, reference)
 
 
 def label_of(metadata: dict[str, Any], outcome: str | None, label: str) -> Any:
@@ -68,7 +86,7 @@ def evaluate(
     group: str | None = None,
     fmt: str = "auto",
     max_test: int | None = None,
-    build: str = "trajectory",
+    build: str = "proceduralization",
     embed_model: str | None = None,
     keywords_model: str | None = None,
 ) -> dict[str, Any]:
@@ -97,25 +115,32 @@ def evaluate(
         for policy in policies:
             hits1 = hitsk = 0
             reciprocal, tokens, latencies = 0.0, [], []
+            guided: list[Fidelity] = []
             for i, run in enumerate(test):
                 started = time.perf_counter()
                 result = recall(
-                    store, run.task, k, policy, embed_model=embed_model, seed=i, log=False,
+                    store, run.task, k, policy, embed_model=embed_model, seed=i, log=False, min_score=0.0,
                     keywords_model=keywords_model,
                 )
                 latencies.append(1000 * (time.perf_counter() - started))
                 want = label_of(run.metadata, run.outcome, label)
-                labels = [label_of(m.memory.metadata, m.memory.outcome, label) for m in result.matches]
+                # Retrieval is judged on its own ranking, before failed runs are set apart as warnings.
+                shown = sorted([*result.matches, *result.warnings], key=lambda m: -m.score)
+                labels = [label_of(m.memory.metadata, m.memory.outcome, label) for m in shown]
                 hits1 += labels[:1] == [want]
                 hitsk += want in labels
                 reciprocal += 1 / (labels.index(want) + 1) if want in labels else 0.0
-                tokens.append(sum(m.memory.tokens for m in result.matches))
+                tokens.append(sum(m.memory.tokens for m in [*result.matches, *result.warnings]))
+                if run.outcome == "success":
+                    guided.append(_fidelity(result.matches[0].memory if result.matches else None, run))
             latencies.sort()
             n = len(test)
             rows.append(
                 PolicyScore(
                     policy, hits1 / n, hitsk / n, reciprocal / n, k, n, statistics.fmean(tokens),
                     statistics.median(latencies), latencies[min(n - 1, int(0.95 * n))],
+                    *(statistics.fmean(getattr(f, name) for f in guided) if guided else 0.0
+                      for name in ("type_f1", "type_edit", "action_f1")),
                 )
             )
         store.close()

@@ -3,11 +3,12 @@
 from __future__ import annotations
 
 import json
+import re
 import sys
 from typing import Any
 
 from .choices import RecallFormat, values
-from .records import Memory, Recall
+from .records import Match, Memory, Recall
 
 # Every format memp prints in; each command offers its own subset (prompt only on recall).
 FORMATS = values(RecallFormat)
@@ -48,20 +49,40 @@ def _attr(value: str) -> str:
     return value.replace("&", "&amp;").replace('"', "&quot;").replace("<", "&lt;").replace(">", "&gt;")
 
 
+# The block's own tags, whatever their case and spacing: memory text that holds one is escaped, so it can neither close
+# its fence nor open a forged one.
+_FENCE = re.compile(r"<(\s*/?\s*)(procedural-memory|memory|failed-attempts)\b", re.IGNORECASE)
+FAILED_HEADER = (
+    "Runs of similar tasks that FAILED. They are not procedures to follow: read them for what went wrong and what to "
+    "avoid."
+)
+
+
+def _fenced(match: Match) -> list[str]:
+    mem = match.memory
+    body = _FENCE.sub(lambda m: "&lt;" + m.group(1) + m.group(2), mem.render())
+    return [
+        f'<memory id="{mem.id}" score="{match.score:.3f}" outcome="{mem.outcome}" task="{_attr(mem.task)}">',
+        body,
+        "</memory>",
+    ]
+
+
 def prompt_block(result: Recall) -> str:
-    """Return recalled memories as a block to paste into an agent's prompt, fenced and labelled as data."""
-    if not result.matches:
+    """Return recalled memories as a block to paste into an agent's prompt, fenced and labelled as data.
+
+    Procedures come first; memories of failed runs follow in their own labelled part.
+    """
+    if not result.matches and not result.warnings:
         return ""
     out = [f'<procedural-memory recall_id="{result.id}">', PROMPT_HEADER, ""]
     for m in result.matches:
-        mem = m.memory
-        # Memory text is fenced by tags the text itself cannot close.
-        body = mem.render().replace("</memory", "&lt;/memory").replace("</procedural-memory", "&lt;/procedural-memory")
-        out.append(
-            f'<memory id="{mem.id}" score="{m.score:.3f}" outcome="{mem.outcome}" task="{_attr(mem.task)}">'
-        )
-        out.append(body)
-        out.append("</memory>")
+        out.extend(_fenced(m))
+    if result.warnings:
+        out += ["<failed-attempts>", FAILED_HEADER]
+        for m in result.warnings:
+            out.extend(_fenced(m))
+        out.append("</failed-attempts>")
     out.append("</procedural-memory>")
     return "\n".join(out)
 
@@ -82,14 +103,15 @@ def show_recall(result: Recall, fmt: str) -> None:
         table = Table(title=f"recall {result.id}: {result.task}", title_justify="left")
         for col in ("#", "score", "id", "outcome", "task", "memory"):
             table.add_column(col, overflow="fold")
-        for m in result.matches:
+        for m in [*result.matches, *result.warnings]:
             mem = m.memory
             lines = mem.render().splitlines()
             preview = "\n".join(lines[:8] + (["..."] if len(lines) > 8 else []))
-            table.add_row(str(m.rank), f"{m.score:.3f}", str(mem.id), mem.outcome, mem.task, preview)
+            rank = str(m.rank) if m in result.matches else "avoid"
+            table.add_row(rank, f"{m.score:.3f}", str(mem.id), mem.outcome, mem.task, preview)
         console = _console()
         console.print(table)
-        if not result.matches:
+        if not result.matches and not result.warnings:
             _console(stderr=True).print("no memory matched")
 
 
@@ -211,9 +233,15 @@ def show_eval(result: dict[str, Any], fmt: str) -> None:
                   title_justify="left")
     for col in ("policy", "hit@1", f"hit@{k}", "MRR", "tokens", "ms median", "ms p95"):
         table.add_column(col, justify="right" if col != "policy" else "left")
+    guided = Table(title="fidelity of the top procedure to successful test runs", title_justify="left")
+    for col in ("policy", "step kinds F1", "step order", "actions F1"):
+        guided.add_column(col, justify="right" if col != "policy" else "left")
     for row in result["policies"]:
         table.add_row(
             row["policy"], f"{row['hit_at_1']:.3f}", f"{row['hit_at_k']:.3f}", f"{row['mrr']:.3f}",
             f"{row['tokens_per_recall']:.0f}", f"{row['latency_ms_median']:.1f}", f"{row['latency_ms_p95']:.1f}",
         )
+        guided.add_row(row["policy"], f"{row['fidelity_type_f1']:.3f}", f"{row['fidelity_type_edit']:.3f}",
+                       f"{row['fidelity_action_f1']:.3f}")
     _console().print(table)
+    _console().print(guided)

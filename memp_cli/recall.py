@@ -13,6 +13,7 @@ from .records import Match, Recall
 from .store import Store
 
 POLICIES = values(RecallPolicy)
+DEFAULT_POLICY = RecallPolicy.PROCEDURAL.value
 RANKS = values(Rank)
 # How far a memory's success estimate (0 to 1, 0.5 when nothing is known) moves its score from the cosine.
 UTILITY_WEIGHT = 0.2
@@ -25,6 +26,11 @@ HYBRID_POOL = 50
 # `memp eval` on ALFWorld expert runs and on the bundled examples (see README): 0.5 keeps nearly all right top-1
 # matches and drops most cross-domain ones.
 CONFIDENT = {DEFAULT_EMBED_MODEL: 0.5}
+# Default floors (no --min-score): below them a task gets nothing. Calibrated with bench/quality.py for memp-minilm:
+# for each policy the lowest floor that gives nothing to 95% of the hand-written unrelated tasks of the dev split
+# (other domains, nonsense); the share of in-domain tasks still matched is in bench/quality/README.md. The
+# procedural policy's floor is on its own score, the others' on the tasks' cosine.
+FLOORS = {DEFAULT_EMBED_MODEL: {"procedural": 0.25, "query": 0.5, "hybrid": 0.5, "avefact": 0.35}}
 
 
 def new_recall_id() -> str:
@@ -100,6 +106,11 @@ def candidates(
     raise MempError(f"unknown recall policy {policy!r}; choose one of {', '.join(POLICIES)}")
 
 
+def _floored(match: Match, policy: str) -> float:
+    """Return what the floor and utility ranking compare: the procedural score, else the tasks' cosine."""
+    return match.score if policy == "procedural" else (match.similarity or 0.0)
+
+
 def confident_floor(embed_id: str) -> float:
     """Return the calibrated --confident similarity floor for an embedding model."""
     if embed_id not in CONFIDENT:
@@ -107,7 +118,7 @@ def confident_floor(embed_id: str) -> float:
     return CONFIDENT[embed_id]
 
 
-def recall(store: Store, task: str, k: int = 3, policy: str = "query", **options: Any) -> Recall:
+def recall(store: Store, task: str, k: int = 3, policy: str = DEFAULT_POLICY, **options: Any) -> Recall:
     """Return the top-`k` memories for `task`, logged under a new recall id for later outcome reporting.
 
     Options are those of `recall_many`.
@@ -119,7 +130,7 @@ def recall_many(
     store: Store,
     tasks: Sequence[str],
     k: int = 3,
-    policy: str = "query",
+    policy: str = DEFAULT_POLICY,
     min_score: float | None = None,
     max_tokens: int | None = None,
     embed_model: str | None = None,
@@ -131,8 +142,9 @@ def recall_many(
 ) -> list[Recall]:
     """Return one recall per task, each as `recall` would: the tasks embedded together and logged in one write.
 
-    `min_score` (and `confident`) filter on `similarity`, the cosine of the two tasks, whatever the policy: one
-    threshold means the same for every policy.
+    `min_score` (and `confident`) filter on `similarity`, the cosine of the two tasks, under every policy but
+    `procedural`, whose floor is on its score (a blend of that cosine and the procedure keys' cosine). Without it, the
+    policy's calibrated default floor applies (FLOORS); 0 turns the floor off.
     """
     tasks = [task.strip() for task in tasks]
     if not all(tasks):
@@ -147,14 +159,23 @@ def recall_many(
     if confident:
         floor = confident_floor(embed_id)
         min_score = floor if min_score is None else max(min_score, floor)
+    if min_score is None:
+        min_score = FLOORS.get(embed_id, {}).get(policy)
     embedder = get_embedder(None if is_default(embed_id) else embed_id)
-    pool = k * UTILITY_POOL if rank == "utility" else k
+    # Twice k at least: failed runs among the best do not take a success's slot, so the next ones must be at hand.
+    pool = k * UTILITY_POOL if rank == "utility" else 4 * k
     # Each task is embedded on its own run (int8 activations are quantised per run, so batch-mates would nudge it);
     # many tasks spread those runs over the machine's cores. Searching each as it arrived, beside the embedding
     # threads, measured slower: every numpy call then waited its turn for the GIL.
     vectors = embedder.embed(tasks)
     if policy == "query":
         all_hits = store.vectors.nearest_many(vectors, pool)
+    elif policy == "procedural":
+        from . import procedural
+
+        ranked = procedural.rank(store, tasks, vectors, embedder, embed_id, procedural.pool_for(k, pool))
+        all_hits = [[(i, score) for i, score, _ in hits] for hits in ranked]
+        cosines = [{i: cos for i, _, cos in hits} for hits in ranked]
     else:
         all_hits = [
             candidates(store, task, vector, policy, pool, embedder, seed, keywords_model)
@@ -162,24 +183,40 @@ def recall_many(
         ]
     found = {m.id: m for m in store.memories.get_many(sorted({i for hits in all_hits for i, _ in hits}))}
     results = []
-    for task, vector, hits in zip(tasks, vectors, all_hits):
+    for n, (task, vector, hits) in enumerate(zip(tasks, vectors, all_hits)):
         hits = [(i, score) for i, score in hits if i in found]
-        similarity = dict(hits) if policy == "query" else store.vectors.similarities(vector, [i for i, _ in hits])
+        if policy == "procedural":
+            similarity = cosines[n]
+        else:
+            similarity = dict(hits) if policy == "query" else store.vectors.similarities(vector, [i for i, _ in hits])
         matches = [Match(found[i], score, 0, similarity.get(i, 0.0)) for i, score in hits]
         if min_score is not None:
-            matches = [m for m in matches if (m.similarity or 0.0) >= min_score]
+            matches = [m for m in matches if _floored(m, policy) >= min_score]
         if rank == "utility":
             for match in matches:
-                match.score = (match.similarity or 0.0) + UTILITY_WEIGHT * (match.memory.success_mean() - 0.5)
+                match.score = _floored(match, policy) + UTILITY_WEIGHT * (match.memory.success_mean() - 0.5)
             matches.sort(key=lambda m: m.score, reverse=True)
-        matches = _within_budget(matches[:k], max_tokens)
-        for position, match in enumerate(matches, 1):
+        if policy == "procedural":
+            # After utility, so that a group of near-copies is represented by its most useful member.
+            # Every group is kept here: successes and failed runs are told apart after, each to their own k.
+            groups = dict(procedural.collapse(store, embedder, embed_id, [m.memory.id for m in matches], len(matches)))
+            matches = [m for m in matches if m.memory.id in groups]
+            for match in matches:
+                match.count = groups[match.memory.id]
+        # A failed run's memory says what went wrong, not what to do: it never fills a slot a fitting success could
+        # take, and those among the best k are handed over apart, as warnings.
+        warnings = [m for m in matches[:k] if m.memory.outcome == "failure"]
+        matches = _within_budget([m for m in matches if m.memory.outcome != "failure"][:k], max_tokens)
+        budget = None if max_tokens is None else max_tokens - sum(m.memory.tokens for m in matches)
+        warnings = _within_budget(warnings, budget)
+        for position, match in enumerate([*matches, *warnings], 1):
             match.rank = position
-        results.append(Recall(new_recall_id(), task, policy, matches))
+        results.append(Recall(new_recall_id(), task, policy, matches, warnings))
     if log:
         from .boundary import redact_text  # a task can hold a secret too, and the log keeps it
 
         store.log.record_recalls(
-            [(r.id, redact_text(r.task), policy, k, [(m.memory.id, m.score) for m in r.matches]) for r in results]
+            [(r.id, redact_text(r.task), policy, k, [(m.memory.id, m.score) for m in [*r.matches, *r.warnings]])
+             for r in results]
         )
     return results

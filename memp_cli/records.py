@@ -213,6 +213,7 @@ class Match:
     score: float
     rank: int
     similarity: float | None = None
+    count: int = 1  # near-copies this match stands for (itself included)
 
     def to_dict(self) -> dict[str, Any]:
         """Return the match as a JSON-ready dict: `score` ranks, `similarity` is the cosine of the tasks."""
@@ -223,6 +224,7 @@ class Match:
             "rank": self.rank,
             "score": round(self.score, 4),
             "similarity": round(similarity, 4),
+            "count": self.count,
             **data,
         }
 
@@ -235,6 +237,8 @@ class Recall:
     task: str
     policy: str
     matches: list[Match]
+    # Memories of failed runs that fit the task as well as the matches: what went wrong, to avoid; never a procedure.
+    warnings: list[Match] = field(default_factory=list)
 
     def to_dict(self) -> dict[str, Any]:
         """Return the recall as a JSON-ready dict."""
@@ -243,4 +247,5 @@ class Recall:
             "task": self.task,
             "policy": self.policy,
             "matches": [m.to_dict() for m in self.matches],
+            "warnings": [m.to_dict() for m in self.warnings],
         }

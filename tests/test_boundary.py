@@ -131,13 +131,14 @@ def test_model_script_that_gives_orders_is_held_and_redacted(memp, fake_chat, tm
 def test_rebuilt_script_that_gives_orders_is_held(memp, fake_chat, tmp_path: Path) -> None:
     src = write_jsonl(tmp_path / "runs.jsonl", [traj("sort the mail"), traj("water the plants")])
     memp("ingest", str(src))
-    assert len(memp.json("recall", "sort the mail")["matches"]) == 2
+    assert len(memp.json("recall", "sort the mail", "--min-score", "0")["matches"]) == 2
     fake_chat.queue(procedure_json(["sort {mail}", HOSTILE]), procedure_json(["water {plants}"]))
     report = memp.json("build", "--rebuild", "-m", "fake-chat")
     assert report == {"model": "fake-chat", "rebuilt": 2, "failed": 0, "held": 1}
     (held,) = memp.json("list", "--status", "held")
     assert held["task"] == "sort the mail" and HOSTILE in held["script"]
-    assert [m["task"] for m in memp.json("recall", "sort the mail")["matches"]] == ["water the plants"]
+    assert [m["task"] for m in memp.json("recall", "sort the mail", "--min-score", "0")["matches"]] == [
+        "water the plants"]
 
 
 def test_revision_that_gives_orders_is_held(memp, fake_chat, tmp_path: Path) -> None:

@@ -84,7 +84,7 @@ def test_shell_completion_knows_commands_and_choices() -> None:
         return subprocess.run(MEMP, env=env, capture_output=True, text=True, check=True).stdout.split()
 
     assert complete("memp rec") == ["recall"]
-    assert complete("memp recall x --policy ") == ["query", "avefact", "hybrid", "random"]
+    assert complete("memp recall x --policy ") == ["procedural", "query", "avefact", "hybrid", "random"]
 
 
 def test_statuses_of_a_real_process(tmp_path: Path) -> None:

@@ -20,7 +20,7 @@ def stocked(memp) -> None:
 
 
 def test_k_and_min_score(memp, stocked) -> None:
-    five = memp.json("recall", "fix a bug in the python code", "-k", "5")["matches"]
+    five = memp.json("recall", "fix a bug in the python code", "-k", "5", "--min-score", "0")["matches"]
     assert len(five) == 5
     scores = [m["score"] for m in five]
     assert scores == sorted(scores, reverse=True)
@@ -78,7 +78,7 @@ def test_batch_from_a_real_pipe_in_groups(memp, stocked, tmp_path: Path) -> None
     feed = "\n\n".join(tasks[:-1]) + "\r\n  \n" + tasks[-1]  # blank lines, CRLF, no final newline
     db = tmp_path / "memp.db"
     run = subprocess.run(
-        [sys.executable, "-m", "memp_cli", "recall", "-", "-k", "2", "--db", str(db)],
+        [sys.executable, "-m", "memp_cli", "recall", "-", "-k", "2", "--min-score", "0", "--db", str(db)],
         input=feed.encode(), capture_output=True, check=True,
     )
     lines = [json.loads(line) for line in run.stdout.decode().splitlines()]
@@ -93,7 +93,7 @@ def test_batch_from_a_real_pipe_in_groups(memp, stocked, tmp_path: Path) -> None
     assert items >= 2 * len(tasks)
     # Grouped, the answers are those of one recall at a time.
     for line in lines[:: BATCH_LINES // 2]:
-        single = memp.json("recall", line["task"], "-k", "2")["matches"]
+        single = memp.json("recall", line["task"], "-k", "2", "--min-score", "0")["matches"]
         assert [m["memory_id"] for m in single] == [m["memory_id"] for m in line["matches"]]
 
 

@@ -126,21 +126,21 @@ def test_avefact_keywords_follow_new_and_retired_memories(memp, tmp_path: Path) 
     assert _top(memp, "fix my bicycle", "avefact", "-k", "1") == ["repair the bike"]
     memp("ingest", str(write_jsonl(tmp_path / "more.jsonl", [traj("fix the bicycle brakes")])), "--build", "trajectory")
     assert _top(memp, "fix my bicycle", "avefact", "-k", "1") == ["fix the bicycle brakes"]
-    assert _top(memp, "fix my bicycle", "avefact", "-k", "5")[-1] == "water the garden"
+    assert _top(memp, "fix my bicycle", "avefact", "-k", "5", "--min-score", "0")[-1] == "water the garden"
 
 
 def test_eval_command_reports_every_policy(memp) -> None:
     rows = memp.json("eval", str(EXAMPLES), "--label", "env", "--test-share", "0.4", "-k", "3")
-    assert [r["policy"] for r in rows] == ["query", "avefact", "hybrid", "random"]
+    assert [r["policy"] for r in rows] == ["procedural", "query", "avefact", "hybrid", "random"]
     for row in rows:
         assert set(row) >= {"hit_at_1", "hit_at_k", "mrr", "tokens_per_recall", "latency_ms_median", "tests"}
         assert 0 <= row["hit_at_1"] <= row["hit_at_k"] <= 1 and row["tests"] > 0 and row["k"] == 3
-    query = rows[0]
-    assert query["hit_at_1"] >= 0.6
+    procedural = rows[0]
+    assert procedural["hit_at_1"] >= 0.6
     table = memp("eval", str(EXAMPLES), "--label", "env", "--test-share", "0.4", "--format", "table").stdout
     assert "hit@1" in table and "avefact" in table
     by_outcome = memp.json("eval", str(EXAMPLES), "--label", "outcome", "--test-share", "0.4")
-    assert len(by_outcome) == 4 and all(r["tests"] == rows[0]["tests"] for r in by_outcome)
+    assert len(by_outcome) == 5 and all(r["tests"] == rows[0]["tests"] for r in by_outcome)
     bad = memp("eval", str(EXAMPLES), "--label", "nope", ok=False)
     assert bad.exit_code == 1 and "no trajectory has the label 'nope'" in bad.stderr
 

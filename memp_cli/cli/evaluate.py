@@ -4,7 +4,7 @@ from typing import Annotated
 
 import typer
 
-from ..choices import InputFormat, RecallPolicy
+from ..choices import BuildPolicy, InputFormat, RecallPolicy
 from .common import EmbedOpt, FormatOpt, handle_errors, output_format, say
 
 
@@ -27,6 +27,10 @@ def eval_(
         typer.Option(help="Metadata field whose groups stay on one side of the split (default: the task text)."),
     ] = None,
     max_test: Annotated[int | None, typer.Option(help="Test at most this many tasks.")] = None,
+    build: Annotated[
+        BuildPolicy,
+        typer.Option("--build", "-b", help="How the memories are built (fidelity follows the script, else the run)."),
+    ] = BuildPolicy.PROCEDURALIZATION,
     input_format: Annotated[
         InputFormat, typer.Option("--input-format", "-F", help="Input format, as ingest's --format.")
     ] = InputFormat.AUTO,
@@ -38,7 +42,8 @@ def eval_(
 ) -> None:
     """Measure retrieval on labelled trajectories: hit@1, hit@k and MRR of same-label memories, per policy.
 
-    A store is built from the training side in a temporary folder; your own store is not touched.
+    Fidelity: the top procedure, fitted to each successful test run's task, scored against that run's own actions
+    (kinds of steps F1 and order, and the actions themselves). A store is built from the training side in a temporary folder; your own store is not touched.
     """
     from .. import output
     from ..evaluate import evaluate
@@ -46,7 +51,7 @@ def eval_(
     shown = output_format(fmt)
     result = evaluate(
         paths, label=label, k=k, policies=[p.value for p in policy or RecallPolicy], test_share=test_share,
-        group=group, fmt=input_format.value, max_test=max_test, embed_model=embed_model, keywords_model=keywords_model,
+        group=group, fmt=input_format.value, max_test=max_test, build=build.value, embed_model=embed_model, keywords_model=keywords_model,
     )
     say(f"{result['train']} runs to learn from, {result['test']} test tasks, {result['labels']} labels")
     output.show_eval(result, shown)

@@ -23,14 +23,17 @@ def recall(
         typer.Option(
             "--policy",
             "-p",
-            help="query (task embedding, cosine), avefact (mean best keyword similarity), hybrid (full text and "
-            "vectors, rank-fused) or random.",
+            help="procedural (task and procedure-key cosines with the procedure words left once the task's values are "
+            "masked; near-copies collapsed), query (task embedding, cosine), avefact (mean best keyword similarity), "
+            "hybrid (full text and vectors, rank-fused) or random.",
         ),
-    ] = RecallPolicy.QUERY,
+    ] = RecallPolicy.PROCEDURAL,
     min_score: Annotated[
         float | None,
         typer.Option(
-            "--min-score", help="Drop matches whose task cosine similarity is below this (0 to 1), any policy."
+            "--min-score",
+            help="Drop matches below this (0 to 1): the task cosine, or procedural's own score. Default: the "
+            "policy's calibrated floor (procedural 0.25, query and hybrid 0.5, avefact 0.35); 0 turns it off.",
         ),
     ] = None,
     confident: Annotated[
@@ -71,7 +74,7 @@ def recall(
 
     if task == "-":
         shown = recall_format(fmt, RecallFormat.JSONL)
-        if policy in (RecallPolicy.QUERY, RecallPolicy.HYBRID):
+        if policy in (RecallPolicy.PROCEDURAL, RecallPolicy.QUERY, RecallPolicy.HYBRID):
             store.vectors.preload()
         for tasks in waiting_lines():
             for result in answer(tasks):
