@@ -203,3 +203,15 @@ def test_store_reads_without_extension_loading(memp, tmp_path: Path) -> None:
         # A write from a plain SQLite client keeps the full-text index in step (the triggers need no extension).
         conn.execute("UPDATE memories SET script = 'zebra procedure' WHERE id = 1")
         assert conn.execute("SELECT rowid FROM memories_fts WHERE memories_fts MATCH 'zebra'").fetchall() == [(1,)]
+
+
+def test_list_pages_a_table_and_prints_all_json(memp, tmp_path: Path) -> None:
+    from memp_cli.cli.manage import PAGE
+
+    runs = [{"task": f"task number {i}", "steps": [{"action": f"do {i}"}], "outcome": "success"} for i in range(60)]
+    memp("ingest", str(write_jsonl(tmp_path / "runs.jsonl", runs)), "-b", "trajectory")
+    table = memp("list", "--format", "table")
+    assert f"showing 1-{PAGE}; --offset {PAGE}" in table.stderr
+    assert "showing" not in memp("list", "--format", "table", "--offset", str(PAGE)).stderr, "the last page"
+    assert len(memp.json("list")) == 60
+    assert [m["task"] for m in memp.json("list", "-n", "2", "--offset", "1")] == ["task number 58", "task number 57"]

@@ -101,9 +101,9 @@ class Memories(Protocol):
 
     def list(
         self, limit: int | None = None, build: str | None = None, outcome: str | None = None,
-        status: str | None = None,
+        status: str | None = None, offset: int = 0,
     ) -> builtins.list[Memory]:
-        """Return memories, newest first, optionally filtered by build policy, outcome and status."""
+        """Return memories, newest first, optionally filtered by build policy, outcome and status, from `offset`."""
 
     def random_ids(self, k: int, seed: int | None = None) -> builtins.list[int]:
         """Return the ids of up to `k` active memories drawn at random."""
