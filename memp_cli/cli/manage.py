@@ -36,8 +36,8 @@ def list_(
     memories = open_db(db).memories.list(limit=None if page is None else page + 1, build=plain(build),
                                          outcome=plain(outcome), status=plain(status), offset=offset)
     more = page is not None and len(memories) > page
-    output.show_memories(memories[:page] if more else memories, shown)
-    if more and shown == "table":
+    output.show_memories(memories[:page], shown)
+    if more and page is not None and shown == "table":
         say(f"showing {offset + 1}-{offset + page}; --offset {offset + page} for the next page, --limit N for more")
 
 
