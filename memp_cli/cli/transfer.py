@@ -1,5 +1,6 @@
 """Memories that travel: `memp export` (the export format, Agent Skills folders, a plain SQLite copy) and `memp import`."""
 
+import os
 import sys
 from pathlib import Path
 from typing import Annotated
@@ -65,7 +66,9 @@ def export(
         # Written beside the target and renamed into place: a failed export leaves no half file.
         partial = output.with_name(output.name + ".partial")
         try:
-            with partial.open("w", encoding="utf-8") as out:
+            # Owner-only, as the store is: an export holds what the store holds.
+            with os.fdopen(os.open(partial, os.O_CREAT | os.O_WRONLY | os.O_TRUNC, 0o600), "w",
+                           encoding="utf-8") as out:
                 counts = run_export(store, out.write, filters, vectors=vectors)
             partial.replace(output)
         finally:

@@ -6,6 +6,7 @@ and back. Memories are named by their trajectory id (a hash of the run) across s
 
 from __future__ import annotations
 
+import os
 from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any
@@ -231,3 +232,5 @@ class SqliteTransfer:
         if target.exists():
             raise StoreError(f"{target}: exists already; name a new file")
         self._conn.execute("VACUUM INTO ?", [str(target)])
+        # The copy holds what the store holds, secrets included: readable by its owner only, as the store is.
+        os.chmod(target, 0o600)
