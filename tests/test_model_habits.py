@@ -10,6 +10,8 @@ import llm
 import pytest
 from conftest import FakeChat, procedure_json, traj, write_jsonl
 
+from memp_cli import models
+
 
 class TunableChat(FakeChat):
     """The fake chat model with one option, so that options can be seen arriving."""
@@ -33,6 +35,13 @@ class TunablePlugin:
     @llm.hookimpl
     def register_models(self, register):  # type: ignore[no-untyped-def]
         register(self.chat)
+
+
+@pytest.fixture(autouse=True)
+def fresh_calls() -> Any:
+    """Put memp's call settings back after each test: the commands here run in this process, and set them."""
+    yield
+    models.CALLS.log, models.CALLS.options = False, {}
 
 
 @pytest.fixture
