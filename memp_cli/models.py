@@ -10,8 +10,8 @@ import json
 import os
 import re
 import time
-from collections.abc import Callable, Iterator
-from dataclasses import dataclass
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Generic, TypeVar
 
 from .errors import MalformedAnswer, ModelError
@@ -31,6 +31,60 @@ REASK = "\n\n(Your previous answer could not be used: {error}. Answer with the J
 
 def _quiet(_: str) -> None:
     return None
+
+
+@dataclass
+class CallSettings:
+    """How this process calls models: whether to log each call to llm's database, and options for every model."""
+
+    log: bool = False
+    options: dict[str, str] = field(default_factory=dict)
+
+
+# Set once by the command line (`--log`, `-o/--option`); the Python API may set it too.
+CALLS = CallSettings()
+
+
+def llm_logs_on() -> bool:
+    """Return whether the user's llm logs prompts (`llm logs on`, the default; `llm logs off` makes a marker file)."""
+    import llm
+
+    return not (llm.user_dir() / "logs-off").exists()
+
+
+def configure(log: bool = False, options: Sequence[tuple[str, str]] = ()) -> None:
+    """Set how memp's model calls are made: logged to llm's log database when asked, with these model options.
+
+    Logging is off by default (an ingest makes a call per run); `log` turns it on, and so does $MEMP_LOG=1 unless
+    the user has turned llm's own logging off with `llm logs off`.
+    """
+    CALLS.log = log or (os.environ.get("MEMP_LOG", "") not in ("", "0") and llm_logs_on())
+    CALLS.options = dict(options)
+
+
+def _model_options(model: llm.Model) -> dict[str, Any]:
+    """Return the configured options as `model` takes them, or raise ModelError naming the one it refuses."""
+    if not CALLS.options:
+        return {}
+    try:
+        model.Options(**CALLS.options)
+    except Exception as exc:  # noqa: BLE001 (pydantic's ValidationError, or a plugin's own)
+        raise ModelError(f"model {model.model_id} does not take these options ({CALLS.options}): "
+                         f"{' '.join(str(exc).split())[:200]}") from None
+    return dict(CALLS.options)
+
+
+def _log_call(response: Any) -> None:
+    """Write a model's response to llm's log database, as `llm prompt` does (`llm logs` shows it)."""
+    import sqlite_utils
+    from llm.cli import logs_db_path
+    from llm.migrations import migrate
+
+    path = logs_db_path()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    db = sqlite_utils.Database(path)
+    migrate(db)
+    response.log_to_db(db)
 
 
 def resolve_name(name: str | None) -> str:
@@ -150,6 +204,7 @@ def ask_json(
         kwargs["system"] = system
     if schema is not None and getattr(model, "supports_schema", False):
         kwargs["schema"] = schema
+    kwargs.update(_model_options(model))
     name = model.model_id
     tokens_in = tokens_out = 0
     text, asked = "", prompt
@@ -157,7 +212,10 @@ def ask_json(
 
         def send(asked: str = asked) -> tuple[str, Any]:
             response = model.prompt(asked, **kwargs)
-            return response.text(), response.usage()
+            text = response.text()
+            if CALLS.log:
+                _log_call(response)
+            return text, response.usage()
 
         text, usage = with_backoff(send, f"model {name}", warn)
         # Not every plugin reports usage; count with tiktoken then, so costs are never blank.

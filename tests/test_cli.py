@@ -39,7 +39,8 @@ def test_prompt_is_offered_by_recall_only() -> None:
     assert list(offered) == NAMES
     assert offered["recall"] == ["table", "json", "jsonl", "prompt"]
     assert {name for name, fmts in offered.items() if "prompt" in fmts} == {"recall"}
-    quiet = {"ingest", *docs.QUIET}  # ingest's --format is its input format; these print nothing on stdout
+    # ingest's --format is its input; export prints a format of its own; the others print nothing on stdout.
+    quiet = {"ingest", *docs.QUIET, *docs.STREAMS}
     assert {name for name, fmts in offered.items() if not fmts} == quiet
     assert all(fmts[:3] == ["table", "json", "jsonl"] for name, fmts in offered.items() if name not in quiet)
 

@@ -33,6 +33,8 @@ COMMANDS = (
     ("stats", "manage:stats"),
     ("eval", "evaluate:eval_"),
     ("check", "manage:check"),
+    ("export", "transfer:export"),
+    ("import", "transfer:import_"),
 )
 TARGETS = dict(COMMANDS)
 SETTINGS: dict[str, Any] = {

@@ -10,6 +10,7 @@ from pathlib import Path
 from typing import Annotated, Any, TypeVar
 
 import typer
+import typer.core
 
 from ..choices import OutputFormat, RecallFormat, values
 from ..errors import MempError, sqlite_message
@@ -48,6 +49,33 @@ EmbedOpt = Annotated[
         "else memp's embedded memp-minilm.",
     ),
 ]
+LogOpt = Annotated[
+    bool,
+    typer.Option("--log", help="Log memp's model calls to llm's log database (llm logs shows them). Also "
+                 "$MEMP_LOG=1, unless llm logs off."),
+]
+# Typer takes no list of tuples; the click it ships (typer.core's) reads two values an option, as llm's -o does.
+_KEY_VALUE = typer.core.types.Tuple([str, str])
+ModelOptionsOpt = Annotated[
+    list[str] | None,
+    typer.Option("--option", "-o", help="A model option as KEY VALUE, e.g. -o temperature 0.2 (repeatable).",
+                 click_type=_KEY_VALUE, metavar="KEY VALUE", show_default=False),
+]
+# `memp update -o` is --outcome: there the long name only.
+UpdateModelOptionsOpt = Annotated[
+    list[str] | None,
+    typer.Option("--option", help="A model option as KEY VALUE, e.g. --option temperature 0.2 (repeatable).",
+                 click_type=_KEY_VALUE, metavar="KEY VALUE", show_default=False),
+]
+
+
+def model_calls(log: bool, options: list[Any] | None) -> None:
+    """Set how this command calls models: logged or not, and with which options (KEY VALUE pairs)."""
+    from .. import models
+
+    models.configure(log=log, options=[(str(k), str(v)) for k, v in options or []])
+
+
 MemoryIdArg = Annotated[int, typer.Argument(help="Memory id, as list and recall print it.", metavar="MEMORY_ID", show_default=False)]
 
 

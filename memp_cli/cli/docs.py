@@ -20,6 +20,8 @@ SCHEMAS = Path(__file__).resolve().parents[1] / "schemas"
 README = Path(__file__).resolve().parents[2] / "README.md"
 # Commands that print only messages, on stderr: nothing on stdout to describe.
 QUIET = ("revert", "restore", "approve")
+# Commands whose stdout is a file format of its own, one record a line, described by their schema.
+STREAMS = ("export",)
 # Help as a wide terminal shows it, so that the text does not depend on the terminal this runs in.
 WIDTH = 120
 
@@ -95,6 +97,11 @@ def output_contract() -> str:
             rows.append(f"| `memp {name}` | nothing on stdout: a message on stderr | | |")
             continue
         schema = json.loads(schema_path(name).read_text())
+        if name in STREAMS:
+            described = schema["description"].replace("|", "\\|")
+            link = f"[`{schema_path(name).name}`](memp_cli/schemas/{schema_path(name).name})"
+            rows.append(f"| `memp {name}` | not offered | {described} Each line follows `$defs/line`. | {link} |")
+            continue
         formats = _formats(command, ctx)
         described = schema["description"].replace("|", "\\|")
         if "json" not in formats:

@@ -8,7 +8,20 @@ import typer
 
 from ..choices import BuildPolicy, InputFormat, Outcome
 from ..errors import MempError
-from .common import DbOpt, EmbedOpt, FormatOpt, ModelOpt, handle_errors, open_db, output_format, plain, say
+from .common import (
+    DbOpt,
+    EmbedOpt,
+    FormatOpt,
+    LogOpt,
+    ModelOpt,
+    ModelOptionsOpt,
+    handle_errors,
+    model_calls,
+    open_db,
+    output_format,
+    plain,
+    say,
+)
 
 
 @handle_errors
@@ -57,6 +70,8 @@ def ingest(
     ] = None,
     no_redact: Annotated[bool, typer.Option("--no-redact", help="Store text as it is, secrets included.")] = False,
     model: ModelOpt = None,
+    option: ModelOptionsOpt = None,
+    log: LogOpt = False,
     embed_model: EmbedOpt = None,
     db: DbOpt = None,
     as_json: Annotated[bool, typer.Option("--json", help="Print the report as JSON (the default when piped).")] = False,
@@ -72,6 +87,7 @@ def ingest(
 
     if judge_cmd and judge_model:
         raise MempError("use --judge-cmd or --judge-model, not both")
+    model_calls(log, option)
     options = IngestOptions(
         build=build.value,
         model=model,
@@ -163,6 +179,8 @@ def build(
         bool, typer.Option("--rebuild", help="Redo every script, not only those the offline distiller wrote.")
     ] = False,
     model: ModelOpt = None,
+    option: ModelOptionsOpt = None,
+    log: LogOpt = False,
     db: DbOpt = None,
     fmt: FormatOpt = None,
 ) -> None:
@@ -170,6 +188,7 @@ def build(
     from .. import output
     from ..ingest import rebuild_scripts
 
+    model_calls(log, option)
     shown = output_format(fmt)
     report = rebuild_scripts(open_db(db), model=model, everything=rebuild, warn=say)
     say(f"{report['rebuilt']} scripts rebuilt with {report['model']}, {report['failed']} left for later")

@@ -7,6 +7,9 @@ import typer
 from ..choices import BuildPolicy, Outcome, Setting, Status, UpdatePolicy, values
 from .common import DbOpt, FormatOpt, MemoryIdArg, handle_errors, open_db, output_format, plain, say
 
+# How many memories `memp list` shows on a terminal at a time.
+PAGE = 50
+
 
 @handle_errors
 def list_(
@@ -15,16 +18,27 @@ def list_(
     status: Annotated[
         Status | None, typer.Option(help="Only active, held (awaiting approval) or retired memories.")
     ] = None,
-    limit: Annotated[int | None, typer.Option("--limit", "-n", help="At most this many, newest first.")] = None,
+    limit: Annotated[
+        int | None,
+        typer.Option("--limit", "-n", help=f"At most this many, newest first. Default: {PAGE} as a table, all when "
+                     "printing JSON.", show_default=False),
+    ] = None,
+    offset: Annotated[int, typer.Option("--offset", help="Skip this many of the newest first (the next page).")] = 0,
     db: DbOpt = None,
     fmt: FormatOpt = None,
 ) -> None:
-    """List stored memories with their usage counts."""
+    """List stored memories with their usage counts, a page at a time on a terminal."""
     from .. import output
 
     shown = output_format(fmt)
-    memories = open_db(db).memories.list(limit=limit, build=plain(build), outcome=plain(outcome), status=plain(status))
-    output.show_memories(memories, shown)
+    # A table is read by a person: a page of it. JSON is read by a program: all of it, unless it asks for less.
+    page = limit if limit is not None else (PAGE if shown == "table" else None)
+    memories = open_db(db).memories.list(limit=None if page is None else page + 1, build=plain(build),
+                                         outcome=plain(outcome), status=plain(status), offset=offset)
+    more = page is not None and len(memories) > page
+    output.show_memories(memories[:page], shown)
+    if more and page is not None and shown == "table":
+        say(f"showing {offset + 1}-{offset + page}; --offset {offset + page} for the next page, --limit N for more")
 
 
 @handle_errors

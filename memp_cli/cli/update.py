@@ -8,9 +8,12 @@ from ..choices import BuildPolicy, Outcome, UpdatePolicy
 from .common import (
     DbOpt,
     FormatOpt,
+    LogOpt,
     MemoryIdArg,
     ModelOpt,
+    UpdateModelOptionsOpt,
     handle_errors,
+    model_calls,
     open_db,
     output_format,
     plain,
@@ -52,6 +55,8 @@ def update(
         BuildPolicy, typer.Option("--build", "-b", help="How a new run is built into a memory.")
     ] = BuildPolicy.PROCEDURALIZATION,
     model: ModelOpt = None,
+    option: UpdateModelOptionsOpt = None,
+    log: LogOpt = False,
     db: DbOpt = None,
     fmt: FormatOpt = None,
 ) -> None:
@@ -59,6 +64,7 @@ def update(
     from .. import output
     from .. import update as updates
 
+    model_calls(log, option)
     shown = output_format(fmt)
     store = open_db(db)
     if flush:

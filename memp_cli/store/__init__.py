@@ -6,6 +6,7 @@
     store.log.record_outcome(...)           # recalls and outcomes (log.py)
     store.keywords.full_text(["nginx"], 5)  # AveFact keywords and FTS5 (keywords.py)
     store.settings.get("update_policy")     # settings and the embedding model record (settings.py)
+    store.transfer.memory_rows()            # whole memories out and in, for export and import (transfer.py)
 
 The interfaces are in base.py; the SQLite implementation is in the other modules, the only ones with SQL.
 Nothing heavy is imported here: sqlean, numpy and sqlite-utils load when a store is opened or searched.
@@ -18,11 +19,11 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
-from .base import Keywords, Log, Memories, NewMemory, Settings, Store, Vectors
+from .base import Keywords, Log, Memories, NewMemory, Settings, Store, Transfer, Vectors
 from .db import DB_FILENAME, default_path
 
 __all__ = [
-    "DB_FILENAME", "Keywords", "Log", "Memories", "NewMemory", "Settings", "SqliteStore", "Store", "Vectors",
+    "DB_FILENAME", "Keywords", "Log", "Memories", "NewMemory", "Settings", "SqliteStore", "Store", "Transfer", "Vectors",
     "default_path", "open_store",
 ]
 
@@ -35,6 +36,7 @@ class SqliteStore:
         from .log import SqliteLog
         from .memories import SqliteMemories
         from .settings import SqliteSettings
+        from .transfer import SqliteTransfer
         from .vectors import SqliteVectors
 
         self.path = path
@@ -45,6 +47,7 @@ class SqliteStore:
         self.memories = SqliteMemories(conn, path, self.vectors, self.settings)
         self.log = SqliteLog(conn)
         self.keywords = SqliteKeywords(conn)
+        self.transfer = SqliteTransfer(conn, path, self.vectors, self.settings)
 
     @contextmanager
     def write(self) -> Iterator[None]:

@@ -7,7 +7,7 @@ them, and another backend (PostgreSQL with pgvector) implements the same parts t
 from __future__ import annotations
 
 import builtins
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from contextlib import AbstractContextManager
 from dataclasses import dataclass
 from pathlib import Path
@@ -104,9 +104,9 @@ class Memories(Protocol):
 
     def list(
         self, limit: int | None = None, build: str | None = None, outcome: str | None = None,
-        status: str | None = None,
+        status: str | None = None, offset: int = 0,
     ) -> builtins.list[Memory]:
-        """Return memories, newest first, optionally filtered by build policy, outcome and status."""
+        """Return memories, newest first, optionally filtered by build policy, outcome and status, from `offset`."""
 
     def random_ids(self, k: int, seed: int | None = None) -> builtins.list[int]:
         """Return the ids of up to `k` active memories drawn at random."""
@@ -197,6 +197,37 @@ class Keywords(Protocol):
         """Return (memory id, score, higher is better) of up to `n` active memories matching any of `terms`."""
 
 
+class Transfer(Protocol):
+    """Whole memories out of and into a store, named by trajectory id across stores (export and import)."""
+
+    def settings(self) -> dict[str, str]:
+        """Return the store's settings by name."""
+
+    def memory_rows(
+        self, status: str | None = None, outcome: str | None = None, build: str | None = None,
+        task_type: str | None = None, since: str | None = None, vectors: bool = False,
+    ) -> Iterator[dict[str, Any]]:
+        """Yield each memory (oldest first, filtered) with its run, history, cached scripts, keywords and vector."""
+
+    def keyword_vectors(self, words: Sequence[str]) -> dict[str, bytes]:
+        """Return the stored float32 blob of each of `words` that has one."""
+
+    def outcome_rows(self, trajectory_ids: set[str]) -> list[dict[str, Any]]:
+        """Return the outcomes that credit any of these memories, naming memories by trajectory id."""
+
+    def is_empty(self) -> bool:
+        """Return True when the store holds no memory."""
+
+    def add_records(
+        self, memories: Sequence[dict[str, Any]], vectors: Sequence[Sequence[float]], embed_model: str,
+        keyword_vectors: dict[str, bytes], outcomes: Sequence[dict[str, Any]], settings: dict[str, str],
+    ) -> dict[str, int]:
+        """Store whole memories with their vectors, keywords, outcomes and settings in one transaction; return counts."""
+
+    def snapshot(self, target: Path) -> None:
+        """Write a consistent copy of the whole store to the new file `target`."""
+
+
 class Store(Protocol):
     """An open memp store: its parts, one transaction around several writes, an integrity check."""
 
@@ -223,6 +254,10 @@ class Store(Protocol):
     @property
     def keywords(self) -> Keywords:
         """Return the keywords and full-text part."""
+
+    @property
+    def transfer(self) -> Transfer:
+        """Return the export and import part."""
 
     def write(self) -> AbstractContextManager[None]:
         """Return a context that runs its block as one write transaction (writes inside it join it)."""

@@ -349,9 +349,9 @@ class SqliteMemories:
     # Inside the class body `list` names this method: the annotations here say builtins.list.
     def list(
         self, limit: int | None = None, build: str | None = None, outcome: str | None = None,
-        status: str | None = None,
+        status: str | None = None, offset: int = 0,
     ) -> builtins.list[Memory]:
-        """Return memories, newest first, optionally filtered by build policy, outcome and status."""
+        """Return memories, newest first, optionally filtered by build policy, outcome and status, from `offset`."""
         where: builtins.list[str] = ["1 = 1"]
         params: builtins.list[Any] = []
         for column, value in (("m.status", status), ("m.build", build), ("t.outcome", outcome)):
@@ -359,7 +359,7 @@ class SqliteMemories:
                 where.append(f"{column} = ?")
                 params.append(value)
         sql = f"SELECT {_MEMORY_COLUMNS} {_MEMORY_FROM} WHERE {' AND '.join(where)} ORDER BY m.id DESC"
-        if limit is not None:
-            sql += " LIMIT ?"
-            params.append(limit)
+        if limit is not None or offset:
+            sql += " LIMIT ? OFFSET ?"
+            params.extend([-1 if limit is None else limit, offset])
         return [Memory.from_row(r) for r in self._conn.execute(sql, params).fetchall()]
