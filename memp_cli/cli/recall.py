@@ -65,7 +65,13 @@ def recall(
     db: DbOpt = None,
     fmt: RecallFormatOpt = None,
 ) -> None:
-    """Recall the memories that best fit TASK. Prints a recall id to report the outcome with later."""
+    """Recall the memories that best fit TASK. Prints a recall id to report the outcome with later.
+
+    With -, each stdin line is a task, or a JSON object {"task": ..., "k": ..., "policy": ...} whose k and policy
+    override the options; the answers come one a line, in order. A JSON line memp cannot use (bad JSON, an unknown
+    key, a bad k or policy) stops the run with an error naming it (stdin:N) after the lines before it are answered,
+    and exits 1.
+    """
     from .. import output
     from ..recall import recall_many
 
