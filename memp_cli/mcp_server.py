@@ -76,7 +76,8 @@ class MemorySummary(BaseModel):
 
 def _match(m: Any) -> MatchSummary:
     return MatchSummary(
-        memory_id=m.memory.id, rank=m.rank, score=round(m.score, 4), similarity=round(m.similarity or m.score, 4),
+        memory_id=m.memory.id, rank=m.rank, score=round(m.score, 4),
+        similarity=round(m.score if m.similarity is None else m.similarity, 4),
         task=m.memory.task, outcome=m.memory.outcome, build=m.memory.build,
     )
 
@@ -109,11 +110,16 @@ class MempService:
         return self._store
 
     def warm(self) -> None:
-        """Open the store and load the embedding model, so the first recall costs what every later one does."""
-        from .embed import get_embedder, is_default, resolve_embed_model
+        """Open the store and load the embedding model on the store thread, so the first recall costs what every
+        later one does."""
 
-        embed_id = resolve_embed_model(self.store, self.embed_model)
-        get_embedder(None if is_default(embed_id) else embed_id).embed(["warm up"])
+        def load() -> None:
+            from .embed import get_embedder, is_default, resolve_embed_model
+
+            embed_id = resolve_embed_model(self.store, self.embed_model)
+            get_embedder(None if is_default(embed_id) else embed_id).embed(["warm up"])
+
+        self._thread.submit(load).result()
 
     async def call(self, fn: Callable[[], T]) -> T:
         """Return fn() run on the store thread; a MempError becomes a tool error the agent reads."""
@@ -331,7 +337,7 @@ def serve(
         raise MempError("--http needs a bearer token: --token or $MEMP_MCP_TOKEN")
     service = MempService(db, model, embed_model)
     try:
-        service._thread.submit(service.warm).result()
+        service.warm()
         server = build_server(service)
         if http_port is None:
             server.run("stdio")
