@@ -2,29 +2,10 @@
 
 from __future__ import annotations
 
-import sys
-
 __version__ = "0.1.0"
 
-
-def _prefer_sqlean() -> None:
-    """Make sqlite-utils (and llm, which uses it) open connections with sqlean.py.
-
-    Many Python builds (pyenv's, macOS's system Python) cannot load extensions into the standard sqlite3, and
-    sqlite-vec is an extension. sqlite-utils already prefers `pysqlite3`; aliasing sqlean under that name before the
-    first `import sqlite_utils` keeps its error handling consistent with the connections it is handed.
-    """
-    if "sqlite_utils" in sys.modules or "pysqlite3" in sys.modules:
-        return
-    try:
-        import sqlean
-    except ImportError:  # pragma: no cover - sqlean.py is a dependency; stdlib sqlite3 may still do
-        return
-    sys.modules["pysqlite3"] = sqlean
-    sys.modules["pysqlite3.dbapi2"] = sqlean.dbapi2
-
-
-_prefer_sqlean()
+# Importing memp changes nothing in the host program: the store opens its own sqlean connections (memp_cli/store/db.py)
+# and sqlite-utils, llm and every other library keep the SQLite module they chose.
 
 
 def __getattr__(name: str) -> object:

@@ -12,11 +12,13 @@
 
 from __future__ import annotations
 
+import builtins
 from collections.abc import Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from . import records
+from .choices import BuildPolicy, Outcome, Status, values
 from .errors import MempError
 from .formats import native
 from .ingest import IngestOptions, IngestReport, ingest, ingest_runs
@@ -28,6 +30,8 @@ from .update import UpdateReport, report, revert
 
 if TYPE_CHECKING:
     from typing_extensions import Self
+
+STATUSES, BUILDS, OUTCOMES = values(Status), values(BuildPolicy), values(Outcome)
 
 
 class Memp:
@@ -56,7 +60,7 @@ class Memp:
         """Recall the memories that best fit `task` (options: policy, min_score, max_tokens, rank)."""
         return recall(self.store, task, k, embed_model=self.embed_model, **options)
 
-    def recall_many(self, tasks: Sequence[str], k: int = 3, **options: Any) -> list[Recall]:
+    def recall_many(self, tasks: Sequence[str], k: int = 3, **options: Any) -> builtins.list[Recall]:
         """Recall for many tasks at once: embedded side by side on every core, logged in one write."""
         return recall_many(self.store, tasks, k, embed_model=self.embed_model, **options)
 
@@ -81,15 +85,39 @@ class Memp:
             self.store, recall_id, memory_ids, outcome, score, trajectory=run, model=self.model, **options
         )
 
-    def prune(self, apply: bool = False, **rules: Any) -> list[Retirement]:
+    def prune(self, apply: bool = False, **rules: Any) -> builtins.list[Retirement]:
         """Return the prune plan (rules are Rules fields); carry it out with apply=True."""
         return plan_store(self.store, Rules(**rules), apply)[0]
 
     def get(self, memory_id: int) -> records.Memory:
-        """Return one stored memory."""
+        """Return one stored memory (NotFoundError when there is none)."""
         return self.store.memories.get(memory_id)
 
-    def history(self, memory_id: int) -> list[dict[str, Any]]:
+    show = get
+
+    # Inside the class body `list` names this method: the annotations here say builtins.list.
+    def list(
+        self, status: str | None = None, build: str | None = None, outcome: str | None = None,
+        limit: int | None = None,
+    ) -> builtins.list[records.Memory]:
+        """Return stored memories, newest first, filtered by status, build policy and the outcome of their run."""
+        filters = (("status", status, STATUSES), ("build", build, BUILDS), ("outcome", outcome, OUTCOMES))
+        for name, value, allowed in filters:
+            if value is not None and value not in allowed:
+                raise MempError(f"{name} must be one of {', '.join(allowed)}, not {value!r}")
+        return self.store.memories.list(limit=limit, build=build, outcome=outcome, status=status)
+
+    def retire(self, memory_id: int, reason: str = "retired from the Python API") -> records.Memory:
+        """Keep a memory out of recall (restorable with `restore`); return it as it now is."""
+        self.store.memories.retire(memory_id, reason)
+        return self.store.memories.get(memory_id)
+
+    def restore(self, memory_id: int) -> records.Memory:
+        """Bring a retired memory back into recall; return it as it now is."""
+        self.store.memories.restore(memory_id)
+        return self.store.memories.get(memory_id)
+
+    def history(self, memory_id: int) -> builtins.list[dict[str, Any]]:
         """Return every change to a memory."""
         return self.store.memories.history(memory_id)
 

@@ -35,6 +35,7 @@ COMMANDS = (
     ("check", "manage:check"),
     ("export", "transfer:export"),
     ("import", "transfer:import_"),
+    ("mcp", "mcp:mcp"),
 )
 TARGETS = dict(COMMANDS)
 SETTINGS: dict[str, Any] = {
@@ -47,7 +48,7 @@ SETTINGS: dict[str, Any] = {
 class LazyCommands(MutableMapping[str, Any]):
     """memp's commands by name, each imported and built into click parameters the first time it is looked up.
 
-    Building all fifteen costs every call ~6-15 ms (more under load) and imports every command module; an agent
+    Building them all costs every call ~6-15 ms (more under load) and imports every command module; an agent
     calling `memp recall` in a loop needs one. `memp --help` and shell completion still look them all up.
     """
 

@@ -18,8 +18,9 @@ from typing import Any
 
 SCHEMAS = Path(__file__).resolve().parents[1] / "schemas"
 README = Path(__file__).resolve().parents[2] / "README.md"
-# Commands that print only messages, on stderr: nothing on stdout to describe.
-QUIET = ("revert", "restore", "approve")
+# Commands whose stdout carries no JSON to describe: only messages, on stderr, or what STDOUT says.
+QUIET = ("revert", "restore", "approve", "mcp")
+STDOUT = {"mcp": "the MCP protocol (JSON-RPC) for an MCP host, over stdio or HTTP; messages on stderr"}
 # Commands whose stdout is a file format of its own, one record a line, described by their schema.
 STREAMS = ("export",)
 # Help as a wide terminal shows it, so that the text does not depend on the terminal this runs in.
@@ -94,7 +95,7 @@ def output_contract() -> str:
         if name == "memp":
             continue
         if name in QUIET:
-            rows.append(f"| `memp {name}` | nothing on stdout: a message on stderr | | |")
+            rows.append(f"| `memp {name}` | {STDOUT.get(name, 'nothing on stdout: a message on stderr')} | | |")
             continue
         schema = json.loads(schema_path(name).read_text())
         if name in STREAMS:

@@ -8,6 +8,7 @@ from typing import Annotated, Any
 import typer
 
 from ..choices import Rank, RecallFormat, RecallPolicy
+from ..errors import InputError
 from .common import DbOpt, EmbedOpt, RecallFormatOpt, handle_errors, open_db, recall_format
 
 # Most tasks recalled together: enough to keep every core embedding, few enough that answers flow steadily.
@@ -16,7 +17,14 @@ BATCH_LINES = 64
 
 @handle_errors
 def recall(
-    task: Annotated[str, typer.Argument(help="The new task, or - to read one task per line from stdin.", metavar="TASK")],
+    task: Annotated[
+        str,
+        typer.Argument(
+            help='The new task, or - to read tasks from stdin: one a line, plain or as JSON ({"task": ..., "k": ..., '
+            '"policy": ...}).',
+            metavar="TASK",
+        ),
+    ],
     k: Annotated[int, typer.Option("-k", "--top", help="How many memories to return at most.")] = 3,
     policy: Annotated[
         RecallPolicy,
@@ -60,15 +68,21 @@ def recall(
     db: DbOpt = None,
     fmt: RecallFormatOpt = None,
 ) -> None:
-    """Recall the memories that best fit TASK. Prints a recall id to report the outcome with later."""
+    """Recall the memories that best fit TASK. Prints a recall id to report the outcome with later.
+
+    With -, each stdin line is a task, or a JSON object {"task": ..., "k": ..., "policy": ...} whose k and policy
+    override the options; the answers come one a line, in order. A JSON line memp cannot use (bad JSON, an unknown
+    key, a bad k or policy) stops the run with an error naming it (stdin:N) after the lines before it are answered,
+    and exits 1.
+    """
     from .. import output
     from ..recall import recall_many
 
     store = open_db(db)
 
-    def answer(tasks: list[str]) -> list[Any]:
+    def answer(tasks: list[str], top: int = k, chosen: str = policy.value) -> list[Any]:
         return recall_many(
-            store, tasks=tasks, k=k, policy=policy.value, min_score=min_score, max_tokens=max_tokens,
+            store, tasks=tasks, k=top, policy=chosen, min_score=min_score, max_tokens=max_tokens,
             embed_model=embed_model, rank=rank.value, confident=confident, keywords_model=keywords_model,
         )
 
@@ -76,16 +90,72 @@ def recall(
         shown = recall_format(fmt, RecallFormat.JSONL)
         if policy in (RecallPolicy.PROCEDURAL, RecallPolicy.QUERY, RecallPolicy.HYBRID):
             store.vectors.preload()
-        for tasks in waiting_lines():
-            for result in answer(tasks):
-                output.show_recall(result, shown)
+        for lines in waiting_lines():
+            # A bad line stops the run after the lines before it are answered (they may be awaited already).
+            asks, error = parse_lines(lines, k, policy.value)
+            for (top, chosen), tasks in runs_of(asks):
+                for result in answer(tasks, top, chosen):
+                    output.show_recall(result, shown)
             sys.stdout.flush()
+            if error is not None:
+                raise error
         return
     output.show_recall(answer([task])[0], recall_format(fmt))
 
 
-def waiting_lines() -> Iterator[list[str]]:
-    """Yield the non-blank lines of stdin in groups: whatever has arrived, at most BATCH_LINES at a time.
+def parse_lines(
+    lines: list[tuple[int, str]], k: int, policy: str
+) -> tuple[list[tuple[str, int, str]], InputError | None]:
+    """Return (task, k, policy) for each line up to the first bad one, and that line's InputError (else None).
+
+    A line whose first character is `{` is a JSON object with "task" and optionally "k" and "policy" (the options'
+    values otherwise); any other line is a task as it is.
+    """
+    import json
+
+    asks = []
+    for number, line in lines:
+        if not line.lstrip().startswith("{"):
+            asks.append((line, k, policy))
+            continue
+        try:
+            data = json.loads(line)
+        except json.JSONDecodeError as exc:
+            return asks, InputError("stdin", number, f"not a JSON object: {exc.msg}")
+        problem = _problem(data)
+        if problem:
+            return asks, InputError("stdin", number, problem)
+        asks.append((data["task"], data.get("k", k), data.get("policy", policy)))
+    return asks, None
+
+
+def _problem(data: Any) -> str | None:
+    """Return what is wrong with one JSON line of `memp recall -`, None when it is a good ask."""
+    if not isinstance(data, dict):
+        return "not a JSON object"
+    unknown = sorted(set(data) - {"task", "k", "policy"})
+    if unknown:
+        return f"unknown keys {', '.join(unknown)} (a line takes task, k and policy)"
+    if not isinstance(data.get("task"), str) or not data["task"].strip():
+        return '"task" must be a non-empty string'
+    top = data.get("k", 1)
+    if not isinstance(top, int) or isinstance(top, bool) or top < 1:
+        return '"k" must be a whole number from 1'
+    if "policy" in data and data["policy"] not in {p.value for p in RecallPolicy}:
+        return f'"policy" must be one of {", ".join(p.value for p in RecallPolicy)}'
+    return None
+
+
+def runs_of(asks: list[tuple[str, int, str]]) -> Iterator[tuple[tuple[int, str], list[str]]]:
+    """Yield ((k, policy), tasks) for each run of consecutive asks that share them, in order."""
+    from itertools import groupby
+
+    for key, group in groupby(asks, key=lambda ask: (ask[1], ask[2])):
+        yield key, [ask[0] for ask in group]
+
+
+def waiting_lines() -> Iterator[list[tuple[int, str]]]:
+    """Yield the non-blank lines of stdin, numbered from 1, in groups: what has arrived, at most BATCH_LINES at a time.
 
     An agent that writes one task and waits gets its answer at once; a file or a pipe full of tasks is recalled
     in groups, which embed side by side on every core and are logged in one write.
@@ -95,12 +165,13 @@ def waiting_lines() -> Iterator[list[str]]:
     except (AttributeError, OSError, ValueError):
         fd = None  # stdin is not a file (tests, embedding hosts): read it line by line
     if fd is None:
-        lines = [line for line in sys.stdin if line.strip()]
+        lines = [(n, line) for n, line in enumerate(sys.stdin, 1) if line.strip()]
         for start in range(0, len(lines), BATCH_LINES):
             yield lines[start : start + BATCH_LINES]
         return
     encoding = sys.stdin.encoding or "utf-8"
     pending = b""
+    seen = 0
     while True:
         chunk = os.read(fd, 1 << 16)  # returns what has arrived (one line from a terminal), b"" at the end
         pending += chunk
@@ -108,7 +179,9 @@ def waiting_lines() -> Iterator[list[str]]:
             *complete, pending = pending.split(b"\n")  # the last piece may be a line still arriving
         else:
             complete, pending = pending.split(b"\n"), b""
-        lines = [text for text in (line.decode(encoding, "replace") for line in complete) if text.strip()]
+        numbered = enumerate((line.decode(encoding, "replace") for line in complete), seen + 1)
+        seen += len(complete)
+        lines = [(n, text) for n, text in numbered if text.strip()]
         for start in range(0, len(lines), BATCH_LINES):
             yield lines[start : start + BATCH_LINES]
         if not chunk:

@@ -130,6 +130,9 @@ def _migrate_slowly(conn: Any, path: Path) -> None:
 
     from ..migrations import migrations
 
+    # sqlite-utils is handed memp's sqlean connection as it is. Its `except sqlite3.OperationalError` clauses do not
+    # catch sqlean's errors, so migrations say what they tolerate in SQL (IF EXISTS) instead of alter=True or
+    # drop(ignore=True); tests/test_api.py keeps them to that.
     db = sqlite_utils.Database(conn)
     applied = [m.name for m in migrations.applied(db)]
     # Every migration this memp knows is pending in an empty database.
