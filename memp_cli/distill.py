@@ -38,6 +38,13 @@ The run {outcome}.
 Answer with one JSON object only: {{"when_to_use": "...", "parameters": ["..."], "steps": ["..."], "pitfalls": ["..."]}}
 """
 
+# How the prompt says the run ended; nobody recorded how a Claude Code session went, so the model judges from the run.
+OUTCOME_WORDS = {
+    "success": "succeeded",
+    "failure": "failed",
+    "unknown": "ended without a recorded outcome: judge from the run itself which actions worked",
+}
+
 SCHEMA: dict[str, Any] = {
     "type": "object",
     "properties": {
@@ -136,7 +143,7 @@ class Distiller:
         if self._model is None:
             self.fallbacks += 1
             return offline_script(traj)
-        outcome = "succeeded" if traj.outcome == "success" else "failed"
+        outcome = OUTCOME_WORDS.get(str(traj.outcome), OUTCOME_WORDS["failure"])
         prompt = PROMPT.format(outcome=outcome, trajectory=traj.render())
         try:
             answer = models.ask_json(
