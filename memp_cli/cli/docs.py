@@ -18,8 +18,13 @@ from typing import Any
 
 SCHEMAS = Path(__file__).resolve().parents[1] / "schemas"
 README = Path(__file__).resolve().parents[2] / "README.md"
-# Commands that print only messages, on stderr: nothing on stdout to describe.
-QUIET = ("revert", "restore", "approve")
+# Commands that print only messages, on stderr: nothing on stdout to describe with a schema of memp's.
+QUIET = ("revert", "restore", "approve", "hooks")
+# What those print on stdout when it is not nothing: another program's protocol.
+QUIET_NOTES = {
+    "hooks": "`run user-prompt-submit`: Claude Code's hook JSON (`hookSpecificOutput.additionalContext`), or nothing; "
+    "the rest print nothing on stdout: messages on stderr",
+}
 # Help as a wide terminal shows it, so that the text does not depend on the terminal this runs in.
 WIDTH = 120
 
@@ -68,16 +73,27 @@ def command_reference() -> str:
     """Return the "Command reference" section: each command's help, usage line, arguments and options."""
     out: list[str] = []
     for name, command, ctx in _commands():
-        title = "memp" if name == "memp" else f"memp {name}"
-        out += [f"### `{title}`", "", inspect.cleandoc(command.help or ""), "", "```", _usage(command, ctx), "```", ""]
-        for param in command.get_params(ctx):
-            record = param.get_help_record(ctx)
-            if record is None or param.name == "help":
-                continue
-            opts, text = record
-            out.append(f"- `{opts}`" + (f": {' '.join(text.split())}" if text else ""))
-        out.append("")
+        out += _reference("memp" if name == "memp" else f"memp {name}", command, ctx)
+        if name != "memp" and hasattr(command, "list_commands"):  # a group of its own: each subcommand too
+            for sub in command.list_commands(ctx):
+                subcommand = command.get_command(ctx, sub)
+                out += _reference(f"memp {name} {sub}", subcommand,
+                                  subcommand.context_class(subcommand, info_name=sub, parent=ctx))
     return "\n".join(out).rstrip() + "\n"
+
+
+def _reference(title: str, command: Any, ctx: Any) -> list[str]:
+    """Return one command's entry: its help, usage line, arguments and options."""
+    out = [f"### `{title}`", "", inspect.cleandoc(command.help or ""), "", "```", _usage(command, ctx), "```", ""]
+    for param in command.get_params(ctx):
+        record = param.get_help_record(ctx)
+        if record is None or param.name == "help":
+            continue
+        opts, text = record
+        out.append(f"- `{opts}`" + (f": {' '.join(text.split())}" if text else ""))
+    if out[-1]:
+        out.append("")
+    return out
 
 
 def _usage(command: Any, ctx: Any) -> str:
@@ -92,7 +108,7 @@ def output_contract() -> str:
         if name == "memp":
             continue
         if name in QUIET:
-            rows.append(f"| `memp {name}` | nothing on stdout: a message on stderr | | |")
+            rows.append(f"| `memp {name}` | {QUIET_NOTES.get(name, 'nothing on stdout: a message on stderr')} | | |")
             continue
         schema = json.loads(schema_path(name).read_text())
         formats = _formats(command, ctx)
