@@ -121,5 +121,5 @@ def run(
             f"{report.skipped} already stored ({', '.join(f'{n} {o}' for o, n in report.outcomes.items())})")
     except MempError as exc:
         say(f"hook {event.value}: {exc}")
-    except Exception as exc:  # a hook must not fail the user's prompt or session over memp's own trouble
+    except Exception as exc:  # noqa: BLE001 - a hook must not fail the user's prompt or session over memp's own trouble
         say(f"hook {event.value}: {type(exc).__name__}: {exc}")

@@ -95,7 +95,7 @@ def tool_action(name: str, args: Any, cwd: str | None = None) -> str:
                 out += [*_lines("-", edit.get("old_string")), *_lines("+", edit.get("new_string"))]
         return "\n".join(out)
     if name == "Write":
-        content = args.get("content") if isinstance(args.get("content"), str) else ""
+        content: str = args["content"] if isinstance(args.get("content"), str) else ""
         return f"Write: {path} ({len(content.splitlines())} lines)"
     if name == "Read":
         offset, limit = args.get("offset"), args.get("limit")
@@ -175,20 +175,20 @@ class _Session:
                     self.task = self.task or said[:MAX_TASK_CHARS]
         elif kind == "tool_use" and record["type"] == "assistant":
             name = str(block.get("name") or "tool")
-            step = {"action": tool_action(name, block.get("input"), self.cwd), "name": name, "side": side,
+            step: dict[str, Any] = {"action": tool_action(name, block.get("input"), self.cwd), "name": name, "side": side,
                     "thought": " ".join(self.thoughts[side]) or None, "observation": None}
             self.thoughts[side] = []
             self.steps.append(step)
             self.pending[block.get("id")] = step
         elif kind == "tool_result":
-            step = self.pending.pop(block.get("tool_use_id"), None)
-            if step is None:
+            done = self.pending.pop(block.get("tool_use_id"), None)
+            if done is None:
                 return
-            step["observation"] = _observation(step["name"], block)
+            done["observation"] = _observation(done["name"], block)
             result = record.get("toolUseResult")
             agent = result.get("agentId") if isinstance(result, dict) else None
-            if step["name"] in ("Task", "Agent") and isinstance(agent, str) and agent not in self.agents_inline:
-                at = next(i for i, s in enumerate(self.steps) if s is step) + 1
+            if done["name"] in ("Task", "Agent") and isinstance(agent, str) and agent not in self.agents_inline:
+                at = next(i for i, s in enumerate(self.steps) if s is done) + 1
                 self.steps[at:at] = _subagent_steps(source, record.get("sessionId"), agent)
 
     def trajectory(self, session_id: str, source: Source) -> Trajectory | None:

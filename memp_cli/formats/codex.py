@@ -57,7 +57,7 @@ def call_action(payload: dict[str, Any]) -> str:
     """Return a Codex tool call as an action: the shell command it ran, a patch's files, else name(arguments)."""
     name = str(payload.get("name") or payload.get("type"))
     if payload.get("type") == "local_shell_call":
-        action = payload.get("action") if isinstance(payload.get("action"), dict) else {}
+        action: dict[str, Any] = payload["action"] if isinstance(payload.get("action"), dict) else {}
         return _command(action.get("command")) or f"{name}({json.dumps(action, ensure_ascii=False)[:500]})"
     if payload.get("type") == "custom_tool_call":
         raw = payload.get("input")
@@ -88,7 +88,7 @@ def _observation(payload: dict[str, Any]) -> str | None:
         except json.JSONDecodeError:
             decoded = None
         if isinstance(decoded, dict) and "output" in decoded:
-            meta = decoded.get("metadata") if isinstance(decoded.get("metadata"), dict) else {}
+            meta: dict[str, Any] = decoded["metadata"] if isinstance(decoded.get("metadata"), dict) else {}
             status = meta.get("exit_code")
             raw = decoded["output"]
     body = text(raw).strip()

@@ -43,8 +43,8 @@ def _run(run: Any, i: int, label: str) -> Trajectory:
     task_id, trial = run.get("task_id"), run.get("trial")
     run_id = None if task_id is None else str(task_id) if trial is None else f"{task_id}-{trial}"
     metadata: dict[str, Any] = {k: v for k, v in (("task_id", task_id), ("trial", trial)) if v is not None}
-    info = run.get("info") if isinstance(run.get("info"), dict) else {}
-    task = info.get("task") if isinstance(info.get("task"), dict) else {}
+    info: dict[str, Any] = run["info"] if isinstance(run.get("info"), dict) else {}
+    task: dict[str, Any] = info["task"] if isinstance(info.get("task"), dict) else {}
     if isinstance(task.get("user_id"), str):
         metadata["user_id"] = task["user_id"]
     try:
