@@ -24,7 +24,15 @@ class BuildPolicy(Choice):
 
 
 class Outcome(Choice):
-    """How a run ended."""
+    """How a run ended; unknown when nobody recorded it (a Claude Code session), which ranks below success."""
+
+    SUCCESS = "success"
+    FAILURE = "failure"
+    UNKNOWN = "unknown"
+
+
+class Report(Choice):
+    """What an outcome report says about a run that used memories: it worked or it did not."""
 
     SUCCESS = "success"
     FAILURE = "failure"
@@ -74,6 +82,8 @@ class InputFormat(Choice):
     MEMP_CHAT = "memp-chat"
     REACT = "react"
     SWE_AGENT = "swe-agent"
+    CODEX = "codex"
+    TAU_BENCH = "tau-bench"
 
 
 class OutputFormat(Choice):
@@ -98,6 +108,19 @@ class Setting(Choice):
 
     UPDATE_POLICY = "update_policy"
     UPDATE_EVERY = "update_every"
+
+
+class HookHost(Choice):
+    """Agent hosts whose hooks memp installs."""
+
+    CLAUDE_CODE = "claude-code"
+
+
+class HookEvent(Choice):
+    """The host events memp's hooks answer."""
+
+    USER_PROMPT_SUBMIT = "user-prompt-submit"
+    SESSION_END = "session-end"
 
 
 def values(choice: type[Choice]) -> tuple[str, ...]:

@@ -49,6 +49,12 @@ from them (the step where they went another way, what only the success did, what
 """
 # Scripts that also draw on failed attempts at the task carry this after their prompt version.
 CONTRASTED = "+contrast"
+# How the prompt says the run ended; nobody recorded how a Claude Code session went, so the model judges from the run.
+OUTCOME_WORDS = {
+    "success": "succeeded",
+    "failure": "failed",
+    "unknown": "ended without a recorded outcome: judge from the run itself which actions worked",
+}
 
 SCHEMA: dict[str, Any] = {
     "type": "object",
@@ -158,7 +164,7 @@ class Distiller:
         if self._model is None:
             self.fallbacks += 1
             return offline_script(traj, failures)
-        outcome = "succeeded" if traj.outcome == "success" else "failed"
+        outcome = OUTCOME_WORDS.get(str(traj.outcome), OUTCOME_WORDS["failure"])
         prompt = PROMPT.format(outcome=outcome, trajectory=traj.render())
         if failures:
             attempts = "\n\n".join(f"<attempt>\n{f.render()}\n</attempt>" for f in failures)

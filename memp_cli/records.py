@@ -9,10 +9,12 @@ from dataclasses import dataclass, field, fields
 from functools import cached_property
 from typing import Any
 
-from .choices import BuildPolicy, Outcome, values
+from .choices import BuildPolicy, Outcome, Report, values
 
 BUILD_POLICIES: tuple[str, ...] = values(BuildPolicy)
 OUTCOMES: tuple[str, ...] = values(Outcome)
+# An outcome report says success or failure; unknown is only ever where a run started.
+REPORTS: tuple[str, ...] = values(Report)
 
 # Long tool output says little about how the task was done; keep prompts small.
 OBSERVATION_CHARS = 300
@@ -156,6 +158,7 @@ class Memory:
 
     def success_mean(self) -> float:
         """Return the posterior mean success rate: Beta(1, 1), plus the run it was built from, plus each report."""
+        # A run of unknown outcome counts for neither side: 0.5 before reports, below a success's 0.67.
         wins = 1 + self.succeeded + (1 if self.outcome == "success" else 0)
         losses = 1 + self.failed + (1 if self.outcome == "failure" else 0)
         return wins / (wins + losses)

@@ -13,7 +13,7 @@ from .choices import UpdatePolicy, values
 from .distill import OFFLINE_MODEL, SCHEMA, SYSTEM, offline_procedure, parse_procedure
 from .errors import MalformedAnswer, MempError, ModelError, NotFoundError
 from .formats import native
-from .records import OUTCOMES, Memory, Trajectory, render_memory
+from .records import REPORTS, Memory, Trajectory, render_memory
 from .store import Store
 from .tokens import count_tokens
 
@@ -62,8 +62,8 @@ class UpdateReport:
 def decide_outcome(outcome: str | None, score: float | None, threshold: float) -> str:
     """Return success or failure from an explicit outcome or a score against the threshold."""
     if outcome is not None:
-        if outcome not in OUTCOMES:
-            raise MempError(f"--outcome must be one of {', '.join(OUTCOMES)}")
+        if outcome not in REPORTS:
+            raise MempError(f"--outcome must be one of {', '.join(REPORTS)}")
         return outcome
     if score is None:
         raise MempError("say how it went: --outcome success|failure or --score X")

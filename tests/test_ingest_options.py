@@ -56,7 +56,8 @@ def test_claude_code_session(memp, tmp_path: Path) -> None:
     assert report["added"] == 1 and report["outcomes"] == {"failure": 1}
     (memory,) = memp.json("list")
     assert memory["task"] == "make the flaky test_sync pass"
-    assert "Thought: Let me run it first.\n> pytest -k test_sync\n1 failed: timeout after 1s" in memory["trajectory"]
+    # No is_error on the result: Claude Code marks a Bash command that exits non-zero with one.
+    assert "Thought: Let me run it first.\n> pytest -k test_sync\n[exit 0] 1 failed: timeout after 1s" in memory["trajectory"]
     assert "> Edit: tests/t.py\nok" in memory["trajectory"]
     assert memory["source"]["id"] == "s-1"
 

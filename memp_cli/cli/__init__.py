@@ -36,6 +36,7 @@ COMMANDS = (
     ("export", "transfer:export"),
     ("import", "transfer:import_"),
     ("mcp", "mcp:mcp"),
+    ("hooks", "hooks:app"),
 )
 TARGETS = dict(COMMANDS)
 SETTINGS: dict[str, Any] = {
@@ -88,11 +89,14 @@ class LazyGroup(TyperGroup):
 
 
 def build_command(name: str, target: str) -> Any:
-    """Return the click command Typer makes of the function at `target` ("module:function" in this package)."""
+    """Return the click command Typer makes of the function (or Typer group) at `target` ("module:function" here)."""
     module_name, function = target.split(":")
     module = importlib.import_module(f"{__name__}.{module_name}")
+    found = getattr(module, function)
+    if isinstance(found, typer.Typer):  # a command group of its own, such as `memp hooks install`
+        return typer.main.get_command(found)
     single = typer.Typer(add_completion=False, **SETTINGS)
-    single.command(name)(getattr(module, function))
+    single.command(name)(found)
     return typer.main.get_command(single)
 
 

@@ -18,9 +18,13 @@ from typing import Any
 
 SCHEMAS = Path(__file__).resolve().parents[1] / "schemas"
 README = Path(__file__).resolve().parents[2] / "README.md"
-# Commands whose stdout carries no JSON to describe: only messages, on stderr, or what STDOUT says.
-QUIET = ("revert", "restore", "approve", "mcp")
-STDOUT = {"mcp": "the MCP protocol (JSON-RPC) for an MCP host, over stdio or HTTP; messages on stderr"}
+# Commands that print no JSON of memp's on stdout: only messages, on stderr, or another program's protocol (STDOUT).
+QUIET = ("revert", "restore", "approve", "mcp", "hooks")
+STDOUT = {
+    "mcp": "the MCP protocol (JSON-RPC) for an MCP host, over stdio or HTTP; messages on stderr",
+    "hooks": "`run user-prompt-submit`: Claude Code's hook JSON (`hookSpecificOutput.additionalContext`), or nothing; "
+    "the rest print nothing on stdout: messages on stderr",
+}
 # Commands whose stdout is a file format of its own, one record a line, described by their schema.
 STREAMS = ("export",)
 # Help as a wide terminal shows it, so that the text does not depend on the terminal this runs in.
@@ -71,16 +75,27 @@ def command_reference() -> str:
     """Return the "Command reference" section: each command's help, usage line, arguments and options."""
     out: list[str] = []
     for name, command, ctx in _commands():
-        title = "memp" if name == "memp" else f"memp {name}"
-        out += [f"### `{title}`", "", inspect.cleandoc(command.help or ""), "", "```", _usage(command, ctx), "```", ""]
-        for param in command.get_params(ctx):
-            record = param.get_help_record(ctx)
-            if record is None or param.name == "help":
-                continue
-            opts, text = record
-            out.append(f"- `{opts}`" + (f": {' '.join(text.split())}" if text else ""))
-        out.append("")
+        out += _reference("memp" if name == "memp" else f"memp {name}", command, ctx)
+        if name != "memp" and hasattr(command, "list_commands"):  # a group of its own: each subcommand too
+            for sub in command.list_commands(ctx):
+                subcommand = command.get_command(ctx, sub)
+                out += _reference(f"memp {name} {sub}", subcommand,
+                                  subcommand.context_class(subcommand, info_name=sub, parent=ctx))
     return "\n".join(out).rstrip() + "\n"
+
+
+def _reference(title: str, command: Any, ctx: Any) -> list[str]:
+    """Return one command's entry: its help, usage line, arguments and options."""
+    out = [f"### `{title}`", "", inspect.cleandoc(command.help or ""), "", "```", _usage(command, ctx), "```", ""]
+    for param in command.get_params(ctx):
+        record = param.get_help_record(ctx)
+        if record is None or param.name == "help":
+            continue
+        opts, text = record
+        out.append(f"- `{opts}`" + (f": {' '.join(text.split())}" if text else ""))
+    if out[-1]:
+        out.append("")
+    return out
 
 
 def _usage(command: Any, ctx: Any) -> str:

@@ -4,7 +4,7 @@ from typing import Annotated
 
 import typer
 
-from ..choices import BuildPolicy, Outcome, UpdatePolicy
+from ..choices import BuildPolicy, Report, UpdatePolicy
 from .common import (
     DbOpt,
     FormatOpt,
@@ -29,7 +29,7 @@ def update(
     memory: Annotated[
         list[int] | None, typer.Option("--memory", help="Memory ids used, instead of a recall id (repeatable).")
     ] = None,
-    outcome: Annotated[Outcome | None, typer.Option("--outcome", "-o", help="How the run went.")] = None,
+    outcome: Annotated[Report | None, typer.Option("--outcome", "-o", help="How the run went.")] = None,
     score: Annotated[
         float | None, typer.Option(help="A score instead of an outcome (see --success-threshold).")
     ] = None,

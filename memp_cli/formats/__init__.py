@@ -26,6 +26,8 @@ SUFFIXES = (".jsonl", ".json", ".traj", ".txt", ".log")
 OUTCOME_FILES = ("outcomes.json", "outcomes.jsonl")
 # A JSONL line longer than this is not a trajectory record; refuse it instead of exhausting memory.
 MAX_LINE_BYTES = 64 * 1024 * 1024
+# How many lines detection reads to find a Claude Code conversation record behind housekeeping lines.
+HEAD_LINES = 50
 
 
 @dataclass(frozen=True)
@@ -179,10 +181,11 @@ def text(value: Any) -> str:
 
 
 def _modules() -> dict[str, Any]:
-    from . import claude_code, memp_chat, native, openai_chat, react, sharegpt, swe_agent
+    from . import claude_code, codex, memp_chat, native, openai_chat, react, sharegpt, swe_agent, tau_bench
 
     return {
-        m.NAME: m for m in (native, claude_code, openai_chat, sharegpt, memp_chat, react, swe_agent)
+        m.NAME: m
+        for m in (native, claude_code, codex, openai_chat, sharegpt, memp_chat, react, swe_agent, tau_bench)
     }
 
 
@@ -207,6 +210,24 @@ def _first_line(source: Source) -> Any:
     return None
 
 
+def _head(source: Source, lines: int) -> list[Any]:
+    """Return the first few non-blank lines decoded as JSON (None for a line that is not), for detection."""
+    head: list[Any] = []
+    try:
+        with source.path.open("rb") as handle:
+            for raw in handle:
+                if len(head) >= lines:
+                    break
+                if raw.strip():
+                    try:
+                        head.append(json.loads(raw[:MAX_LINE_BYTES].decode("utf-8-sig")))
+                    except (ValueError, RecursionError):
+                        head.append(None)
+    except OSError:
+        return head
+    return head
+
+
 def _first_byte(source: Source) -> bytes:
     """Return the first non-blank byte of the file (b"" for an empty one)."""
     try:
@@ -223,12 +244,15 @@ def detect(source: Source) -> str:
         raise InputError(source.label, None, "empty file")
     first = _first_line(source)
     if isinstance(first, dict):
-        for name in ("native", "claude-code", "openai-chat"):
+        for name in ("native", "claude-code", "codex", "openai-chat"):
             if modules[name].sniff_line(first):
                 return name
+        # Claude Code opens its transcripts with housekeeping lines of kinds it keeps adding; a conversation follows.
+        if any(isinstance(line, dict) and modules["claude-code"].sniff_line(line) for line in _head(source, HEAD_LINES)):
+            return "claude-code"
     if _first_byte(source) in (b"{", b"[") or first is not None:
         data = load_json(source)
-        for name in ("sharegpt", "memp-chat", "react", "swe-agent", "openai-chat"):
+        for name in ("sharegpt", "memp-chat", "react", "swe-agent", "tau-bench", "openai-chat"):
             if modules[name].sniff(data):
                 return name
         raise InputError(source.label, None, "cannot tell this file's format; name it with --format")
