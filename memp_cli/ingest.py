@@ -10,7 +10,7 @@ from pathlib import Path
 from . import boundary, formats
 from .boundary import build_memory
 from .distill import Distiller
-from .embed import DEFAULT_EMBED_MODEL, get_embedder, is_default, resolve_embed_model
+from .embed import DEFAULT_EMBED_MODEL, Embedder, get_embedder, is_default, resolve_embed_model
 from .errors import MempError
 from .judge import Judge
 from .records import BUILD_POLICIES, OUTCOMES, Script, Trajectory
@@ -192,6 +192,8 @@ def _ingest(
         report.model = scripts.distiller.model_name if scripts.distiller.online else None
     if scripts is not None and added:
         report.contrasted = _contrast(store, added, scripts, redactor)
+    if added:
+        _index_procedures(store, embedder, embed_id)
     report.redacted = redactor.masked if redactor else 0
     return report
 
@@ -244,7 +246,16 @@ def store_trajectories(
         ids.extend(_store_batch(store, batch, options.build, scripts, embedder, embed_id, report, redactor))
     if scripts is not None and ids:
         _contrast(store, ids, scripts, redactor)
+    if ids:
+        _index_procedures(store, embedder, embed_id)
     return ids
+
+
+def _index_procedures(store: Store, embedder: Embedder, embed_id: str) -> None:
+    """Bring the procedure index (the default recall policy's) up to date now, so the next recall does not wait."""
+    from .procedure_index import index_for
+
+    index_for(store, embedder, embed_id)
 
 
 def _contrast(store: Store, added: Sequence[int], scripts: _LazyDistiller, redactor: boundary.Redactor | None) -> int:
