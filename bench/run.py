@@ -245,14 +245,16 @@ def bench_size(n: int, args: argparse.Namespace) -> dict[str, Any]:
         rng = random.Random(args.seed + 2)
         queries = [task(rng) for _ in range(args.runs)]
         # One recall first, so the per-machine model cache exists as it does after a user's first call.
-        timed_process([*MEMP, "recall", queries[0], "--db", str(db), "-f", "json"])
+        policy = ["-p", args.policy] if args.policy else []
+        timed_process([*MEMP, "recall", queries[0], "--db", str(db), "-f", "json", *policy])
         fresh, rss = [], []
         for q in queries:
-            seconds, peak = timed_process([*MEMP, "recall", q, "--db", str(db), "-f", "json"])
+            seconds, peak = timed_process([*MEMP, "recall", q, "--db", str(db), "-f", "json", *policy])
             fresh.append(1000 * seconds)
             rss.append(peak)
         batch_tasks = [task(rng) for _ in range(args.batch)]
-        batch_s, _ = timed_process([*MEMP, "recall", "-", "--db", str(db)], stdin="\n".join(batch_tasks) + "\n")
+        batch_s, _ = timed_process([*MEMP, "recall", "-", "--db", str(db), *policy],
+                                   stdin="\n".join(batch_tasks) + "\n")
         search = in_process_search(db, vectors, min(100, args.runs * 5), args.seed)
         row: dict[str, Any] = {
             "size": n,
@@ -314,6 +316,7 @@ def main() -> None:
     parser.add_argument("--embed-limit", type=int, default=10000, help="embed at most this many tasks")
     parser.add_argument("--no-llm", action="store_true", help="skip the llm similar baseline")
     parser.add_argument("--seed", type=int, default=7)
+    parser.add_argument("--policy", help="recall policy of the fresh and batch recalls (default: memp's default)")
     parser.add_argument("--format", choices=["table", "json"], default="table")
     parser.add_argument("--search-only", action="store_true", help="only build the stores and time the search (JSON)")
     args = parser.parse_args()
