@@ -53,7 +53,7 @@ def _fidelity(memory: Memory | None, run: Trajectory) -> Fidelity:
     steps = fidelity.fit(fidelity.memory_steps(memory.script, memory.trajectory), memory.task, run.task,
                          fidelity.parameters(memory.script))
     reference = fidelity.reference_actions(run.steps, lambda s: failure_of(s.action, s.observation))
-    return fidelity.score(steps, reference)
+    return fidelity.score(steps, reference, run.task)
 
 
 def label_of(metadata: dict[str, Any], outcome: str | None, label: str) -> Any:

@@ -7,7 +7,9 @@ right kind came back; fidelity says whether following it would have done what th
 - They are fitted to the new task by aligning the memory's task with the new one word by word: a word that was
   replaced ("apple" where the new task says "egg") is replaced in every step, and so is a placeholder whose example
   value was that word (`{object}` with example `apple`).
-- The reference is the held-out run's own actions, less those whose observation shows they failed.
+- The reference is the held-out run's own actions, less those whose observation shows they failed. Both sides are
+  compared where they act on the new task's own values (a content word of the task in the step): the walk a new
+  environment made the run take, from place to place, is no procedure a memory could have known.
 - Action types: an action's leading verb (`go`, `take`, `heat`), a shell command's program (`pytest`, `sed`), or a
   bracketed action's name (`search`, `click`); a "Find a ..." step counts as `go`, since finding is walking to places.
   Consecutive repeats collapse into one, so a walk through five cabinets and a collapsed "find" step compare equal.
@@ -179,12 +181,34 @@ def reference_actions(steps: Sequence[Step], failed: Callable[[Step], bool]) -> 
             and not s.action.strip().lower().startswith("think:")]
 
 
-def score(fitted: Sequence[str], reference: Sequence[str]) -> Fidelity:
-    """Return how closely fitted memory steps follow the reference actions."""
-    a, b = _collapse([action_type(s) for s in fitted]), _collapse([action_type(s) for s in reference])
-    actions = Counter(_normalise(s) for s in fitted if "{" not in s)
+def score(fitted: Sequence[str], reference: Sequence[str], task: str = "") -> Fidelity:
+    """Return how closely fitted memory steps follow the reference actions.
+
+    With `task`, steps are compared only where they act on the task's own values (a word of the task in the step):
+    where a new environment made the run search (walking from place to place), no memory can know the places, and
+    matching such walks by chance is no guidance.
+    """
+    words = _task_words(task)
+
+    def on_task(steps: Sequence[str]) -> list[str]:
+        # A script's "Find ..." step stands for the search a run walks, which is left out on both sides alike.
+        return [s for s in steps if not words or (words & set(_WORD.findall(_normalise(s)))
+                                                   and not s.lower().startswith("find "))]
+
+    def acts(steps: Sequence[str]) -> Counter[str]:
+        return Counter(_normalise(s) for s in on_task(steps) if "{" not in s)
+
+    a = _collapse([action_type(s) for s in on_task(fitted)])
+    b = _collapse([action_type(s) for s in on_task(reference)])
+
     return Fidelity(
         _f1(Counter(a), Counter(b)),
         _edit_similarity(a, b) if a else 0.0,
-        _f1(actions, Counter(_normalise(s) for s in reference)),
+        _f1(acts(fitted), acts(reference)),
     )
+
+
+def _task_words(task: str) -> set[str]:
+    from .keywords import STOPWORDS
+
+    return {w for w in _WORD.findall(task.lower()) if w not in STOPWORDS and not w.isdigit()}

@@ -99,12 +99,22 @@ def collapse(kept: list[Judged]) -> list[Entry]:
     """Return the kept actions as entries, with visits that found nothing to act on folded into a find step."""
     entries: list[Entry] = []
     searched: list[list[Judged]] = []
+    # Places a search opened and left open: a later step there needs them open, and in a new room they are closed.
+    left_open: set[str] = set()
     for visit in _visits(kept):
         go = GO.match(visit[0].action)
         acted = [j for j in visit if ACTS.match(j.action)]
         if go and not acted:
             searched.append(visit)  # went, looked (maybe opened), found nothing to act on: part of a search
+            for j in visit:
+                door = OPEN.match(j.action)
+                if door:
+                    (left_open.add if j.action.lower().startswith("open") else left_open.discard)(door["place"].lower())
             continue
+        if go and go["place"].lower() in left_open and not any(OPEN.match(j.action) for j in visit):
+            place = go["place"]
+            visit = [visit[0], Judged(visit[0].index, f"open {place}", "", Verdict.KEPT), *visit[1:]]
+            left_open.discard(place.lower())
         if go and searched:
             found = go["place"]
             checked = dict.fromkeys(GO.match(v[0].action)["place"] for v in searched)  # type: ignore[index]

@@ -102,6 +102,10 @@ def failure_of(action: str, observation: str | None, expects_code: bool = False)
     return bool(REJECTED.search(line))
 
 
+TOGGLE = re.compile(r"^(?P<verb>open|close) (?P<place>.+)$", re.IGNORECASE)
+TOGGLES = {"open": "close", "close": "open"}
+
+
 def judge(traj: Trajectory, domain: Domain) -> list[Judged]:
     """Return each action of the run with its verdict, in order (empty actions left out)."""
     observed = [s.observation for s in traj.steps if s.observation]
@@ -111,6 +115,7 @@ def judge(traj: Trajectory, domain: Domain) -> list[Judged]:
     last: dict[str, tuple[str, Judged]] = {}
     written: set[str] = set()  # words of the run's own actions
     here: str | None = None
+    undone: set[str] = set()  # household toggles whose opposite the run did since ("open fridge 1" after a close)
     for i, step in enumerate(traj.steps):
         action = step.action.strip()
         if not action:
@@ -125,13 +130,19 @@ def judge(traj: Trajectory, domain: Domain) -> list[Judged]:
         elif failure_of(action, step.observation, expects_code and not ended):
             item.verdict = Verdict.FAILED
             item.result = failure_line(step.observation)
-        elif action in last and _nothing_new(last[action][0], obs, written, domain) and (go is None or go["place"] == here):
-            # The same action saw what it saw last time: nothing changed. A walk back to a place is not that.
+        elif (action in last and _nothing_new(last[action][0], obs, written, domain)
+              and (go is None or go["place"] == here) and action.lower() not in undone):
+            # The same action saw what it saw last time: nothing changed. A walk back to a place is not that, and
+            # neither is opening again what the run closed meanwhile.
             item.verdict = Verdict.REPEATED
             last[action][1].repeats += 1
         if item.verdict is Verdict.KEPT:
             last[action] = (obs, item)
             here = go["place"] if go else here
+            toggle = TOGGLE.match(action) if domain is Domain.HOUSEHOLD else None
+            if toggle:
+                undone.discard(action.lower())
+                undone.add(f"{TOGGLES[toggle['verb'].lower()]} {toggle['place']}".lower())
         written.update(re.findall(r"[\w.\-/]+", action))
         out.append(item)
     if traj.outcome != "failure" and domain is Domain.SHELL:
