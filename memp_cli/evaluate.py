@@ -48,12 +48,9 @@ def _fidelity(memory: Memory | None, run: Trajectory) -> Fidelity:
     """Return how closely the recalled procedure, fitted to the run's task, follows what the run did."""
     if memory is None:
         return Fidelity(0.0, 0.0, 0.0)
-    from .offline.judge import failure_of
-
     steps = fidelity.fit(fidelity.memory_steps(memory.script, memory.trajectory), memory.task, run.task,
                          fidelity.parameters(memory.script))
-    reference = fidelity.reference_actions(run.steps, lambda s: failure_of(s.action, s.observation))
-    return fidelity.score(steps, reference, run.task)
+    return fidelity.score(steps, fidelity.reference_steps(run), run.task)
 
 
 def label_of(metadata: dict[str, Any], outcome: str | None, label: str) -> Any:

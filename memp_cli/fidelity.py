@@ -7,9 +7,10 @@ right kind came back; fidelity says whether following it would have done what th
 - They are fitted to the new task by aligning the memory's task with the new one word by word: a word that was
   replaced ("apple" where the new task says "egg") is replaced in every step, and so is a placeholder whose example
   value was that word (`{object}` with example `apple`).
-- The reference is the held-out run's own actions, less those whose observation shows they failed. Both sides are
-  compared where they act on the new task's own values (a content word of the task in the step): the walk a new
-  environment made the run take, from place to place, is no procedure a memory could have known.
+- The reference is what the held-out run needed: its actions less those that failed, repeats that changed nothing,
+  and searches that found nothing (`reference_steps`, memp's offline judge, the same for every memory). Both sides
+  are compared where they act on the new task's own values (a content word of the task in the step), find steps
+  and walks left out alike: where a new room keeps things is nothing a memory could have known.
 - Action types: an action's leading verb (`go`, `take`, `heat`), a shell command's program (`pytest`, `sed`), or a
   bracketed action's name (`search`, `click`); a "Find a ..." step counts as `go`, since finding is walking to places.
   Consecutive repeats collapse into one, so a walk through five cabinets and a collapsed "find" step compare equal.
@@ -26,7 +27,7 @@ from collections import Counter
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
-from .records import Step
+from .records import Step, Trajectory
 
 _STEP = re.compile(r"^\s*\d+\.\s+(.*\S)\s*$")
 _PARAM = re.compile(r"\{([^{}\s]+)\}\s*\(example:\s*([^)]*)\)")
@@ -79,15 +80,18 @@ def alignment(old_task: str, new_task: str) -> dict[str, str]:
     """Return old word -> new word for the words the new task puts where the old task had others."""
     import difflib
 
+    from .keywords import STOPWORDS
+
     old, new = _WORD.findall(old_task.lower()), _WORD.findall(new_task.lower())
     mapping: dict[str, str] = {}
     for op, i1, i2, j1, j2 in difflib.SequenceMatcher(a=old, b=new, autojunk=False).get_opcodes():
         if op == "replace" and i2 - i1 == j2 - j1:
-            mapping.update((a, b) for a, b in zip(old[i1:i2], new[j1:j2]) if a not in new)
+            # Function words are the template, not values ("on" for "in" would rewrite every `in/on`).
+            mapping.update((a, b) for a, b in zip(old[i1:i2], new[j1:j2])
+                           if a not in new and a not in STOPWORDS and b not in STOPWORDS)
     # Tasks of other templates ("clean some soapbar and put it in countertop" / "put a clean plate in countertop")
     # align poorly word by word: pair the content words only the old task has with those only the new one has, in
     # order of appearance.
-    from .keywords import STOPWORDS
 
     only_old = [w for w in dict.fromkeys(old) if w not in new and w not in STOPWORDS and w not in mapping]
     only_new = [w for w in dict.fromkeys(new) if w not in old and w not in STOPWORDS and w not in mapping.values()]
@@ -173,6 +177,15 @@ def sequence_similarity(a: Sequence[str], b: Sequence[str]) -> float:
 def _normalise(action: str) -> str:
     text = " ".join(action.lower().split())
     return re.sub(r"\b([a-z]+) \d+\b", r"\1", text)
+
+
+def reference_steps(run: Trajectory) -> list[str]:
+    """Return what a run needed, as memp's offline judge tells it: its procedure's steps, or none for a failure."""
+    from .distill import offline_procedure
+
+    script = offline_procedure(run).render()
+    # The run's own values back in its placeholders: the reference is what it did, not its generalisation.
+    return fit(memory_steps(script, None), run.task, run.task, parameters(script))
 
 
 def reference_actions(steps: Sequence[Step], failed: Callable[[Step], bool]) -> list[str]:

@@ -20,7 +20,7 @@ def test_dedupe_merges_no_two_task_types(tmp_path: Path) -> None:
     folders = sorted(p for p in ALFWORLD.iterdir() if p.is_dir())[::6]
     store = open_store(tmp_path / "alf.db")
     ingest(store, [str(p) for p in folders], IngestOptions(model="offline"))
-    plan, active = plan_store(store, Rules(discard=False, dedupe=0.95))
+    plan, _ = plan_store(store, Rules(discard=False, dedupe=0.95))
     memories = {m.id: m for m in store.memories.list()}
     assert len({m.metadata["task_type"] for m in memories.values()}) == 6
     assert plan, "no duplicate at all: the test would prove nothing"

@@ -63,3 +63,21 @@ def test_reference_drops_failed_and_thinking_steps() -> None:
     steps = [Step("think: where is it?"), Step("go to desk 1", observation="On the desk 1, you see a pen 1."),
              Step("take cd 1 from desk 1", observation="Nothing happens.")]
     assert F.reference_actions(steps, lambda s: (s.observation or "").startswith("Nothing")) == ["go to desk 1"]
+
+
+def test_reference_is_what_the_run_needed_with_its_own_values() -> None:
+    from memp_cli.records import Trajectory
+
+    run = Trajectory("put a mug in the cabinet", [
+        Step("go to desk 1", observation="On the desk 1, you see a mug 1."),
+        Step("take mug 1 from desk 1", observation="You pick up the mug 1 from the desk 1."),
+        Step("take mug 1 from desk 1", observation="Nothing happens."),
+        Step("go to cabinet 1", observation="The cabinet 1 is closed."),
+        Step("open cabinet 1", observation="You open the cabinet 1."),
+        Step("put mug 1 in/on cabinet 1", observation="You put the mug 1 in/on the cabinet 1."),
+    ], "success")
+    steps = F.reference_steps(run)
+    assert "take mug 1 from desk 1" in steps and steps[-1] == "put mug 1 in/on cabinet 1"
+    assert all("{" not in s for s in steps) and steps.count("take mug 1 from desk 1") == 1
+    # Judged where the steps act on the task's values: a memory that did the same scores 1.0.
+    assert F.score(steps, steps, run.task) == F.Fidelity(1.0, 1.0, 1.0)
