@@ -44,13 +44,13 @@ class PolicyScore:
         return {key: round(value, 4) if isinstance(value, float) else value for key, value in asdict(self).items()}
 
 
-def _fidelity(memory: Memory | None, run: Trajectory) -> Fidelity:
-    """Return how closely the recalled procedure, fitted to the run's task, follows what the run did."""
+def _fidelity(memory: Memory | None, run: Trajectory, reference: list[str]) -> Fidelity:
+    """Return how closely the recalled procedure, fitted to the run's task, follows what the run needed."""
     if memory is None:
         return Fidelity(0.0, 0.0, 0.0)
     steps = fidelity.fit(fidelity.memory_steps(memory.script, memory.trajectory), memory.task, run.task,
                          fidelity.parameters(memory.script))
-    return fidelity.score(steps, fidelity.reference_steps(run), run.task)
+    return fidelity.score(steps, reference, run.task)
 
 
 def label_of(metadata: dict[str, Any], outcome: str | None, label: str) -> Any:
@@ -109,6 +109,8 @@ def evaluate(
         store = open_store(Path(tmp) / "eval.db")
         store_trajectories(store, train, IngestOptions(build=build, model="offline", embed_model=embed_model, redact=False))
         rows = []
+        # What each successful test run needed: the same for every policy, so judged once.
+        references = [fidelity.reference_steps(run) if run.outcome == "success" else [] for run in test]
         for policy in policies:
             hits1 = hitsk = 0
             reciprocal, tokens, latencies = 0.0, [], []
@@ -129,7 +131,7 @@ def evaluate(
                 reciprocal += 1 / (labels.index(want) + 1) if want in labels else 0.0
                 tokens.append(sum(m.memory.tokens for m in [*result.matches, *result.warnings]))
                 if run.outcome == "success":
-                    guided.append(_fidelity(result.matches[0].memory if result.matches else None, run))
+                    guided.append(_fidelity(result.matches[0].memory if result.matches else None, run, references[i]))
             latencies.sort()
             n = len(test)
             rows.append(

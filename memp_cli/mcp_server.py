@@ -22,7 +22,7 @@ from mcp.server.mcpserver.exceptions import ToolError
 from pydantic import BaseModel, Field
 
 from . import __version__
-from .choices import BuildPolicy, InputFormat, Outcome, RecallPolicy, Status, UpdatePolicy
+from .choices import BuildPolicy, InputFormat, Outcome, RecallPolicy, Report, Status, UpdatePolicy
 from .errors import MempError
 from .records import Memory, Recall
 from .store import Store
@@ -240,7 +240,7 @@ def build_server(service: MempService) -> MCPServer[Any]:
         memory_ids: Annotated[
             list[int] | None, Field(description="The memories used, when there is no recall id.")
         ] = None,
-        outcome: Annotated[Outcome | None, Field(description="How the task went.")] = None,
+        outcome: Annotated[Report | None, Field(description="How the task went.")] = None,
         score: Annotated[float | None, Field(description="A score instead of an outcome.")] = None,
         success_threshold: Annotated[float, Field(description="A score counts as success from this up.")] = 1.0,
         trajectory: Annotated[

@@ -103,11 +103,11 @@ def show_recall(result: Recall, fmt: str) -> None:
         table = Table(title=f"recall {result.id}: {result.task}", title_justify="left")
         for col in ("#", "score", "id", "outcome", "task", "memory"):
             table.add_column(col, overflow="fold")
-        for m in [*result.matches, *result.warnings]:
+        shown = [(m, str(m.rank)) for m in result.matches] + [(m, "avoid") for m in result.warnings]
+        for m, rank in shown:
             mem = m.memory
             lines = mem.render().splitlines()
             preview = "\n".join(lines[:8] + (["..."] if len(lines) > 8 else []))
-            rank = str(m.rank) if m in result.matches else "avoid"
             table.add_row(rank, f"{m.score:.3f}", str(mem.id), mem.outcome, mem.task, preview)
         console = _console()
         console.print(table)

@@ -92,8 +92,6 @@ def _bit_page_problems(conn: Any, vectors: int) -> list[str]:
         problems.append("the bit pages hold a memory more than once")
     if unknown:
         problems.append(f"the bit pages hold {unknown} memories that have no vector")
-    if unknown:
-        problems.append(f"the bit pages hold {unknown} memories that have no vector")
     if wrong:
         problems.append(f"{wrong} memories' sign bits in the bit pages do not match their vectors")
     return problems

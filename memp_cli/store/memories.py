@@ -22,7 +22,7 @@ _MEMORY_COLUMNS = """
     m.last_recalled_at, m.retired_reason, m.flag, t.source_file, t.source_line, t.source_id, t.metadata
 """
 _MEMORY_FROM = "FROM memories m JOIN trajectories t ON t.id = m.trajectory_id"
-_HISTORY_COLUMNS = (
+HISTORY_FIELDS = (
     "version", "event", "old_script", "new_script", "old_trajectory", "new_trajectory", "model", "reason", "created_at"
 )
 
@@ -175,9 +175,9 @@ class SqliteMemories:
         """Return every change to a memory, oldest first."""
         self.get(memory_id)
         rows = self._conn.execute(
-            f"SELECT {', '.join(_HISTORY_COLUMNS)} FROM memory_history WHERE memory_id = ? ORDER BY id", [memory_id]
+            f"SELECT {', '.join(HISTORY_FIELDS)} FROM memory_history WHERE memory_id = ? ORDER BY id", [memory_id]
         ).fetchall()
-        return [dict(zip(_HISTORY_COLUMNS, r)) for r in rows]
+        return [dict(zip(HISTORY_FIELDS, r)) for r in rows]
 
     def version_content(self, memory_id: int, version: int) -> tuple[str | None, str | None, str | None]:
         """Return (script, trajectory, model) of a memory as it was at `version`."""

@@ -13,6 +13,7 @@ from typing import Any
 
 from ..errors import StoreError
 from .db import write
+from .memories import HISTORY_FIELDS
 from .settings import SqliteSettings
 from .vectors import FLOAT_TABLE, SqliteVectors
 
@@ -21,8 +22,7 @@ TRAJECTORY_COLUMNS = ("id", "task", "steps", "outcome", "score", "source_id", "s
 MEMORY_COLUMNS = ("build", "task", "script", "trajectory", "tokens", "model", "prompt_version", "version", "status",
                   "flag", "retired_reason", "retired_at", "recalled", "succeeded", "failed", "created_at",
                   "updated_at", "last_recalled_at")
-HISTORY_COLUMNS = ("version", "event", "old_script", "new_script", "old_trajectory", "new_trajectory", "model",
-                   "reason", "created_at")
+HISTORY_COLUMNS = HISTORY_FIELDS  # a memory's history as `memp history` prints it, every field exported
 CACHE_COLUMNS = ("model", "prompt_version", "script", "input_tokens", "output_tokens", "created_at")
 OUTCOME_COLUMNS = ("recall_id", "outcome", "score", "policy", "trajectory", "applied", "created_at")
 # How many rows one IN (...) names: SQLite's default limit on bound parameters is far above, and small is fast.
