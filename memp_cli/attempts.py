@@ -24,9 +24,10 @@ def contrast_groups(
     Each rewrite is a new version ("contrasted"); a script that already says the same is left alone, so running
     this again changes nothing.
     """
-    groups: dict[str, list[Memory]] = {}
+    groups: dict[tuple[str, str], list[Memory]] = {}
     for memory in store.memories.attempts(list(tasks)):
-        groups.setdefault(memory.task.strip().lower(), []).append(memory)
+        # Within a scope only: one team's failed runs never find their way into another team's scripts.
+        groups.setdefault((memory.scope, memory.task.strip().lower()), []).append(memory)
     rewritten = 0
     for memories in groups.values():
         failures = [m for m in memories if m.outcome == "failure"][-MAX_FAILURES:]

@@ -36,6 +36,12 @@ class MalformedAnswer(ModelError):
     """A model answered, asked twice, with something that could not be parsed into what was asked for."""
 
 
+class ScopeError(MempError):
+    """A scope name that is not one (bad usage, as a mistyped option is)."""
+
+    exit_code = 2
+
+
 class NotFoundError(MempError):
     """A memory, trajectory or recall id that does not exist."""
 

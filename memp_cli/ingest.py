@@ -14,6 +14,8 @@ from .embed import DEFAULT_EMBED_MODEL, Embedder, get_embedder, is_default, reso
 from .errors import MempError
 from .judge import Judge
 from .records import BUILD_POLICIES, OUTCOMES, Script, Trajectory
+from .scopes import DEFAULT as DEFAULT_SCOPE
+from .scopes import write_scope
 from .store import Store
 
 __all__ = ["IngestOptions", "IngestReport", "build_memory", "ingest", "ingest_runs", "store_trajectories"]
@@ -38,6 +40,7 @@ class IngestOptions:
     redact_patterns: list[str] = field(default_factory=list)
     judge: Judge | None = None
     keep_best: int | None = None
+    scope: str | None = None  # the scope new memories go in: else $MEMP_SCOPE, else 'default'
 
 
 @dataclass
@@ -57,6 +60,9 @@ class IngestReport:
     outcomes: dict[str, int] = field(default_factory=dict)
     model: str | None = None
     embed_model: str = DEFAULT_EMBED_MODEL
+    scope: str = DEFAULT_SCOPE
+    # Trajectories skipped because they are stored already in another scope (a run is stored once): scope -> count.
+    other_scopes: dict[str, int] = field(default_factory=dict)
 
     def to_dict(self) -> dict[str, object]:
         """Return the report as a JSON-ready dict."""
@@ -76,6 +82,7 @@ def _check(options: IngestOptions) -> None:
     if options.keep_best is not None and options.keep_best < 1:
         raise MempError("--keep-best must be at least 1")
     formats.check_format(options.fmt)
+    options.scope = write_scope(options.scope)
 
 
 def _redactor(options: IngestOptions) -> boundary.Redactor | None:
@@ -137,7 +144,7 @@ def _ingest(
     warn: Callable[[str], None] | None,
 ) -> IngestReport:
     """Run ingest's two passes over what `read` yields (called once per pass)."""
-    report = IngestReport(embed_model=embed_id)
+    report = IngestReport(embed_model=embed_id, scope=write_scope(options.scope))
     redactor = _redactor(options)
 
     def stream() -> Iterator[Trajectory]:
@@ -184,7 +191,8 @@ def _ingest(
             report.dropped += size - len(batch)
         if options.judge is not None:
             batch = [_with_judgement(t, judged.get(t.id), options) for t in batch]
-        added.extend(_store_batch(store, batch, options.build, scripts, embedder, embed_id, report, redactor))
+        added.extend(_store_batch(store, batch, options.build, scripts, embedder, embed_id, report, redactor,
+                                  report.scope))
         if on_progress:
             on_progress(size)
     if scripts and scripts.distiller:
@@ -241,9 +249,10 @@ def store_trajectories(
     scripts = _LazyDistiller(options.model, warn) if options.build != "trajectory" else None
     redactor = _redactor(options)
     report = IngestReport()
+    scope = write_scope(options.scope)
     ids: list[int] = []
     for batch in _batches(iter(runs), BATCH):
-        ids.extend(_store_batch(store, batch, options.build, scripts, embedder, embed_id, report, redactor))
+        ids.extend(_store_batch(store, batch, options.build, scripts, embedder, embed_id, report, redactor, scope))
     if scripts is not None and ids:
         _contrast(store, ids, scripts, redactor)
     if ids:
@@ -275,15 +284,20 @@ def _store_batch(
     embed_id: str,
     report: IngestReport,
     redactor: boundary.Redactor | None,
+    scope: str = DEFAULT_SCOPE,
 ) -> list[int]:
-    """Store the new trajectories of a batch in one transaction; return their memory ids."""
+    """Store the new trajectories of a batch in `scope`, in one transaction; return their memory ids."""
     # Every path into the store passes the boundary here, whatever it did before (redacting again changes nothing).
     prepared = [boundary.prepare(t, redactor) for t in batch]
-    known = store.memories.known([p.trajectory.id for p in prepared])
+    known = store.memories.scopes_of([p.trajectory.id for p in prepared])
     fresh: dict[str, boundary.Prepared] = {}
     for run in prepared:
         if run.trajectory.id in known or run.trajectory.id in fresh:
             report.skipped += 1
+            # A run is stored once (its id is a hash of it): not copied into a second scope, but said so.
+            elsewhere = known.get(run.trajectory.id, scope)
+            if elsewhere != scope:
+                report.other_scopes[elsewhere] = report.other_scopes.get(elsewhere, 0) + 1
         else:
             fresh[run.trajectory.id] = run
     if not fresh:
@@ -292,7 +306,7 @@ def _store_batch(
     vectors = embedder.embed([p.trajectory.task for p in fresh.values()])  # type: ignore[attr-defined]
     for run, vector in zip(fresh.values(), vectors):
         script = scripts.script(store, run.trajectory) if scripts is not None else None
-        items.append(boundary.new_memory(run, build, script, vector, redactor))
+        items.append(replace(boundary.new_memory(run, build, script, vector, redactor), scope=scope))
     added = store.memories.add(items, embed_id)
     report.added += len(added)
     report.skipped += len(items) - len(added)

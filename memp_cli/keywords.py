@@ -5,7 +5,7 @@ from __future__ import annotations
 import os
 import re
 import sys
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
@@ -119,12 +119,12 @@ def ensure(store: Store, embedder: Embedder, extractor: Extractor | None = None)
 
 
 class KeywordIndex:
-    """Keyword vectors of the active memories, held in memory for AveFact scoring."""
+    """Keyword vectors of the active memories (of some scopes), held in memory for AveFact scoring."""
 
-    def __init__(self, store: Store) -> None:
+    def __init__(self, store: Store, scopes: Sequence[str] | None = None) -> None:
         import numpy as np
 
-        self.memory_ids, members, self.words, blobs = store.keywords.index()
+        self.memory_ids, members, self.words, blobs = store.keywords.index(scopes)
         dim = len(blobs[0]) // 4 if blobs else 0
         self.matrix = (
             np.frombuffer(b"".join(blobs), dtype=np.float32).reshape(len(blobs), dim) if blobs else np.zeros((0, 0))

@@ -10,6 +10,7 @@ meanwhile is found.
 from __future__ import annotations
 
 import asyncio
+import builtins
 import hmac
 import sys
 from collections.abc import Callable
@@ -47,6 +48,7 @@ class MatchSummary(BaseModel):
     task: str
     outcome: str
     build: str
+    scope: str
 
 
 class RecallResult(BaseModel):
@@ -75,30 +77,37 @@ class MemorySummary(BaseModel):
     recalled: int
     succeeded: int
     failed: int
+    scope: str
 
 
 def _match(m: Any) -> MatchSummary:
     return MatchSummary(
         memory_id=m.memory.id, rank=m.rank, score=round(m.score, 4),
         similarity=round(m.score if m.similarity is None else m.similarity, 4),
-        task=m.memory.task, outcome=m.memory.outcome, build=m.memory.build,
+        task=m.memory.task, outcome=m.memory.outcome, build=m.memory.build, scope=m.memory.scope,
     )
 
 
 def _summary(m: Memory) -> MemorySummary:
     return MemorySummary(
         memory_id=m.id, task=m.task, build=m.build, outcome=m.outcome, status=m.status, version=m.version,
-        tokens=m.tokens, recalled=m.recalled, succeeded=m.succeeded, failed=m.failed,
+        tokens=m.tokens, recalled=m.recalled, succeeded=m.succeeded, failed=m.failed, scope=m.scope,
     )
 
 
 class MempService:
     """The store, opened once on its own thread, and one method per tool."""
 
-    def __init__(self, db: Path | None, model: str | None = None, embed_model: str | None = None) -> None:
+    def __init__(self, db: Path | None, model: str | None = None, embed_model: str | None = None,
+                 scope: str | None = None) -> None:
+        from .scopes import write_scope
+
         self.db = db
         self.model = model
         self.embed_model = embed_model
+        # The server's scope (--scope, else $MEMP_SCOPE, else default): where tools write and what they search.
+        self._scope = scope
+        self.scope = write_scope(scope)
         self._store: Store | None = None
         # SQLite connections belong to the thread that opened them: every store call runs on this one.
         self._thread = ThreadPoolExecutor(max_workers=1, thread_name_prefix="memp-store")
@@ -139,13 +148,21 @@ class MempService:
 
     # -- the tools' bodies, run on the store thread ---------------------------------------------------------------
 
-    def recall(self, task: str, k: int, policy: str, min_score: float | None, max_tokens: int | None) -> RecallResult:
+    def _scopes(self, scopes: list[str] | None) -> list[str] | None:
+        """Return the scopes a tool searches: those asked for ("*": all), else the server's."""
+        from .scopes import read_scopes
+
+        return read_scopes(scopes) if scopes else [self.scope]
+
+    def recall(self, task: str, k: int, policy: str, min_score: float | None, max_tokens: int | None,
+               scopes: list[str] | None = None) -> RecallResult:
         """Return the recall for a task with its prompt block."""
         from .output import prompt_block
         from .recall import recall_many
 
         result: Recall = recall_many(
-            self.store, [task], k, policy, min_score=min_score, max_tokens=max_tokens, embed_model=self.embed_model
+            self.store, [task], k, policy, min_score=min_score, max_tokens=max_tokens, embed_model=self.embed_model,
+            scopes=self._scopes(scopes),
         )[0]
         return RecallResult(
             recall_id=result.id, task=result.task, policy=result.policy, prompt_block=prompt_block(result),
@@ -154,7 +171,7 @@ class MempService:
 
     def report(
         self, recall_id: str | None, memory_ids: list[int], outcome: str | None, score: float | None,
-        success_threshold: float, trajectory: dict[str, Any] | None, policy: str | None,
+        success_threshold: float, trajectory: dict[str, Any] | None, policy: str | None, scope: str | None = None,
     ) -> dict[str, Any]:
         """Return the update report of an outcome."""
         from .formats import native
@@ -164,18 +181,20 @@ class MempService:
         run = native.parse_line(trajectory, "<mcp>", 1) if trajectory is not None else None
         result = report(
             self.store, recall_id, memory_ids, outcome, score, success_threshold=success_threshold, trajectory=run,
-            policy=policy, model=self.model, warn=_say,
+            policy=policy, model=self.model, warn=_say, scope=scope or self._scope,
         )
         return result.to_dict()
 
-    def learn(self, trajectory: dict[str, Any] | None, path: str | None, fmt: str, build: str) -> dict[str, Any]:
+    def learn(self, trajectory: dict[str, Any] | None, path: str | None, fmt: str, build: str,
+              scope: str | None = None) -> dict[str, Any]:
         """Return the ingest report of one run given inline or of a file or folder of runs."""
         from .formats import native
         from .ingest import IngestOptions, ingest, ingest_runs
 
         if (trajectory is None) == (path is None):
             raise MempError("give either a trajectory (native format) or a path, not both")
-        options = IngestOptions(build=build, model=self.model, embed_model=self.embed_model, fmt=fmt)
+        options = IngestOptions(build=build, model=self.model, embed_model=self.embed_model, fmt=fmt,
+                                scope=scope or self.scope)
         if trajectory is not None:
             report = ingest_runs(self.store, [native.parse_line(trajectory, "<mcp>", 1)], options, warn=_say)
         else:
@@ -183,21 +202,30 @@ class MempService:
             report = ingest(self.store, [str(Path(path).expanduser())], options, warn=_say)
         return report.to_dict()
 
-    def list(self, status: str | None, build: str | None, outcome: str | None, limit: int) -> list[MemorySummary]:
-        """Return memories, newest first."""
-        return [_summary(m) for m in self.store.memories.list(limit=limit, build=build, outcome=outcome, status=status)]
+    def list(self, status: str | None, build: str | None, outcome: str | None, limit: int,
+             scopes: list[str] | None = None) -> list[MemorySummary]:
+        """Return memories of the scopes, newest first."""
+        found = self.store.memories.list(limit=limit, build=build, outcome=outcome, status=status,
+                                         scopes=self._scopes(scopes))
+        return [_summary(m) for m in found]
 
     def show(self, memory_id: int) -> dict[str, Any]:
         """Return one memory in full, with the text an agent would read."""
         memory = self.store.memories.get(memory_id)
         return {**memory.to_dict(), "text": memory.render()}
 
-    def prune(self, apply: bool, **rules: Any) -> dict[str, Any]:
-        """Return the prune plan, carried out only when `apply`."""
+    def prune(self, apply: bool, scopes: builtins.list[str] | None = None, **rules: Any) -> dict[str, Any]:
+        """Return the prune plan for the scopes, carried out only when `apply`."""
         from .prune import Rules, plan_store
 
-        retirements, active = plan_store(self.store, Rules(**rules), apply=apply)
+        retirements, active = plan_store(self.store, Rules(**rules), apply=apply, scopes=self._scopes(scopes))
         return {"applied": apply, "active": active, "retirements": [r.to_dict() for r in retirements]}
+
+
+ScopesArg = Annotated[
+    list[str] | None,
+    Field(description='The scopes to search (projects, teams); ["*"] for every scope. Default: the server\'s scope.'),
+]
 
 
 def _say(message: str) -> None:
@@ -230,9 +258,10 @@ def build_server(service: MempService) -> MCPServer[Any]:
                   "floor, so a task nothing fits gets nothing; 0 turns it off."),
         ] = None,
         max_tokens: Annotated[int | None, Field(ge=1, description="Return only as many memories as fit.")] = None,
+        scopes: ScopesArg = None,
     ) -> RecallResult:
         """Recall how similar tasks were done before: a prompt block of memories and a recall id to report on."""
-        return await service.call(lambda: service.recall(task, k, policy.value, min_score, max_tokens))
+        return await service.call(lambda: service.recall(task, k, policy.value, min_score, max_tokens, scopes))
 
     @server.tool()
     async def report_outcome(
@@ -253,10 +282,15 @@ def build_server(service: MempService) -> MCPServer[Any]:
             Field(description="vanilla, validation or adjustment (revise memories that led to a failure). "
                   "Default: the store's."),
         ] = None,
+        scope: Annotated[
+            str | None,
+            Field(description="The scope the run goes in if it becomes a memory. Default: the server's scope if it "
+                  "was set, else the scope of the best memory used."),
+        ] = None,
     ) -> dict[str, Any]:
         """Report how a task went, crediting or blaming the memories that recall gave for it."""
         return await service.call(lambda: service.report(
-            recall_id, memory_ids or [], _value(outcome), score, success_threshold, trajectory, _value(policy)
+            recall_id, memory_ids or [], _value(outcome), score, success_threshold, trajectory, _value(policy), scope
         ))
 
     @server.tool()
@@ -273,9 +307,12 @@ def build_server(service: MempService) -> MCPServer[Any]:
         build: Annotated[
             BuildPolicy, Field(description="How a run becomes a memory: trajectory, script or proceduralization.")
         ] = BuildPolicy.PROCEDURALIZATION,
+        scope: Annotated[
+            str | None, Field(description="The scope the memories go in (a project, a team). Default: the server's.")
+        ] = None,
     ) -> dict[str, Any]:
         """Learn from finished runs: store them as memories (redacted; text that reads like instructions is held)."""
-        return await service.call(lambda: service.learn(trajectory, path, format.value, build.value))
+        return await service.call(lambda: service.learn(trajectory, path, format.value, build.value, scope))
 
     @server.tool()
     async def list_memories(
@@ -283,9 +320,10 @@ def build_server(service: MempService) -> MCPServer[Any]:
         build: Annotated[BuildPolicy | None, Field(description="Only memories built this way.")] = None,
         outcome: Annotated[Outcome | None, Field(description="Only memories of runs that ended this way.")] = None,
         limit: Annotated[int, Field(ge=1, le=1000, description="At most this many, newest first.")] = 50,
+        scopes: ScopesArg = None,
     ) -> list[MemorySummary]:
         """List stored memories with their usage counts, newest first."""
-        return await service.call(lambda: service.list(_value(status), _value(build), _value(outcome), limit))
+        return await service.call(lambda: service.list(_value(status), _value(build), _value(outcome), limit, scopes))
 
     @server.tool()
     async def show_memory(
@@ -308,10 +346,11 @@ def build_server(service: MempService) -> MCPServer[Any]:
         stale_days: Annotated[int | None, Field(description="Retire memories not recalled for this many days.")] = None,
         dedupe: Annotated[float | None, Field(description="Merge memories whose tasks have this cosine.")] = None,
         max_memories: Annotated[int | None, Field(description="Keep at most this many, the most useful.")] = None,
+        scopes: ScopesArg = None,
     ) -> dict[str, Any]:
         """Plan which memories to retire, with a reason each; nothing changes unless apply is true."""
         return await service.call(lambda: service.prune(
-            apply is True, discard=discard, confident_below=confident_below, stale_days=stale_days, dedupe=dedupe,
+            apply is True, scopes, discard=discard, confident_below=confident_below, stale_days=stale_days, dedupe=dedupe,
             max_memories=max_memories,
         ))
 
@@ -337,12 +376,12 @@ def bearer_only(app: Any, token: str) -> Any:
 
 def serve(
     db: Path | None, model: str | None = None, embed_model: str | None = None, http_port: int | None = None,
-    token: str | None = None,
+    token: str | None = None, scope: str | None = None,
 ) -> None:
     """Serve memp's tools until the host hangs up: over stdio, or Streamable HTTP on 127.0.0.1 when given a port."""
     if http_port is not None and not token:
         raise MempError("--http needs a bearer token: --token or $MEMP_MCP_TOKEN")
-    service = MempService(db, model, embed_model)
+    service = MempService(db, model, embed_model, scope)
     try:
         service.warm()
         server = build_server(service)

@@ -126,11 +126,11 @@ def show_memories(memories: list[Memory], fmt: str) -> None:
         from rich.table import Table
 
         table = Table()
-        for col in ("id", "build", "outcome", "task", "tokens", "model", "recalled", "ok", "failed", "v"):
+        for col in ("id", "scope", "build", "outcome", "task", "tokens", "model", "recalled", "ok", "failed", "v"):
             table.add_column(col, overflow="fold")
         for m in memories:
             table.add_row(
-                str(m.id), m.build, m.outcome, m.task, str(m.tokens), m.model or "-", str(m.recalled),
+                str(m.id), m.scope, m.build, m.outcome, m.task, str(m.tokens), m.model or "-", str(m.recalled),
                 str(m.succeeded), str(m.failed), str(m.version),
             )
         _console().print(table)

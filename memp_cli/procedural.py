@@ -168,15 +168,17 @@ def key_words(key: str) -> frozenset[str]:
 
 def rank(
     store: Store, tasks: Sequence[str], vectors: Sequence[Sequence[float]], embedder: Embedder,
-    embed_id: str, pool: int,
+    embed_id: str, pool: int, scopes: Sequence[str] | None = None,
 ) -> list[list[tuple[int, float, float]]]:
-    """Return, per task, the best `pool` (memory id, procedural score, task cosine), best first."""
+    """Return, per task, the best `pool` (memory id, procedural score, task cosine) of `scopes`, best first."""
     import numpy as np
 
     from .procedure_index import index_for
 
     index = index_for(store, embedder, embed_id)
-    nearest = store.vectors.nearest_many(vectors, max(NEIGHBOURS, pool))
+    nearest = store.vectors.nearest_many(vectors, max(NEIGHBOURS, pool), scopes)
+    # Other scopes' keys may match best: they are no candidates (the neighbours above are of `scopes` already).
+    outside = ~index.in_scopes(scopes)
     keys = []
     for task, hits in zip(tasks, nearest):
         entries = [e for i, _ in hits[:NEIGHBOURS] if (e := index.entry(i)) is not None]
@@ -187,8 +189,10 @@ def rank(
         query_words = key_words(key)
         task_cos = dict(hits)
         # The members of the best-matching keys join the nearest tasks as candidates (a key is shared by many).
+        if outside.any():
+            cosines = np.where(outside, -np.inf, cosines)
         order = np.argsort(-cosines, kind="stable")[:KEY_CANDIDATES]
-        extra = [int(index.ids[n]) for n in order if int(index.ids[n]) not in task_cos]
+        extra = [int(index.ids[n]) for n in order if not outside[n] and int(index.ids[n]) not in task_cos]
         task_cos.update(store.vectors.similarities(vector, extra))
         rows = index.ids.searchsorted(list(task_cos))
         scored = []

@@ -29,7 +29,7 @@ if TYPE_CHECKING:
 COPY_TASK = 0.95
 SAME_TASK = 0.99
 COPY_STEPS = 0.5
-INDEX_VERSION = "7"
+INDEX_VERSION = "8"
 
 
 @dataclass
@@ -43,6 +43,7 @@ class Entry:
     verbs: frozenset[str]
     key: int  # row of its key's vector
     key_words: frozenset[str]
+    scope: str = "default"
 
 
 def _idf(sets: Iterable[frozenset[str]]) -> dict[str, float]:
@@ -65,7 +66,8 @@ class ProcedureIndex:
 
     def __init__(self, state: tuple[Any, ...] = (), ids: Any = None, key_of: Any = None, key_vectors: Any = None,
                  blob: bytes = b"", offsets: Any = None, idf: dict[str, float] | None = None,
-                 word_idf: dict[str, float] | None = None, key_texts: list[str] | None = None) -> None:
+                 word_idf: dict[str, float] | None = None, key_texts: list[str] | None = None,
+                 scope_names: list[str] | None = None, scope_of: Any = None) -> None:
         import numpy as np
 
         self.state = state
@@ -76,6 +78,9 @@ class ProcedureIndex:
         self.idf = idf or {}
         self.word_idf = word_idf or {}
         self._key_texts = key_texts
+        # Each indexed memory's scope, as a position in `scope_names`: candidates are kept to the scopes asked for.
+        self.scope_names = scope_names or []
+        self.scope_of = scope_of if scope_of is not None else np.zeros(0, dtype=np.int32)
         self._path: Path | None = None
         self._decoded: dict[int, Entry] = {}
 
@@ -87,11 +92,20 @@ class ProcedureIndex:
         if row >= len(self.ids) or int(self.ids[row]) != memory_id:
             return None
         raw = self._blob[int(self._offsets[row]) : int(self._offsets[row + 1])].decode("utf-8")
-        trajectory_id, outcome, task_words_, args, verbs_, key_words_ = raw.split("\t")
+        trajectory_id, outcome, task_words_, args, verbs_, key_words_, scope = raw.split("\t")
         entry = Entry(trajectory_id, outcome, frozenset(task_words_.split()), frozenset(args.split()),
-                      frozenset(verbs_.split()), int(self.key_of[row]), frozenset(key_words_.split()))
+                      frozenset(verbs_.split()), int(self.key_of[row]), frozenset(key_words_.split()), scope)
         self._decoded[memory_id] = entry
         return entry
+
+    def in_scopes(self, scopes: Iterable[str] | None) -> Any:
+        """Return a boolean per indexed memory (as `self.ids`): True when it is of `scopes` (None: every scope)."""
+        import numpy as np
+
+        if scopes is None:
+            return np.ones(len(self.ids), dtype=bool)
+        wanted = [n for n, name in enumerate(self.scope_names) if name in set(scopes)]
+        return np.isin(self.scope_of, wanted)
 
     def near_copies(self, a: Entry, b: Entry, task_cosine: float) -> bool:
         """Return True when two memories are near-copies: alike tasks, outcomes, keys and (rarer) steps."""
@@ -125,7 +139,7 @@ class ProcedureIndex:
                 added.append(key)
             entries[memory.id] = Entry(
                 memory.trajectory_id, memory.outcome, task_words(memory.task), args, verbs(actions), texts[key],
-                key_words(key),
+                key_words(key), memory.scope,
             )
         if added:
             vectors = np.asarray(embedder.embed(added), dtype=np.float32)
@@ -134,9 +148,13 @@ class ProcedureIndex:
         self.state = state
         self.ids = np.array(sorted(entries), dtype=np.int64)
         self.key_of = np.array([entries[int(i)].key for i in self.ids], dtype=np.int64)
+        self.scope_names = sorted({e.scope for e in entries.values()})
+        number = {name: n for n, name in enumerate(self.scope_names)}
+        self.scope_of = np.array([number[entries[int(i)].scope] for i in self.ids], dtype=np.int32)
         raws = [
             "\t".join(
-                [e.trajectory_id, e.outcome, *(" ".join(ws) for ws in (e.task_words, e.args, e.verbs, e.key_words))]
+                [e.trajectory_id, e.outcome, *(" ".join(ws) for ws in (e.task_words, e.args, e.verbs, e.key_words)),
+                 e.scope]
             ).encode()
             for e in (entries[int(i)] for i in self.ids)
         ]
@@ -166,7 +184,8 @@ class ProcedureIndex:
         """Write the index to one file, atomically (concurrent recalls each write their own; the last one wins)."""
         import numpy as np
 
-        meta = {"version": INDEX_VERSION, "state": list(self.state), "idf": self.idf, "word_idf": self.word_idf}
+        meta = {"version": INDEX_VERSION, "state": list(self.state), "idf": self.idf, "word_idf": self.word_idf,
+                "scopes": self.scope_names}
         keys = json.dumps(self._key_texts or []).encode()
         tmp = path.with_name(f"{path.name}.{os.getpid()}.tmp")
         # Task words and arguments come from the store, which is readable by its owner only: so is this file.
@@ -174,6 +193,7 @@ class ProcedureIndex:
             np.savez(
                 f, meta=np.frombuffer(json.dumps(meta).encode(), dtype=np.uint8), ids=self.ids, key_of=self.key_of,
                 vectors=self.key_vectors, blob=np.frombuffer(self._blob, dtype=np.uint8), offsets=self._offsets,
+                scope_of=self.scope_of,
                 keys=np.frombuffer(keys, dtype=np.uint8),
             )
         os.replace(tmp, path)
@@ -189,7 +209,8 @@ class ProcedureIndex:
                 if meta.get("version") != INDEX_VERSION:
                     return None
                 index = cls(tuple(meta["state"]), data["ids"], data["key_of"], data["vectors"],
-                            data["blob"].tobytes(), data["offsets"], meta["idf"], meta["word_idf"])
+                            data["blob"].tobytes(), data["offsets"], meta["idf"], meta["word_idf"],
+                            scope_names=meta["scopes"], scope_of=data["scope_of"])
         except (OSError, ValueError, KeyError, json.JSONDecodeError):
             return None
         index._path = path

@@ -121,7 +121,8 @@ def plan(
                 # A memory that already absorbed others stays: merges never chain or cycle.
                 if other is None or other.id == m.id or other.id in out or other.id in kept:
                     continue
-                if similarity < rules.dedupe or other.outcome != m.outcome:
+                # Nor across scopes: a duplicate in another team's scope is theirs to keep.
+                if similarity < rules.dedupe or other.outcome != m.outcome or other.scope != m.scope:
                     continue
                 same = procedure_similarity(m, other)
                 if same < rules.dedupe_procedure:
@@ -136,10 +137,15 @@ def plan(
     return list(out.values())
 
 
-def plan_store(store: Store, rules: Rules, apply: bool = False) -> tuple[list[Retirement], int]:
-    """Return the plan for a store's active memories (and how many there are); carry it out when `apply`."""
-    memories = store.memories.list(status="active")
-    retirements = plan(memories, rules, lambda m: store.vectors.nearest(store.vectors.vector(m.id), 10))
+def plan_store(
+    store: Store, rules: Rules, apply: bool = False, scopes: Sequence[str] | None = None
+) -> tuple[list[Retirement], int]:
+    """Return the plan for the active memories of `scopes` (None: all) and how many there are; carry it out on `apply`.
+
+    A memory's duplicates are looked for in its own scope only.
+    """
+    memories = store.memories.list(status="active", scopes=scopes)
+    retirements = plan(memories, rules, lambda m: store.vectors.nearest(store.vectors.vector(m.id), 10, scopes=[m.scope]))
     if apply:
         for r in retirements:
             store.memories.retire(r.memory_id, f"{r.rule}: {r.reason}", r.merge_into)

@@ -58,14 +58,15 @@ class _KeywordCache:
         self.key: Any = None
         self.index: Any = None
 
-    def get(self, store: Store, embedder: Any, extractor: Any) -> Any:
+    def get(self, store: Store, embedder: Any, extractor: Any, scopes: Sequence[str] | None = None) -> Any:
         from . import keywords
 
-        if (id(store), extractor.name, store.keywords.state()) != self.key:
+        wanted = None if scopes is None else tuple(sorted(scopes))
+        if (id(store), extractor.name, store.keywords.state(), wanted) != self.key:
             # Memories or statuses changed: extract what is missing, then rebuild the index once.
             keywords.ensure(store, embedder, extractor)
-            self.index = keywords.KeywordIndex(store)
-            self.key = (id(store), extractor.name, store.keywords.state())
+            self.index = keywords.KeywordIndex(store, scopes)
+            self.key = (id(store), extractor.name, store.keywords.state(), wanted)
         return self.index
 
 
@@ -83,26 +84,27 @@ def _rrf(*ranked: Sequence[tuple[int, float]]) -> list[tuple[int, float]]:
 
 def candidates(
     store: Store, task: str, vector: list[float], policy: str, pool: int, embedder: Any, seed: int | None = None,
-    keywords_model: str | None = None,
+    keywords_model: str | None = None, scopes: Sequence[str] | None = None,
 ) -> list[tuple[int, float]]:
     """Return (memory id, policy score) best first for a task and its vector under avefact, hybrid or random.
 
-    The query policy is `Store.nearest_many`, which searches all of a batch's vectors in one product.
+    Only memories of `scopes` (None: every scope) are candidates. The query policy is `Store.nearest_many`, which
+    searches all of a batch's vectors in one product.
     """
     from . import keywords
 
     if policy == "avefact":
         extractor = keywords.extractor_for(store, keywords_model)
-        index = _keyword_cache.get(store, embedder, extractor)
+        index = _keyword_cache.get(store, embedder, extractor, scopes)
         words = extractor(task) or [task]
         scored = index.scores(embedder.embed(words))
         return sorted(scored, key=lambda kv: kv[1], reverse=True)[:pool]
     if policy == "hybrid":
-        dense = store.vectors.nearest(vector, max(pool, HYBRID_POOL))
-        sparse = store.keywords.full_text(keywords.extract(task), max(pool, HYBRID_POOL))
+        dense = store.vectors.nearest(vector, max(pool, HYBRID_POOL), scopes=scopes)
+        sparse = store.keywords.full_text(keywords.extract(task), max(pool, HYBRID_POOL), scopes)
         return _rrf(dense, sparse)[:pool]
     if policy == "random":
-        return [(memory_id, 0.0) for memory_id in store.memories.random_ids(pool, seed)]
+        return [(memory_id, 0.0) for memory_id in store.memories.random_ids(pool, seed, scopes)]
     raise MempError(f"unknown recall policy {policy!r}; choose one of {', '.join(POLICIES)}")
 
 
@@ -139,8 +141,11 @@ def recall_many(
     rank: str = "similarity",
     confident: bool = False,
     keywords_model: str | None = None,
+    scopes: Sequence[str] | None = None,
 ) -> list[Recall]:
     """Return one recall per task, each as `recall` would: the tasks embedded together and logged in one write.
+
+    Only memories of `scopes` are searched (None: every scope; `scopes.read_scopes` resolves what a user asked for).
 
     `min_score` (and `confident`) filter on `similarity`, the cosine of the two tasks, under every policy but
     `procedural`, whose floor is on its score (a blend of that cosine and the procedure keys' cosine). Without it, the
@@ -169,19 +174,22 @@ def recall_many(
     # threads, measured slower: every numpy call then waited its turn for the GIL.
     vectors = embedder.embed(tasks)
     if policy == "query":
-        all_hits = store.vectors.nearest_many(vectors, pool)
+        all_hits = store.vectors.nearest_many(vectors, pool, scopes)
     elif policy == "procedural":
         from . import procedural
 
-        ranked = procedural.rank(store, tasks, vectors, embedder, embed_id, procedural.pool_for(k, pool))
+        ranked = procedural.rank(store, tasks, vectors, embedder, embed_id, procedural.pool_for(k, pool), scopes)
         all_hits = [[(i, score) for i, score, _ in hits] for hits in ranked]
         cosines = [{i: cos for i, _, cos in hits} for hits in ranked]
     else:
         all_hits = [
-            candidates(store, task, vector, policy, pool, embedder, seed, keywords_model)
+            candidates(store, task, vector, policy, pool, embedder, seed, keywords_model, scopes)
             for task, vector in zip(tasks, vectors)
         ]
     found = {m.id: m for m in store.memories.get_many(sorted({i for hits in all_hits for i, _ in hits}))}
+    if scopes is not None:
+        # Every policy searched within the scopes already; this keeps a slip in any one of them from leaking.
+        found = {i: m for i, m in found.items() if m.scope in scopes}
     results = []
     for n, (task, vector, hits) in enumerate(zip(tasks, vectors, all_hits)):
         hits = [(i, score) for i, score in hits if i in found]

@@ -79,11 +79,33 @@ def read_one_trajectory(path: str, fmt: str = "auto") -> Trajectory:
     return boundary.prepare(runs[0], boundary.Redactor()).trajectory
 
 
-def _trajectory_json(traj: Trajectory) -> str:
-    """Return a run as JSON in the native format, with where it came from, to apply its policy later."""
+def _trajectory_json(traj: Trajectory, scope: str) -> str:
+    """Return a run as JSON in the native format, with where it came from and the scope it goes in, for later."""
     return json.dumps(
-        {**traj.to_dict(), "source_file": traj.source_file, "source_line": traj.source_line}, ensure_ascii=False
+        {**traj.to_dict(), "source_file": traj.source_file, "source_line": traj.source_line, "scope": scope},
+        ensure_ascii=False,
     )
+
+
+def _run_scope(text: str) -> str:
+    """Return the scope a logged run goes in (runs logged before scopes: 'default')."""
+    from .scopes import DEFAULT
+
+    scope = json.loads(text).get("scope")
+    return scope if isinstance(scope, str) else DEFAULT
+
+
+def _new_run_scope(store: Store, scope: str | None, used: Sequence[int]) -> str:
+    """Return the scope a reported run goes in: `scope`, else $MEMP_SCOPE, else the best memory used's, else default."""
+    import os
+
+    from .scopes import ENV, write_scope
+
+    if scope or os.environ.get(ENV) or not used:
+        return write_scope(scope)
+    # The run followed these memories (best first): it belongs with them.
+    found = store.memories.get_many(list(used)[:1])
+    return write_scope(found[0].scope if found else None)
 
 
 def _trajectory_from_json(text: str) -> Trajectory:
@@ -157,8 +179,12 @@ def report(
     every: int | None = None,
     build: str = "proceduralization",
     warn: Callable[[str], None] | None = None,
+    scope: str | None = None,
 ) -> UpdateReport:
-    """Credit or blame the memories used, then apply the update policy (now, or once `every` outcomes are pending)."""
+    """Credit or blame the memories used, then apply the update policy (now, or once `every` outcomes are pending).
+
+    A new run goes in `scope`, else $MEMP_SCOPE, else the scope of the best-ranked memory used, else 'default'.
+    """
     warn = warn or (lambda msg: print(f"memp: {msg}", file=sys.stderr))
     if (recall_id is None) == (not memory_ids):
         raise MempError("name what was used: --recall ID or --memory ID (one of them)")
@@ -167,6 +193,10 @@ def report(
     batch = every if every is not None else int(store.settings.get("update_every") or 1)
     if batch < 1:
         raise MempError("--every must be at least 1")
+    if scope is not None:
+        from .scopes import check
+
+        check(scope)
     used = store.log.recall_memory_ids(recall_id) if recall_id else list(memory_ids)
     missing = set(used) - {m.id for m in store.memories.get_many(used)}
     if missing:
@@ -177,7 +207,7 @@ def report(
         prepared = boundary.prepare(trajectory, boundary.Redactor()).trajectory
         # The report says how the run went, whatever the file said.
         run = replace(prepared, outcome=decided, score=score if score is not None else prepared.score)
-        run_json = _trajectory_json(run)
+        run_json = _trajectory_json(run, _new_run_scope(store, scope, used))
     outcome_id = store.log.record_outcome(recall_id, used, decided, score, chosen, run_json, applied=False)
     result = UpdateReport(outcome_id, decided, used, chosen)
     pending = store.log.pending_outcomes()
@@ -231,7 +261,8 @@ def _apply(
         result.offline_revisions += reviser.offline
     add = run is not None and (policy == "vanilla" or outcome == "success")
     if add and run is not None:
-        added = store_trajectories(store, [run], IngestOptions(build=build, model=model), warn)
+        options = IngestOptions(build=build, model=model, scope=_run_scope(item["trajectory"]))
+        added = store_trajectories(store, [run], options, warn)
         result.added.extend(added)
 
 

@@ -69,6 +69,38 @@ UpdateModelOptionsOpt = Annotated[
 ]
 
 
+def scope_name(value: str | None) -> str | None:
+    """Return a --scope value checked as a scope name (bad usage, exit 2, when it is not one)."""
+    from ..errors import ScopeError
+    from ..scopes import check
+
+    try:
+        return None if value is None else check(value)
+    except ScopeError as exc:
+        raise typer.BadParameter(str(exc)) from None
+
+
+def _scope_names(values_: list[str] | None) -> list[str] | None:
+    """Return --scope values checked as scope names, '*' (every scope) allowed."""
+    from ..scopes import ALL
+
+    return None if values_ is None else [v if v == ALL else str(scope_name(v)) for v in values_]
+
+
+# Where a write goes (ingest, update --trajectory, import).
+ScopeOpt = Annotated[
+    str | None,
+    typer.Option("--scope", envvar="MEMP_SCOPE", callback=scope_name, show_default=False,
+                 help="Scope (a namespace: a project, a team) the new memories go in. Default: 'default'."),
+]
+# What a read searches (recall, list, prune, export).
+ScopesOpt = Annotated[
+    list[str] | None,
+    typer.Option("--scope", envvar="MEMP_SCOPE", callback=_scope_names, show_default=False,
+                 help="Scope to search (repeatable); '*' for every scope. Default: 'default'."),
+]
+
+
 def model_calls(log: bool, options: list[Any] | None) -> None:
     """Set how this command calls models: logged or not, and with which options (KEY VALUE pairs)."""
     from .. import models

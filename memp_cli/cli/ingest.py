@@ -15,6 +15,7 @@ from .common import (
     LogOpt,
     ModelOpt,
     ModelOptionsOpt,
+    ScopeOpt,
     handle_errors,
     model_calls,
     open_db,
@@ -73,6 +74,7 @@ def ingest(
     option: ModelOptionsOpt = None,
     log: LogOpt = False,
     embed_model: EmbedOpt = None,
+    scope: ScopeOpt = None,
     db: DbOpt = None,
     as_json: Annotated[bool, typer.Option("--json", help="Print the report as JSON (the default when piped).")] = False,
 ) -> None:
@@ -99,6 +101,7 @@ def ingest(
         redact_patterns=list(redact or []),
         judge=_judge(judge_cmd, judge_model),
         keep_best=keep_best,
+        scope=scope,
     )
     fmt = output.resolve_format("json" if as_json else None, ("table", "json"))
     store = open_db(db)
@@ -157,6 +160,9 @@ def _tell(report: Any) -> None:
             f"{report.added} added, {report.skipped} already stored{kept}, from {report.read} trajectories "
             f"in {report.files} files"
         )
+    for elsewhere, count in sorted(report.other_scopes.items()):
+        # A run is stored once: not copied into this scope too.
+        say(f"{count} of them already stored in scope {elsewhere}, not copied into {report.scope}")
     if report.redacted:
         say(f"masked {report.redacted} secrets")
     if report.held:

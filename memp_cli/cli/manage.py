@@ -5,7 +5,7 @@ from typing import Annotated
 import typer
 
 from ..choices import BuildPolicy, Outcome, Setting, Status, UpdatePolicy, values
-from .common import DbOpt, FormatOpt, MemoryIdArg, handle_errors, open_db, output_format, plain, say
+from .common import DbOpt, FormatOpt, MemoryIdArg, ScopesOpt, handle_errors, open_db, output_format, plain, say
 
 # How many memories `memp list` shows on a terminal at a time.
 PAGE = 50
@@ -24,17 +24,20 @@ def list_(
                      "printing JSON.", show_default=False),
     ] = None,
     offset: Annotated[int, typer.Option("--offset", help="Skip this many of the newest first (the next page).")] = 0,
+    scope: ScopesOpt = None,
     db: DbOpt = None,
     fmt: FormatOpt = None,
 ) -> None:
     """List stored memories with their usage counts, a page at a time on a terminal."""
     from .. import output
+    from ..scopes import read_scopes
 
     shown = output_format(fmt)
+    scopes = read_scopes(scope)
     # A table is read by a person: a page of it. JSON is read by a program: all of it, unless it asks for less.
     page = limit if limit is not None else (PAGE if shown == "table" else None)
     memories = open_db(db).memories.list(limit=None if page is None else page + 1, build=plain(build),
-                                         outcome=plain(outcome), status=plain(status), offset=offset)
+                                         outcome=plain(outcome), status=plain(status), offset=offset, scopes=scopes)
     more = page is not None and len(memories) > page
     output.show_memories(memories[:page], shown)
     if more and page is not None and shown == "table":
@@ -52,7 +55,7 @@ def show(memory_id: MemoryIdArg, db: DbOpt = None, fmt: FormatOpt = None) -> Non
 
 @handle_errors
 def stats(db: DbOpt = None, fmt: FormatOpt = None) -> None:
-    """Count what is stored: trajectories, memories by build policy, outcome, model and status."""
+    """Count what is stored: trajectories, memories by build policy, outcome, model and status, active ones by scope."""
     from .. import output
 
     shown = output_format(fmt)
@@ -87,22 +90,30 @@ def prune(
         float | None, typer.Option(help="Merge memories whose tasks have at least this cosine (e.g. 0.95).")
     ] = None,
     max_memories: Annotated[int | None, typer.Option(help="Keep at most this many, the most useful.")] = None,
-    purge: Annotated[bool, typer.Option("--purge", help="Delete retired memories for good.")] = False,
+    purge: Annotated[
+        bool, typer.Option("--purge", help="Delete retired memories for good (of every scope).")
+    ] = False,
+    scope: ScopesOpt = None,
     db: DbOpt = None,
     fmt: FormatOpt = None,
 ) -> None:
-    """Plan which memories to retire, with a reason each; --apply retires them (restorable until --purge)."""
+    """Plan which memories to retire, with a reason each; --apply retires them (restorable until --purge).
+
+    The rules look at the memories of the scopes given only, and never merge duplicates across scopes.
+    """
     from .. import output
     from ..prune import Rules, plan_store
+    from ..scopes import read_scopes
 
     shown = output_format(fmt)
+    scopes = read_scopes(scope)
     store = open_db(db)
     if purge:
         say(f"purged {store.memories.purge_retired()} retired memories")
         return
     rules = Rules(discard=discard, confident_below=confident_below, stale_days=stale_days, dedupe=dedupe,
                   max_memories=max_memories)
-    retirements, active = plan_store(store, rules=rules, apply=apply)
+    retirements, active = plan_store(store, rules=rules, apply=apply, scopes=scopes)
     say(f"{'retired' if apply else 'would retire'} {len(retirements)} of {active} active memories"
         + ("" if apply or not retirements else "; --apply to do it"))
     output.show_retirements(retirements, shown)

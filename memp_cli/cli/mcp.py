@@ -4,7 +4,7 @@ from typing import Annotated
 
 import typer
 
-from .common import DbOpt, EmbedOpt, ModelOpt, handle_errors
+from .common import DbOpt, EmbedOpt, ModelOpt, ScopeOpt, handle_errors
 
 
 @handle_errors
@@ -26,9 +26,10 @@ def mcp(
     ] = None,
     model: ModelOpt = None,
     embed_model: EmbedOpt = None,
+    scope: ScopeOpt = None,
     db: DbOpt = None,
 ) -> None:
     """Serve memp as an MCP server: recall, report_outcome, learn, list_memories, show_memory, prune_plan."""
     from ..mcp_server import serve
 
-    serve(db, model=model, embed_model=embed_model, http_port=http, token=token)
+    serve(db, model=model, embed_model=embed_model, http_port=http, token=token, scope=scope)

@@ -9,7 +9,7 @@ import typer
 
 from ..choices import Rank, RecallFormat, RecallPolicy
 from ..errors import InputError
-from .common import DbOpt, EmbedOpt, RecallFormatOpt, handle_errors, open_db, recall_format
+from .common import DbOpt, EmbedOpt, RecallFormatOpt, ScopesOpt, handle_errors, open_db, recall_format
 
 # Most tasks recalled together: enough to keep every core embedding, few enough that answers flow steadily.
 BATCH_LINES = 64
@@ -65,6 +65,7 @@ def recall(
         ),
     ] = Rank.SIMILARITY,
     embed_model: EmbedOpt = None,
+    scope: ScopesOpt = None,
     db: DbOpt = None,
     fmt: RecallFormatOpt = None,
 ) -> None:
@@ -77,13 +78,16 @@ def recall(
     """
     from .. import output
     from ..recall import recall_many
+    from ..scopes import read_scopes
 
+    scopes = read_scopes(scope)
     store = open_db(db)
 
     def answer(tasks: list[str], top: int = k, chosen: str = policy.value) -> list[Any]:
         return recall_many(
             store, tasks=tasks, k=top, policy=chosen, min_score=min_score, max_tokens=max_tokens,
             embed_model=embed_model, rank=rank.value, confident=confident, keywords_model=keywords_model,
+            scopes=scopes,
         )
 
     if task == "-":

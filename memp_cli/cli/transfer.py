@@ -3,13 +3,21 @@
 import os
 import sys
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, Any
 
 import typer
 
 from ..choices import BuildPolicy, Outcome, Status
 from ..errors import MempError
-from .common import DbOpt, EmbedOpt, FormatOpt, handle_errors, open_db, output_format, plain, say
+from .common import DbOpt, EmbedOpt, FormatOpt, ScopesOpt, handle_errors, open_db, output_format, plain, say, scope_name
+
+# Not $MEMP_SCOPE: an export file says which scope each memory is in, and only an explicit --scope overrides it.
+ImportScopeOpt = Annotated[
+    str | None,
+    typer.Option("--scope", callback=scope_name, show_default=False,
+                 help="Put every imported memory in this scope. Default: the scope each had in the file ('default' "
+                 "for files from before scopes)."),
+]
 
 
 @handle_errors
@@ -37,17 +45,21 @@ def export(
     ] = 0.6,
     sqlite: Annotated[
         Path | None,
-        typer.Option("--sqlite", help="Write a consistent plain copy of the whole store to this new SQLite file."),
+        typer.Option("--sqlite", help="Write a consistent plain copy of the whole store (every scope) to this new "
+                     "SQLite file."),
     ] = None,
+    scope: ScopesOpt = None,
     db: DbOpt = None,
 ) -> None:
     """Export memories with every version, outcome, keyword and run, as JSON Lines (memp import reads them back)."""
+    from ..scopes import read_scopes
     from ..transfer.export import Filters
     from ..transfer.export import export as run_export
 
+    scopes = read_scopes(scope)
     store = open_db(db)
     filters = Filters(status=plain(status), outcome=plain(outcome), build=plain(build), task_type=task_type,
-                      since=since)
+                      since=since, scopes=scopes)
     if sqlite is not None:
         store.transfer.snapshot(sqlite)
         say(f"copied the store to {sqlite}")
@@ -75,6 +87,16 @@ def export(
             partial.unlink(missing_ok=True)
     say(f"exported {counts['memories']} memories and {counts['outcomes']} outcomes"
         + (f" to {output}" if output else ""))
+    _tell_other_scopes(store, scopes)
+
+
+def _tell_other_scopes(store: Any, scopes: list[str] | None) -> None:
+    """Say which scopes the export left out, so that a backup of one scope is not taken for the whole store."""
+    if scopes is None:
+        return
+    others = sorted(set(store.memories.stats()["scopes"]) - set(scopes))
+    if others:
+        say(f"left out scopes {', '.join(others)} (--scope NAME for one, --scope '*' for every scope)")
 
 
 @handle_errors
@@ -88,6 +110,7 @@ def import_(
         typer.Option("--skills", help="Import Agent Skills instead: every folder with a SKILL.md in this folder."),
     ] = None,
     embed_model: EmbedOpt = None,
+    scope: ImportScopeOpt = None,
     db: DbOpt = None,
     fmt: FormatOpt = None,
 ) -> None:
@@ -101,7 +124,7 @@ def import_(
     if skills is not None:
         from ..transfer.skills import import_skills
 
-        report = import_skills(store, skills, embed_model=embed_model, warn=say)
+        report = import_skills(store, skills, embed_model=embed_model, warn=say, scope=scope)
     else:
         from ..transfer.importer import import_file
 
@@ -113,7 +136,7 @@ def import_(
                 name, text = path, Path(path).read_text(encoding="utf-8")
             except (OSError, UnicodeDecodeError) as exc:
                 raise MempError(f"{path}: cannot read: {exc}") from None
-        report = import_file(store, name, text.splitlines(), embed_model=embed_model, warn=say)
+        report = import_file(store, name, text.splitlines(), embed_model=embed_model, warn=say, scope=scope)
     say(f"imported {report.added} memories, kept {report.skipped} already stored"
         + (f", {report.outcomes} outcomes" if report.outcomes else ""))
     output.show_mapping(report.to_dict(), shown, "import")

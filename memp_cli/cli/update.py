@@ -18,7 +18,15 @@ from .common import (
     output_format,
     plain,
     say,
+    scope_name,
 )
+
+UpdateScopeOpt = Annotated[
+    str | None,
+    typer.Option("--scope", envvar="MEMP_SCOPE", callback=scope_name, show_default=False,
+                 help="Scope the new run (--trajectory) goes in. Default: the scope of the best memory it used, else "
+                 "'default'."),
+]
 
 
 @handle_errors
@@ -57,6 +65,7 @@ def update(
     model: ModelOpt = None,
     option: UpdateModelOptionsOpt = None,
     log: LogOpt = False,
+    scope: UpdateScopeOpt = None,
     db: DbOpt = None,
     fmt: FormatOpt = None,
 ) -> None:
@@ -74,7 +83,7 @@ def update(
         result = updates.report(
             store, recall_id=recall_id, memory_ids=memory or [], outcome=plain(outcome), score=score,
             success_threshold=success_threshold, trajectory=run, policy=plain(policy), model=model, every=every,
-            build=build.value, warn=say,
+            build=build.value, warn=say, scope=scope,
         )
         say(f"{result.outcome}: credited {len(result.credited)} memories under {result.policy}")
     if result.revised:

@@ -217,6 +217,7 @@ def prompt_context(payload: dict[str, Any], db: Path | None = None, k: int = 3) 
     """Return the UserPromptSubmit output that adds recalled procedures to the prompt, or None when none fit."""
     from ..output import prompt_block
     from ..recall import recall_many
+    from ..scopes import read_scopes
     from ..store import default_path, open_store
 
     prompt = payload.get("prompt")
@@ -228,7 +229,8 @@ def prompt_context(payload: dict[str, Any], db: Path | None = None, k: int = 3) 
     store = open_store(path)
     try:
         # Confident only: an unrelated prompt gets nothing rather than noise; utility ranks known successes first.
-        result = recall_many(store, tasks=[prompt], k=k, confident=True, rank="utility")[0]
+        # The scope of $MEMP_SCOPE (else 'default'), as every recall searches by default.
+        result = recall_many(store, tasks=[prompt], k=k, confident=True, rank="utility", scopes=read_scopes())[0]
     finally:
         store.close()
     block = prompt_block(result)

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import json
 from collections.abc import Callable
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from datetime import datetime, timezone
 from typing import Any
 
@@ -15,17 +15,21 @@ from .format import FORMAT, VERSION, encode_vector, memory_line
 
 @dataclass
 class Filters:
-    """Which memories an export holds: by status, outcome of their run, build policy, task type and age."""
+    """Which memories an export holds: by status, outcome of their run, build policy, task type, age and scope."""
 
     status: str | None = None
     outcome: str | None = None
     build: str | None = None
     task_type: str | None = None
     since: str | None = None
+    scopes: list[str] | None = field(default=None)  # None: every scope
 
     def active(self) -> dict[str, str]:
-        """Return the filters that are set, by name."""
-        return {k: v for k, v in asdict(self).items() if v is not None}
+        """Return the filters that are set, by name (the scopes as one comma-separated "scope")."""
+        found = {k: v for k, v in asdict(self).items() if v is not None and k != "scopes"}
+        if self.scopes is not None:
+            found["scope"] = ",".join(self.scopes)
+        return found
 
 
 def _line(record: dict[str, Any]) -> str:
@@ -47,7 +51,8 @@ def export(store: Store, write: Callable[[str], Any], filters: Filters | None = 
     write(_line(header))
     exported: set[str] = set()
     words: set[str] = set()
-    for row in store.transfer.memory_rows(**filters.active(), vectors=with_vectors):
+    plain = {k: v for k, v in filters.active().items() if k != "scope"}
+    for row in store.transfer.memory_rows(**plain, vectors=with_vectors, scopes=filters.scopes):
         line = memory_line(row)
         exported.add(line["trajectory_id"])
         words.update(line["keywords"])

@@ -1,9 +1,10 @@
-"""The export format, version 1: JSON Lines of a header, memories, keyword vectors, outcomes and an end record.
+"""The export format, version 2: JSON Lines of a header, memories, keyword vectors, outcomes and an end record.
 
 A memory line holds the memory as stored (every column but its local id, which is informational), the run it came
 from, every version in its history, its cached scripts, its keywords and, when asked, its task vector. Memories are
 named across stores by their trajectory id, a hash of the run's task and steps. Floats vectors travel as base64 of
-little-endian float32, so they come back bit for bit.
+little-endian float32, so they come back bit for bit. Version 2 added each memory's scope; a version 1 file's
+memories come in in scope 'default' (the one scope there was).
 """
 
 from __future__ import annotations
@@ -14,8 +15,10 @@ import struct
 from collections.abc import Callable
 from typing import Any
 
-from ..errors import InputError
+from ..errors import InputError, MempError
 from ..records import Step, Trajectory
+from ..scopes import DEFAULT as DEFAULT_SCOPE
+from ..scopes import check as check_scope
 
 
 class BadRecord(ValueError):
@@ -23,7 +26,7 @@ class BadRecord(ValueError):
 
 
 FORMAT = "memp-export"
-VERSION = 1
+VERSION = 2
 # Which types each field of each record may hold (None: null allowed); checked on import, line by line.
 _S, _I, _F, _B, _L, _D, _N = str, int, (int, float), bool, list, dict, type(None)
 RUN_FIELDS: dict[str, tuple[Any, ...]] = {
@@ -44,8 +47,10 @@ MEMORY_FIELDS: dict[str, tuple[Any, ...]] = {
     "version": (_I,), "status": (_S,), "flag": (_S, _N), "retired_reason": (_S, _N), "retired_at": (_S, _N),
     "merged_into": (_S, _N), "recalled": (_I,), "succeeded": (_I,), "failed": (_I,), "created_at": (_S,),
     "updated_at": (_S, _N), "last_recalled_at": (_S, _N), "history": (_L,), "script_cache": (_L,),
-    "keywords": (_L,), "vector": (_S, _N),
+    "keywords": (_L,), "vector": (_S, _N), "scope": (_S,),
 }
+# Fields a record of an older version of the format lacks: version 1 memories have no scope.
+OPTIONAL_FIELDS = {"memory": ("scope",)}
 HEADER_FIELDS: dict[str, tuple[Any, ...]] = {
     "type": (_S,), "format": (_S,), "version": (_I,), "memp_version": (_S,), "exported_at": (_S,),
     "embed_model": (_D, _N), "vectors": (_B,), "filters": (_D,), "settings": (_D,),
@@ -93,6 +98,7 @@ def memory_line(row: dict[str, Any]) -> dict[str, Any]:
                             "run": run}
     line.update((k, row[k]) for k in PLAIN)
     line["vector"] = encode_vector(row["vector"])
+    line["scope"] = row["scope"]
     return line
 
 
@@ -100,6 +106,7 @@ def memory_row(line: dict[str, Any], trajectory: Trajectory) -> dict[str, Any]:
     """Return the store row of a memory line whose run, past the boundary, is `trajectory`."""
     run = line["run"]
     row: dict[str, Any] = {k: line[k] for k in PLAIN}
+    row["scope"] = line.get("scope", DEFAULT_SCOPE)
     row.update(
         run_id=trajectory.id, run_task=trajectory.task,
         run_steps=json.dumps([s.to_dict() for s in trajectory.steps], ensure_ascii=False),
@@ -122,17 +129,19 @@ def run_trajectory(run: dict[str, Any]) -> Trajectory:
                       source_line=run["source_line"])
 
 
-def _check_fields(data: Any, fields: dict[str, tuple[Any, ...]], what: str) -> None:
-    """Raise ValueError unless `data` is an object with exactly `fields`, each of an allowed type."""
+def _check_fields(data: Any, fields: dict[str, tuple[Any, ...]], what: str, optional: tuple[str, ...] = ()) -> None:
+    """Raise ValueError unless `data` is an object with exactly `fields` (`optional` may be left out), each typed so."""
     if not isinstance(data, dict):
         raise BadRecord(f"{what} is not an object")
-    missing = [k for k in fields if k not in data]
+    missing = [k for k in fields if k not in data and k not in optional]
     extra = [k for k in data if k not in fields]
     if missing or extra:
         raise BadRecord(f"{what}: " + "; ".join(
             ([f"missing {', '.join(missing)}"] if missing else []) + ([f"unknown {', '.join(extra)}"] if extra else [])
         ))
     for key, types in fields.items():
+        if key not in data:
+            continue
         value = data[key]
         # JSON's true and false are not counts, and a count is not a float field's business.
         if not isinstance(value, types) or (isinstance(value, bool) and bool not in types):
@@ -144,8 +153,13 @@ def check_record(record: Any) -> str:
     if not isinstance(record, dict) or record.get("type") not in RECORDS:
         raise BadRecord(f"not a record of the export format (type {record.get('type') if isinstance(record, dict) else None!r})")
     kind = str(record["type"])
-    _check_fields(record, RECORDS[kind], kind)
+    _check_fields(record, RECORDS[kind], kind, OPTIONAL_FIELDS.get(kind, ()))
     if kind == "memory":
+        if "scope" in record:
+            try:
+                check_scope(record["scope"])
+            except MempError as exc:
+                raise BadRecord(f"memory: {exc}") from None
         _check_fields(record["run"], RUN_FIELDS, "memory run")
         for item in record["history"]:
             _check_fields(item, HISTORY_FIELDS, "memory history")

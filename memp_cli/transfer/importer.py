@@ -91,9 +91,16 @@ def _target_model(store: Store, requested: str | None, header: dict[str, Any]) -
 
 def import_file(
     store: Store, name: str, lines: list[str], embed_model: str | None = None,
-    warn: Callable[[str], None] | None = None,
+    warn: Callable[[str], None] | None = None, scope: str | None = None,
 ) -> ImportReport:
-    """Import an export file's lines into the store in one transaction; return what was added and skipped."""
+    """Import an export file's lines into the store in one transaction; return what was added and skipped.
+
+    Each memory keeps the scope it had in the file (version 1 files: 'default') unless `scope` puts them all in one.
+    """
+    if scope is not None:
+        from ..scopes import check
+
+        check(scope)
     parsed = _parse(name, lines)
     report = ImportReport(file=name, read=len(parsed.memories))
     target = _target_model(store, embed_model, parsed.header)
@@ -123,6 +130,8 @@ def import_file(
             report.skipped += 1
             continue
         row = memory_row(line, clean)
+        if scope is not None:
+            row["scope"] = scope
         _redact_row(row, redactor)
         held = prepared.flag or boundary.check_text(row["script"] or "", None).flag or boundary.check_text(
             row["trajectory"] or "", None).flag

@@ -122,7 +122,7 @@ def export_skills(store: Store, folder: Path, filters: Filters | None = None, mi
     """Write a skill folder per procedure that earned it (one per task, the best), return the SKILL.md files."""
     filters = filters or Filters()
     best: dict[str, Memory] = {}
-    for memory in store.memories.list(build=filters.build, outcome="success", status="active"):
+    for memory in store.memories.list(build=filters.build, outcome="success", status="active", scopes=filters.scopes):
         if not _earned(memory, filters, min_success):
             continue
         key = " ".join(memory.task.lower().split())
@@ -171,10 +171,14 @@ def read_skill(path: Path) -> tuple[dict[str, Any], str]:
 
 
 def import_skills(store: Store, folder: Path, embed_model: str | None = None,
-                  warn: Callable[[str], None] | None = None) -> ImportReport:
-    """Store every skill folder under `folder` as a memory (all checked first, then one write); return the report."""
-    from ..embed import get_embedder, is_default, resolve_embed_model
+                  warn: Callable[[str], None] | None = None, scope: str | None = None) -> ImportReport:
+    """Store every skill folder under `folder` as a memory in `scope` (all checked first, then one write)."""
+    from dataclasses import replace
 
+    from ..embed import get_embedder, is_default, resolve_embed_model
+    from ..scopes import write_scope
+
+    scope = write_scope(scope)
     files = sorted(folder.glob("*/SKILL.md"))
     if not folder.is_dir() or not files:
         raise MempError(f"{folder}: no skill folders (*/SKILL.md) here")
@@ -198,7 +202,8 @@ def import_skills(store: Store, folder: Path, embed_model: str | None = None,
     report.skipped += len(runs) - len(fresh)
     if fresh:
         vectors = get_embedder(None if is_default(embed_id) else embed_id).embed([p.trajectory.task for p, _ in fresh])
-        items = [boundary.new_memory(p, "script", s, v, redactor) for (p, s), v in zip(fresh, vectors)]
+        items = [replace(boundary.new_memory(p, "script", s, v, redactor), scope=scope)
+                 for (p, s), v in zip(fresh, vectors)]
         added = store.memories.add(items, embed_id)
         report.added = len(added)
         report.skipped += len(items) - len(added)
