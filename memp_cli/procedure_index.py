@@ -108,8 +108,9 @@ class ProcedureIndex:
         return np.isin(self.scope_of, wanted)
 
     def near_copies(self, a: Entry, b: Entry, task_cosine: float) -> bool:
-        """Return True when two memories are near-copies: alike tasks, outcomes, keys and (rarer) steps."""
-        if task_cosine < COPY_TASK or a.outcome != b.outcome:
+        """Return True when two memories are near-copies: alike tasks, outcomes, keys and (rarer) steps, one scope."""
+        # Two scopes' memories stay apart in a recall of both, as prune keeps them apart.
+        if task_cosine < COPY_TASK or a.outcome != b.outcome or a.scope != b.scope:
             return False
         if task_cosine >= SAME_TASK:
             return True  # the same task: its runs differ in how they explored, and in what they took for parameters

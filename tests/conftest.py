@@ -90,7 +90,8 @@ def isolated(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, model_cache: Path)
     monkeypatch.setenv("MEMP_CACHE", str(model_cache))
     monkeypatch.setenv("LLM_USER_PATH", str(tmp_path / "llm"))
     monkeypatch.setenv("MEMP_RETRY_DELAY", "0")
-    for var in ("MEMP_MODEL", "MEMP_EMBED_MODEL", "MEMP_FORMAT", "OPENAI_API_KEY", "LLM_OPENAI_SHOW_RESPONSES"):
+    for var in ("MEMP_MODEL", "MEMP_EMBED_MODEL", "MEMP_FORMAT", "MEMP_SCOPE", "OPENAI_API_KEY",
+                "LLM_OPENAI_SHOW_RESPONSES"):
         monkeypatch.delenv(var, raising=False)
     yield tmp_path
 

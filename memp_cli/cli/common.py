@@ -93,11 +93,12 @@ ScopeOpt = Annotated[
     typer.Option("--scope", envvar="MEMP_SCOPE", callback=scope_name, show_default=False,
                  help="Scope (a namespace: a project, a team) the new memories go in. Default: 'default'."),
 ]
-# What a read searches (recall, list, prune, export).
+# What a read searches (recall, list, prune, export). $MEMP_SCOPE is read by `scopes.read_scopes`, not by click,
+# which would split a variable holding spaces into several scopes.
 ScopesOpt = Annotated[
     list[str] | None,
-    typer.Option("--scope", envvar="MEMP_SCOPE", callback=_scope_names, show_default=False,
-                 help="Scope to search (repeatable); '*' for every scope. Default: 'default'."),
+    typer.Option("--scope", callback=_scope_names, show_default=False,
+                 help="Scope to search (repeatable); '*' for every scope. Default: $MEMP_SCOPE, else 'default'."),
 ]
 
 
