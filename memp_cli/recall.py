@@ -52,22 +52,29 @@ def _within_budget(matches: Sequence[Match], max_tokens: int | None) -> list[Mat
 
 
 class _KeywordCache:
-    """One AveFact keyword index per store, rebuilt only when memories or keywords change."""
+    """AveFact keyword indexes of one store, one per set of scopes, rebuilt only when memories or keywords change."""
+
+    # A server answering several teams keeps each team's index, instead of rebuilding one on every change of scope.
+    SCOPE_SETS = 8
 
     def __init__(self) -> None:
         self.key: Any = None
-        self.index: Any = None
+        self.indexes: dict[tuple[str, ...] | None, Any] = {}
 
     def get(self, store: Store, embedder: Any, extractor: Any, scopes: Sequence[str] | None = None) -> Any:
         from . import keywords
 
-        wanted = None if scopes is None else tuple(sorted(scopes))
-        if (id(store), extractor.name, store.keywords.state(), wanted) != self.key:
-            # Memories or statuses changed: extract what is missing, then rebuild the index once.
+        wanted = None if scopes is None else tuple(sorted(set(scopes)))
+        if (id(store), extractor.name, store.keywords.state()) != self.key:
+            # Memories or statuses changed: extract what is missing, then rebuild the indexes as they are asked for.
             keywords.ensure(store, embedder, extractor)
-            self.index = keywords.KeywordIndex(store, scopes)
-            self.key = (id(store), extractor.name, store.keywords.state(), wanted)
-        return self.index
+            self.indexes = {}
+            self.key = (id(store), extractor.name, store.keywords.state())
+        if wanted not in self.indexes:
+            if len(self.indexes) >= self.SCOPE_SETS:
+                self.indexes.pop(next(iter(self.indexes)))
+            self.indexes[wanted] = keywords.KeywordIndex(store, scopes)
+        return self.indexes[wanted]
 
 
 _keyword_cache = _KeywordCache()
