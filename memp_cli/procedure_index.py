@@ -30,6 +30,9 @@ COPY_TASK = 0.95
 SAME_TASK = 0.99
 COPY_STEPS = 0.5
 INDEX_VERSION = "8"
+# Version 7 had no scopes: every memory it indexed was in 'default' (its store was from before scopes), so its keys
+# are read as they are rather than embedded again (minutes at 100k memories).
+UNSCOPED_VERSION = "7"
 
 
 @dataclass
@@ -92,7 +95,8 @@ class ProcedureIndex:
         if row >= len(self.ids) or int(self.ids[row]) != memory_id:
             return None
         raw = self._blob[int(self._offsets[row]) : int(self._offsets[row + 1])].decode("utf-8")
-        trajectory_id, outcome, task_words_, args, verbs_, key_words_, scope = raw.split("\t")
+        trajectory_id, outcome, task_words_, args, verbs_, key_words_, *scoped = raw.split("\t")
+        scope = scoped[0] if scoped else "default"
         entry = Entry(trajectory_id, outcome, frozenset(task_words_.split()), frozenset(args.split()),
                       frozenset(verbs_.split()), int(self.key_of[row]), frozenset(key_words_.split()), scope)
         self._decoded[memory_id] = entry
@@ -207,11 +211,14 @@ class ProcedureIndex:
         try:
             with np.load(path, allow_pickle=False) as data:
                 meta = json.loads(data["meta"].tobytes())
-                if meta.get("version") != INDEX_VERSION:
+                if meta.get("version") not in (INDEX_VERSION, UNSCOPED_VERSION):
                     return None
+                unscoped = meta["version"] == UNSCOPED_VERSION
+                scope_names = ["default"] if unscoped else meta["scopes"]
+                scope_of = np.zeros(len(data["ids"]), dtype=np.int32) if unscoped else data["scope_of"]
                 index = cls(tuple(meta["state"]), data["ids"], data["key_of"], data["vectors"],
                             data["blob"].tobytes(), data["offsets"], meta["idf"], meta["word_idf"],
-                            scope_names=meta["scopes"], scope_of=data["scope_of"])
+                            scope_names=scope_names, scope_of=scope_of)
         except (OSError, ValueError, KeyError, json.JSONDecodeError):
             return None
         index._path = path

@@ -300,3 +300,43 @@ def test_the_mcp_tools_take_scopes(memp, two_scopes: int, tmp_path: Path) -> Non
     assert learned["scope"] == "ops" and learned["added"] == 1
     assert bad.is_error
     assert open_store(db).memories.stats()["scopes"]["ops"] == 1
+
+
+def test_a_procedure_index_from_before_scopes_is_read_not_embedded_again(memp, tmp_path: Path) -> None:
+    import numpy as np
+
+    from memp_cli import procedure_index
+    from memp_cli.embed import OnnxEmbedder
+
+    memp("ingest", str(EXAMPLES), "-m", "offline")
+    store = open_store(Path(memp.json("stats")["path"]))
+    path = procedure_index.index_path(store)
+    # Rewrite the side file as version 7 wrote it: no scope in the entries, no scope_of, no scope names.
+    with np.load(path, allow_pickle=False) as data:
+        saved = {k: data[k] for k in data.files if k != "scope_of"}
+    meta = json.loads(saved["meta"].tobytes())
+    meta["version"] = "7"
+    del meta["scopes"]
+    index = procedure_index.ProcedureIndex.load(path)
+    assert index is not None
+    raws = [index._blob[int(a):int(b)].decode().rsplit("\t", 1)[0].encode()
+            for a, b in zip(index._offsets[:-1], index._offsets[1:])]
+    saved.update(meta=np.frombuffer(json.dumps(meta).encode(), dtype=np.uint8),
+                 blob=np.frombuffer(b"".join(raws), dtype=np.uint8),
+                 offsets=np.cumsum([0] + [len(r) for r in raws], dtype=np.int64))
+    with open(path, "wb") as f:
+        np.savez(f, **saved)
+    procedure_index._indexes.clear()
+
+    class Counting(OnnxEmbedder):
+        calls = 0
+
+        def embed(self, texts: Any) -> Any:
+            Counting.calls += 1
+            return super().embed(texts)
+
+    old = procedure_index.index_for(store, Counting(), "memp-minilm")
+    assert Counting.calls == 0, "the keys were read, not embedded again"
+    assert {old.entry(int(i)).scope for i in old.ids} == {"default"}  # type: ignore[union-attr]
+    assert old.in_scopes(["default"]).all() and not old.in_scopes(["x"]).any()
+    assert memp.json("recall", TASKS[1])["matches"]
