@@ -340,3 +340,25 @@ def test_a_procedure_index_from_before_scopes_is_read_not_embedded_again(memp, t
     assert {old.entry(int(i)).scope for i in old.ids} == {"default"}  # type: ignore[union-attr]
     assert old.in_scopes(["default"]).all() and not old.in_scopes(["x"]).any()
     assert memp.json("recall", TASKS[1])["matches"]
+
+
+def test_the_schemas_name_scopes_as_the_code_checks_them() -> None:
+    from memp_cli import scopes
+
+    schemas = Path(__file__).resolve().parents[1] / "memp_cli" / "schemas"
+    found = []
+    for path in sorted(schemas.glob("*.json")):
+
+        def walk(node: Any) -> None:
+            if isinstance(node, dict):
+                if isinstance(node.get("pattern"), str) and "A-Za-z0-9._-" in node["pattern"]:
+                    found.append(node["pattern"])
+                for value in node.values():
+                    walk(value)
+            elif isinstance(node, list):
+                for value in node:
+                    walk(value)
+
+        walk(json.loads(path.read_text()))
+    assert len(found) >= 4  # memory, ingest, export, stats
+    assert set(found) == {f"^{scopes.PATTERN}$"}
