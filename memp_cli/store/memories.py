@@ -13,6 +13,7 @@ from ..records import Memory, Script, Trajectory
 from .base import NewMemory
 from .db import now, write
 from .settings import SqliteSettings
+from .sql import NO_LIMIT
 from .vectors import SqliteVectors
 
 # Named as Memory's fields, so Memory.from_row can build one by column name.
@@ -59,8 +60,8 @@ class SqliteMemories:
 
     def _cache_script(self, trajectory_id: str, script: Script) -> None:
         self._conn.execute(
-            "INSERT OR IGNORE INTO script_cache(trajectory_id, model, prompt_version, script, input_tokens, "
-            "output_tokens, created_at) VALUES (?, ?, ?, ?, ?, ?, ?)",
+            "INSERT INTO script_cache(trajectory_id, model, prompt_version, script, input_tokens, "
+            "output_tokens, created_at) VALUES (?, ?, ?, ?, ?, ?, ?) ON CONFLICT DO NOTHING",
             [trajectory_id, script.model, script.prompt_version, script.text, script.input_tokens,
              script.output_tokens, now()],
         )
@@ -81,8 +82,8 @@ class SqliteMemories:
             for item in items:
                 traj = item.trajectory
                 cur = self._conn.execute(
-                    "INSERT OR IGNORE INTO trajectories(id, task, steps, outcome, score, source_id, source_file, "
-                    "source_line, metadata, created_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                    "INSERT INTO trajectories(id, task, steps, outcome, score, source_id, source_file, "
+                    "source_line, metadata, created_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?) ON CONFLICT DO NOTHING",
                     [
                         traj.id, traj.task, json.dumps([s.to_dict() for s in traj.steps], ensure_ascii=False),
                         traj.outcome, traj.score, traj.source_id, traj.source_file, traj.source_line,
@@ -96,14 +97,15 @@ class SqliteMemories:
                     self._cache_script(traj.id, script)
                 cur = self._conn.execute(
                     "INSERT INTO memories(trajectory_id, build, task, script, trajectory, tokens, model, "
-                    "prompt_version, created_at, updated_at, status, flag) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                    "prompt_version, created_at, updated_at, status, flag) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?) "
+                    "RETURNING id",
                     [
                         traj.id, item.build, traj.task, script.text if script else None, item.trajectory_text,
                         item.tokens, script.model if script else None, script.prompt_version if script else None,
                         stamp, stamp, "held" if item.flag else "active", item.flag,
                     ],
                 )
-                memory_id = int(cur.lastrowid or 0)
+                memory_id = int(cur.fetchone()[0])
                 vectors.append(item.vector)
                 self._history(
                     memory_id, 1, "built", None, None, script.text if script else None, item.trajectory_text,
@@ -343,8 +345,12 @@ class SqliteMemories:
             "tokens": one("SELECT coalesce(sum(tokens), 0) FROM memories"),
             "embed_model": embed[0] if embed else None,
             "embed_dim": embed[1] if embed else None,
-            "bytes": self._path.stat().st_size if self._path.exists() else 0,
+            "bytes": self._bytes(),
         }
+
+    def _bytes(self) -> int:
+        """Return the size of the store on disk."""
+        return self._path.stat().st_size if self._path.exists() else 0
 
     # Inside the class body `list` names this method: the annotations here say builtins.list.
     def list(
@@ -361,5 +367,5 @@ class SqliteMemories:
         sql = f"SELECT {_MEMORY_COLUMNS} {_MEMORY_FROM} WHERE {' AND '.join(where)} ORDER BY m.id DESC"
         if limit is not None or offset:
             sql += " LIMIT ? OFFSET ?"
-            params.extend([-1 if limit is None else limit, offset])
+            params.extend([NO_LIMIT if limit is None else limit, offset])
         return [Memory.from_row(r) for r in self._conn.execute(sql, params).fetchall()]
