@@ -252,3 +252,13 @@ def m010_build_column_and_script_cache(db: Database) -> None:
 def m011_task_index(db: Database) -> None:
     """An index on each memory's task as compared across attempts (trimmed, lower-case): runs of one task found fast."""
     db.execute("CREATE INDEX idx_memories_task_key ON memories(lower(trim(task)))")
+
+
+@migrations()
+def m012_scopes(db: Database) -> None:
+    """Each memory's scope (a namespace: a project, a team), every existing memory in 'default'; indexed with status.
+
+    Recall, list and stats filter on (scope, status) together, so one index serves both.
+    """
+    db.execute("ALTER TABLE memories ADD COLUMN scope TEXT NOT NULL DEFAULT 'default'")
+    db.execute("CREATE INDEX idx_memories_scope_status ON memories(scope, status)")

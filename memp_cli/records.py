@@ -145,6 +145,7 @@ class Memory:
     last_recalled_at: str | None
     retired_reason: str | None
     flag: str | None
+    scope: str  # the namespace it belongs to (a project, a team): recall searches the scopes asked for
     source_file: str | None
     source_line: int | None
     source_id: str | None

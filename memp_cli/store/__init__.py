@@ -14,6 +14,7 @@ Nothing heavy is imported here: sqlean, numpy and sqlite-utils load when a store
 
 from __future__ import annotations
 
+import os
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -68,11 +69,19 @@ class SqliteStore:
         self.db.close()
 
 
-def open_store(path: Path | None = None) -> Store:
-    """Return the store at `path` (or the default), creating and migrating it as needed."""
+def open_store(path: Path | str | None = None, schema: str | None = None) -> Store:
+    """Return the store at `path` (a file, or a postgresql:// URL; else $MEMP_DB, else the default), migrated.
+
+    A PostgreSQL store lives in `schema` (else $MEMP_SCHEMA, else memp) of the database the URL names.
+    """
+    location = path if path is not None else os.environ.get("MEMP_DB")
+    if isinstance(location, str) and location.startswith(("postgresql://", "postgres://")):
+        from .pg import open_pg_store
+
+        return open_pg_store(location, schema)  # type: ignore[return-value]
     from . import db
 
-    path = path or default_path()
+    path = Path(location).expanduser() if location else default_path()
     conn = db.connect(path)
     try:
         db.migrate(conn, path)

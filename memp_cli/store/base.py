@@ -21,7 +21,7 @@ RecallEntry = tuple[str, str, str, int, Sequence[tuple[int, float]]]
 
 @dataclass
 class NewMemory:
-    """What ingest hands the store for one trajectory: the memory built and the key vector."""
+    """What ingest hands the store for one trajectory: the memory built, the key vector, and the scope it goes in."""
 
     trajectory: Trajectory
     build: str
@@ -30,6 +30,7 @@ class NewMemory:
     tokens: int
     vector: list[float]
     flag: str | None = None
+    scope: str = "default"
 
 
 class Settings(Protocol):
@@ -66,11 +67,18 @@ class Vectors(Protocol):
     def vector(self, memory_id: int) -> list[float]:
         """Return a memory's task vector, or raise NotFoundError."""
 
-    def nearest(self, vector: Sequence[float], k: int, exact: bool | None = None) -> list[tuple[int, float]]:
-        """Return (memory id, cosine similarity) of the `k` active memories nearest to `vector`, best first."""
+    def nearest(
+        self, vector: Sequence[float], k: int, exact: bool | None = None, scopes: Sequence[str] | None = None
+    ) -> list[tuple[int, float]]:
+        """Return (memory id, cosine similarity) of the `k` active memories nearest to `vector`, best first.
 
-    def nearest_many(self, vectors: Sequence[Sequence[float]], k: int) -> list[list[tuple[int, float]]]:
-        """Return `nearest` for each vector."""
+        `scopes` None searches every scope; a sequence searches the memories of those scopes only.
+        """
+
+    def nearest_many(
+        self, vectors: Sequence[Sequence[float]], k: int, scopes: Sequence[str] | None = None
+    ) -> list[list[tuple[int, float]]]:
+        """Return `nearest` for each vector, within `scopes` (None: every scope)."""
 
     def similarities(self, vector: Sequence[float], memory_ids: Sequence[int]) -> dict[int, float]:
         """Return the cosine between `vector` and each memory's task vector."""
@@ -86,6 +94,9 @@ class Memories(Protocol):
 
     def known(self, trajectory_ids: Sequence[str]) -> set[str]:
         """Return which of the trajectory ids are stored already."""
+
+    def scopes_of(self, trajectory_ids: Sequence[str]) -> dict[str, str]:
+        """Return trajectory id -> the scope of its memory, for those of the ids stored already."""
 
     def cached_script(self, trajectory_id: str, model: str, prompt_version: str) -> Script | None:
         """Return a script distilled before from this trajectory by this model and prompt version."""
@@ -104,12 +115,12 @@ class Memories(Protocol):
 
     def list(
         self, limit: int | None = None, build: str | None = None, outcome: str | None = None,
-        status: str | None = None, offset: int = 0,
+        status: str | None = None, offset: int = 0, scopes: Sequence[str] | None = None,
     ) -> builtins.list[Memory]:
-        """Return memories, newest first, optionally filtered by build policy, outcome and status, from `offset`."""
+        """Return memories, newest first, optionally filtered by build policy, outcome, status and scopes."""
 
-    def random_ids(self, k: int, seed: int | None = None) -> builtins.list[int]:
-        """Return the ids of up to `k` active memories drawn at random."""
+    def random_ids(self, k: int, seed: int | None = None, scopes: Sequence[str] | None = None) -> builtins.list[int]:
+        """Return the ids of up to `k` active memories of `scopes` (None: every scope) drawn at random."""
 
     def trajectory(self, trajectory_id: str) -> Trajectory:
         """Return a stored trajectory, or raise NotFoundError."""
@@ -147,7 +158,10 @@ class Memories(Protocol):
         """Return (memory id, trajectory id, build) of memories whose script is offline-built, or of all scripts."""
 
     def stats(self) -> dict[str, Any]:
-        """Return counts of trajectories and memories by build policy, outcome, model and status."""
+        """Return counts of trajectories and memories by build policy, outcome, model and status.
+
+        Its "scopes" maps each scope name to its count of active memories.
+        """
 
 
 class Log(Protocol):
@@ -190,11 +204,15 @@ class Keywords(Protocol):
     def state(self) -> tuple[int, ...]:
         """Return numbers that change whenever keywords, memberships or memory statuses change."""
 
-    def index(self) -> tuple[list[int], list[list[int]], list[str], list[bytes]]:
-        """Return active memory ids, each one's keyword positions, and the keywords with their float32 blobs."""
+    def index(
+        self, scopes: Sequence[str] | None = None
+    ) -> tuple[list[int], list[list[int]], list[str], list[bytes]]:
+        """Return active memory ids (of `scopes`), each one's keyword positions, and the keywords with their blobs."""
 
-    def full_text(self, terms: Sequence[str], n: int) -> list[tuple[int, float]]:
-        """Return (memory id, score, higher is better) of up to `n` active memories matching any of `terms`."""
+    def full_text(
+        self, terms: Sequence[str], n: int, scopes: Sequence[str] | None = None
+    ) -> list[tuple[int, float]]:
+        """Return (memory id, score, higher is better) of up to `n` active memories of `scopes` matching `terms`."""
 
 
 class Transfer(Protocol):
@@ -206,8 +224,9 @@ class Transfer(Protocol):
     def memory_rows(
         self, status: str | None = None, outcome: str | None = None, build: str | None = None,
         task_type: str | None = None, since: str | None = None, vectors: bool = False,
+        scopes: Sequence[str] | None = None,
     ) -> Iterator[dict[str, Any]]:
-        """Yield each memory (oldest first, filtered) with its run, history, cached scripts, keywords and vector."""
+        """Yield each memory (oldest first, filtered) with its scope, run, history, cached scripts, keywords, vector."""
 
     def keyword_vectors(self, words: Sequence[str]) -> dict[str, bytes]:
         """Return the stored float32 blob of each of `words` that has one."""
@@ -222,7 +241,10 @@ class Transfer(Protocol):
         self, memories: Sequence[dict[str, Any]], vectors: Sequence[Sequence[float]], embed_model: str,
         keyword_vectors: dict[str, bytes], outcomes: Sequence[dict[str, Any]], settings: dict[str, str],
     ) -> dict[str, int]:
-        """Store whole memories with their vectors, keywords, outcomes and settings in one transaction; return counts."""
+        """Store whole memories with their vectors, keywords, outcomes and settings in one transaction; return counts.
+
+        Each memory dict carries its "scope" ("default" when absent: exports made before scopes).
+        """
 
     def snapshot(self, target: Path) -> None:
         """Write a consistent copy of the whole store to the new file `target`."""

@@ -16,7 +16,7 @@ BUSY_TIMEOUT_MS = 30_000
 DB_FILENAME = "memp.db"
 # The newest migration in memp_cli/migrations.py. A store whose last applied migration is this one is up to date,
 # which one query tells without importing sqlite-utils (~0.2 s); a test keeps it in step with the migrations.
-LATEST_MIGRATION = "m011_task_index"
+LATEST_MIGRATION = "m012_scopes"
 
 
 def now() -> str:
@@ -156,3 +156,12 @@ def _migrate_slowly(conn: Any, path: Path) -> None:
     # savepoint inside this transaction, so a failure leaves no migration half-applied.
     with write(conn):
         migrations.apply(db)
+
+
+def scope_filter(column: str, scopes: Sequence[str] | None) -> tuple[str, list[str]]:
+    """Return an SQL condition keeping rows whose `column` is one of `scopes` (always true for None), its parameters."""
+    if scopes is None:
+        return "1 = 1", []
+    if not scopes:
+        return "0 = 1", []
+    return f"{column} IN ({','.join('?' * len(scopes))})", list(scopes)

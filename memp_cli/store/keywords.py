@@ -5,7 +5,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import Any
 
-from .db import pack, write
+from .db import pack, scope_filter, write
 
 
 class SqliteKeywords:
@@ -58,8 +58,10 @@ class SqliteKeywords:
         ).fetchone()
         return tuple(int(v) for v in row)
 
-    def index(self) -> tuple[list[int], list[list[int]], list[str], list[bytes]]:
-        """Return active memory ids, each one's keyword positions, and the keywords with their float32 blobs."""
+    def index(
+        self, scopes: Sequence[str] | None = None
+    ) -> tuple[list[int], list[list[int]], list[str], list[bytes]]:
+        """Return active memory ids (of `scopes`), each one's keyword positions, and the keywords with their blobs."""
         words: list[str] = []
         blobs: list[bytes] = []
         position: dict[int, int] = {}
@@ -68,23 +70,27 @@ class SqliteKeywords:
             words.append(word)
             blobs.append(blob)
         members: dict[int, list[int]] = {}
+        scoped, scope_params = scope_filter("m.scope", scopes)
         for memory_id, kid in self._conn.execute(
             "SELECT k.memory_id, k.keyword_id FROM memory_keywords k JOIN memories m ON m.id = k.memory_id "
-            "WHERE m.status = 'active' ORDER BY k.memory_id"
+            f"WHERE m.status = 'active' AND {scoped} ORDER BY k.memory_id", scope_params
         ):
             members.setdefault(int(memory_id), []).append(position[kid])
         ids = list(members)
         return ids, [members[i] for i in ids], words, blobs
 
-    def full_text(self, terms: Sequence[str], n: int) -> list[tuple[int, float]]:
-        """Return (memory id, BM25 score, higher is better) of up to `n` active memories matching any of `terms`."""
+    def full_text(
+        self, terms: Sequence[str], n: int, scopes: Sequence[str] | None = None
+    ) -> list[tuple[int, float]]:
+        """Return (memory id, BM25 score, higher is better) of up to `n` active memories of `scopes` matching `terms`."""
         if not terms:
             return []
         # Each term quoted: FTS5 would read a bare word such as "or" or "near" as an operator.
+        scoped, scope_params = scope_filter("m.scope", scopes)
         query = " OR ".join('"' + t.replace('"', '""') + '"' for t in terms)
         rows = self._conn.execute(
             "SELECT f.rowid, -bm25(memories_fts) AS score FROM memories_fts f JOIN memories m ON m.id = f.rowid "
-            "WHERE memories_fts MATCH ? AND m.status = 'active' ORDER BY bm25(memories_fts) LIMIT ?",
-            [query, n],
+            f"WHERE memories_fts MATCH ? AND m.status = 'active' AND {scoped} ORDER BY bm25(memories_fts) LIMIT ?",
+            [query, *scope_params, n],
         ).fetchall()
         return [(int(r[0]), float(r[1])) for r in rows]

@@ -11,7 +11,7 @@ from typing import Any
 from ..errors import NotFoundError
 from ..records import Memory, Script, Trajectory
 from .base import NewMemory
-from .db import now, write
+from .db import now, scope_filter, write
 from .settings import SqliteSettings
 from .sql import NO_LIMIT
 from .vectors import SqliteVectors
@@ -20,7 +20,7 @@ from .vectors import SqliteVectors
 _MEMORY_COLUMNS = """
     m.id, m.trajectory_id, m.build, m.task, t.outcome, t.score AS outcome_score, m.script, m.trajectory, m.tokens,
     m.model, m.prompt_version, m.version, m.status, m.recalled, m.succeeded, m.failed, m.created_at,
-    m.last_recalled_at, m.retired_reason, m.flag, t.source_file, t.source_line, t.source_id, t.metadata
+    m.last_recalled_at, m.retired_reason, m.flag, m.scope, t.source_file, t.source_line, t.source_id, t.metadata
 """
 _MEMORY_FROM = "FROM memories m JOIN trajectories t ON t.id = m.trajectory_id"
 HISTORY_FIELDS = (
@@ -46,6 +46,18 @@ class SqliteMemories:
         marks = ",".join("?" * len(trajectory_ids))
         rows = self._conn.execute(f"SELECT id FROM trajectories WHERE id IN ({marks})", list(trajectory_ids))
         return {r[0] for r in rows}
+
+    def scopes_of(self, trajectory_ids: Sequence[str]) -> dict[str, str]:
+        """Return trajectory id -> the scope of its memory, for those of the ids stored already."""
+        found: dict[str, str] = {}
+        for start in range(0, len(trajectory_ids), 500):
+            chunk = list(trajectory_ids[start : start + 500])
+            marks = ",".join("?" * len(chunk))
+            rows = self._conn.execute(
+                f"SELECT trajectory_id, scope FROM memories WHERE trajectory_id IN ({marks})", chunk
+            )
+            found.update((str(r[0]), str(r[1])) for r in rows)
+        return found
 
     def cached_script(self, trajectory_id: str, model: str, prompt_version: str) -> Script | None:
         """Return a script distilled before from this trajectory by this model and prompt version."""
@@ -97,12 +109,12 @@ class SqliteMemories:
                     self._cache_script(traj.id, script)
                 cur = self._conn.execute(
                     "INSERT INTO memories(trajectory_id, build, task, script, trajectory, tokens, model, "
-                    "prompt_version, created_at, updated_at, status, flag) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?) "
-                    "RETURNING id",
+                    "prompt_version, created_at, updated_at, status, flag, scope) "
+                    "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?) RETURNING id",
                     [
                         traj.id, item.build, traj.task, script.text if script else None, item.trajectory_text,
                         item.tokens, script.model if script else None, script.prompt_version if script else None,
-                        stamp, stamp, "held" if item.flag else "active", item.flag,
+                        stamp, stamp, "held" if item.flag else "active", item.flag, item.scope,
                     ],
                 )
                 memory_id = int(cur.fetchone()[0])
@@ -298,11 +310,14 @@ class SqliteMemories:
             raise NotFoundError(f"no memory with id {memory_id}")
         return found[0]
 
-    def random_ids(self, k: int, seed: int | None = None) -> builtins.list[int]:
-        """Return the ids of up to `k` active memories drawn at random."""
+    def random_ids(self, k: int, seed: int | None = None, scopes: Sequence[str] | None = None) -> builtins.list[int]:
+        """Return the ids of up to `k` active memories of `scopes` (None: every scope) drawn at random."""
         import random
 
-        ids = [r[0] for r in self._conn.execute("SELECT id FROM memories WHERE status = 'active'").fetchall()]
+        scoped, params = scope_filter("scope", scopes)
+        ids = [r[0] for r in self._conn.execute(
+            f"SELECT id FROM memories WHERE status = 'active' AND {scoped} ORDER BY id", params
+        ).fetchall()]
         return random.Random(seed).sample(ids, min(k, len(ids)))
 
     def trajectory(self, trajectory_id: str) -> Trajectory:
@@ -324,7 +339,7 @@ class SqliteMemories:
         return [(r[0], r[1], r[2]) for r in self._conn.execute(sql + " ORDER BY id").fetchall()]
 
     def stats(self) -> dict[str, Any]:
-        """Return counts of trajectories and memories by build policy, outcome, model and status."""
+        """Return counts of trajectories and memories by build policy, outcome, model and status, active ones by scope."""
 
         def one(sql: str) -> Any:
             return self._conn.execute(sql).fetchone()[0]
@@ -341,6 +356,8 @@ class SqliteMemories:
             "by_outcome": grouped("SELECT outcome, count(*) FROM trajectories GROUP BY outcome ORDER BY outcome"),
             "by_model": grouped("SELECT coalesce(model, 'none'), count(*) FROM memories GROUP BY 1 ORDER BY 1"),
             "by_status": grouped("SELECT status, count(*) FROM memories GROUP BY status ORDER BY status"),
+            # Every scope that holds a memory, with its count of active ones (0 when all are held or retired).
+            "scopes": grouped("SELECT scope, sum(status = 'active') FROM memories GROUP BY scope ORDER BY scope"),
             "recalls": one("SELECT count(*) FROM recalls"),
             "tokens": one("SELECT coalesce(sum(tokens), 0) FROM memories"),
             "embed_model": embed[0] if embed else None,
@@ -355,11 +372,12 @@ class SqliteMemories:
     # Inside the class body `list` names this method: the annotations here say builtins.list.
     def list(
         self, limit: int | None = None, build: str | None = None, outcome: str | None = None,
-        status: str | None = None, offset: int = 0,
+        status: str | None = None, offset: int = 0, scopes: Sequence[str] | None = None,
     ) -> builtins.list[Memory]:
-        """Return memories, newest first, optionally filtered by build policy, outcome and status, from `offset`."""
-        where: builtins.list[str] = ["1 = 1"]
-        params: builtins.list[Any] = []
+        """Return memories, newest first, optionally filtered by build policy, outcome, status and scopes."""
+        scoped, scope_params = scope_filter("m.scope", scopes)
+        where: builtins.list[str] = [scoped]
+        params: builtins.list[Any] = list(scope_params)
         for column, value in (("m.status", status), ("m.build", build), ("t.outcome", outcome)):
             if value:
                 where.append(f"{column} = ?")

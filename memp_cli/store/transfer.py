@@ -12,7 +12,7 @@ from pathlib import Path
 from typing import Any
 
 from ..errors import StoreError
-from .db import write
+from .db import scope_filter, write
 from .memories import HISTORY_FIELDS
 from .settings import SqliteSettings
 from .sql import dialect
@@ -22,7 +22,7 @@ TRAJECTORY_COLUMNS = ("id", "task", "steps", "outcome", "score", "source_id", "s
                       "metadata", "created_at")
 MEMORY_COLUMNS = ("build", "task", "script", "trajectory", "tokens", "model", "prompt_version", "version", "status",
                   "flag", "retired_reason", "retired_at", "recalled", "succeeded", "failed", "created_at",
-                  "updated_at", "last_recalled_at")
+                  "updated_at", "last_recalled_at", "scope")
 HISTORY_COLUMNS = HISTORY_FIELDS  # a memory's history as `memp history` prints it, every field exported
 CACHE_COLUMNS = ("model", "prompt_version", "script", "input_tokens", "output_tokens", "created_at")
 OUTCOME_COLUMNS = ("recall_id", "outcome", "score", "policy", "trajectory", "applied", "created_at")
@@ -49,11 +49,14 @@ class SqliteTransfer:
     def memory_rows(
         self, status: str | None = None, outcome: str | None = None, build: str | None = None,
         task_type: str | None = None, since: str | None = None, vectors: bool = False,
+        scopes: Sequence[str] | None = None,
     ) -> Iterator[dict[str, Any]]:
-        """Yield each memory (oldest first, filtered) with its run, history, cached scripts, keywords and vector."""
-        where, params = ["1 = 1"], []
+        """Yield each memory (oldest first, filtered) with its scope, run, history, cached scripts, keywords, vector."""
+        scoped, scope_params = scope_filter("m.scope", scopes)
+        where, params = [scoped], list(scope_params)
         for clause, value in (("m.status = ?", status), ("t.outcome = ?", outcome), ("m.build = ?", build),
-                              (f"{dialect(self._conn).json_text('t.metadata', 'task_type')} = ?", task_type), ("m.created_at >= ?", since)):
+                              (f"{dialect(self._conn).json_text('t.metadata', 'task_type')} = ?", task_type),
+                              ("m.created_at >= ?", since)):
             if value:
                 where.append(clause)
                 params.append(value)
@@ -173,7 +176,8 @@ class SqliteTransfer:
         cur = self._conn.execute(
             f"INSERT INTO memories(trajectory_id, {', '.join(MEMORY_COLUMNS)}) "
             f"VALUES (?, {', '.join('?' * len(MEMORY_COLUMNS))}) RETURNING id",
-            [item["run_id"], *(item[c] for c in MEMORY_COLUMNS)],
+            # An export made before scopes carries none: its memories were all in the one scope there was.
+            [item["run_id"], *(item.get(c, "default") if c == "scope" else item[c] for c in MEMORY_COLUMNS)],
         )
         memory_id = int(cur.fetchone()[0])
         self._conn.executemany(

@@ -12,7 +12,7 @@ from collections.abc import Sequence
 from typing import Any
 
 from ..errors import NotFoundError
-from .db import pack, unpack
+from .db import pack, scope_filter, unpack
 from .settings import SqliteSettings
 
 FLOAT_TABLE = "memory_vectors"
@@ -36,6 +36,8 @@ class SqliteVectors:
         self._settings = settings
         self._count: int | None = None
         self._preloaded: Any = None
+        self._preloaded_scopes: Any = None  # each preloaded memory's scope, row by row
+        self._scoped: dict[tuple[str, ...], Any] = {}
 
     # -- writing (inside a write) ---------------------------------------------------------------------------------
 
@@ -116,16 +118,19 @@ class SqliteVectors:
         ).fetchall()
         return {int(r[0]): 1.0 - float(r[1]) for r in rows}
 
-    def nearest(self, vector: Sequence[float], k: int, exact: bool | None = None) -> list[tuple[int, float]]:
-        """Return (memory id, cosine similarity) of the `k` active memories nearest to `vector`, best first.
+    def nearest(
+        self, vector: Sequence[float], k: int, exact: bool | None = None, scopes: Sequence[str] | None = None
+    ) -> list[tuple[int, float]]:
+        """Return (memory id, cosine similarity) of the `k` active memories of `scopes` nearest to `vector`, best first.
 
         Large stores search the sign bits first (unless `exact`); small ones scan the float vectors; preloaded
-        vectors are searched in memory.
+        vectors are searched in memory. `scopes` None searches every scope.
         """
         if self._settings.embed_model() is None or k <= 0:
             return []
         if self._preloaded is not None and exact is None:
-            return self.nearest_many([vector], k)[0]
+            return self.nearest_many([vector], k, scopes)[0]
+        scoped, scope_params = scope_filter("m.scope", scopes)
         total = self.count()
         if exact is None:
             exact = total < QUANTIZED_ABOVE
@@ -139,17 +144,18 @@ class SqliteVectors:
             rows = self._conn.execute(
                 f"SELECT v.memory_id, vec_distance_cosine(v.embedding, ?) AS d FROM {FLOAT_TABLE} v "
                 f"JOIN memories m ON m.id = v.memory_id WHERE v.memory_id IN ({marks}) AND m.status = 'active' "
-                "ORDER BY d, v.memory_id LIMIT ?",
-                [blob, *candidates, k],
+                f"AND {scoped} ORDER BY d, v.memory_id LIMIT ?",
+                [blob, *candidates, *scope_params, k],
             ).fetchall()
-            # Held and retired memories are among the candidates too; when they crowd out the active ones, and
-            # more memories are left than were looked at, the exact scan below settles it.
+            # Held and retired memories, and other scopes', are among the candidates too; when they crowd out the
+            # ones asked for, and more memories are left than were looked at, the exact scan below settles it.
             if len(rows) >= k or len(candidates) >= total:
                 return [(int(r[0]), 1.0 - float(r[1])) for r in rows]
         rows = self._conn.execute(
             f"SELECT v.memory_id, vec_distance_cosine(v.embedding, ?) AS d FROM memories m "
-            f"JOIN {FLOAT_TABLE} v ON v.memory_id = m.id WHERE m.status = 'active' ORDER BY d, v.memory_id LIMIT ?",
-            [blob, k],
+            f"JOIN {FLOAT_TABLE} v ON v.memory_id = m.id WHERE m.status = 'active' AND {scoped} "
+            "ORDER BY d, v.memory_id LIMIT ?",
+            [blob, *scope_params, k],
         ).fetchall()
         return [(int(r[0]), 1.0 - float(r[1])) for r in rows]
 
@@ -168,7 +174,7 @@ class SqliteVectors:
         cursor = self._conn.cursor()
         cursor.row_factory = None  # plain tuples: ~100k rows are read here
         cursor.execute(
-            f"SELECT v.memory_id, v.embedding FROM {FLOAT_TABLE} v JOIN memories m ON m.id = v.memory_id "
+            f"SELECT v.memory_id, v.embedding, m.scope FROM {FLOAT_TABLE} v JOIN memories m ON m.id = v.memory_id "
             "WHERE m.status = 'active'"
         )
         # Filled in place, a few thousand rows at a time: reading every row first, then joining them, held the
@@ -176,6 +182,7 @@ class SqliteVectors:
         ids = np.empty(self.count(), dtype=np.int64)
         matrix = np.empty((len(ids), dim), dtype=np.float32)
         filled = 0
+        scopes: list[str] = []
         while rows := cursor.fetchmany(4096):
             if filled + len(rows) > len(ids):  # memories added since the count: make room
                 ids = np.concatenate([ids, np.empty(len(rows), dtype=np.int64)])
@@ -184,14 +191,32 @@ class SqliteVectors:
             matrix[filled : filled + len(rows)] = np.frombuffer(b"".join(r[1] for r in rows), dtype=np.float32).reshape(
                 len(rows), dim
             )
+            scopes.extend(r[2] for r in rows)
             filled += len(rows)
         self._preloaded = (ids[:filled], matrix[:filled])
+        self._preloaded_scopes = np.asarray(scopes, dtype=object)
+        self._scoped = {}
 
-    def nearest_many(self, vectors: Sequence[Sequence[float]], k: int) -> list[list[tuple[int, float]]]:
-        """Return `nearest` for each vector: with preloaded vectors, one matrix product for all of them."""
+    def _preloaded_in(self, scopes: Sequence[str] | None) -> Any:
+        """Return the preloaded (ids, matrix) of the memories of `scopes`, picked once per set of scopes."""
+        if scopes is None:
+            return self._preloaded
+        import numpy as np
+
+        key = tuple(sorted(set(scopes)))
+        if key not in self._scoped:
+            ids, matrix = self._preloaded
+            keep = np.isin(self._preloaded_scopes, list(key))
+            self._scoped[key] = (ids[keep], matrix[keep])
+        return self._scoped[key]
+
+    def nearest_many(
+        self, vectors: Sequence[Sequence[float]], k: int, scopes: Sequence[str] | None = None
+    ) -> list[list[tuple[int, float]]]:
+        """Return `nearest` for each vector (within `scopes`): with preloaded vectors, one product for all of them."""
         if self._preloaded is None or self._settings.embed_model() is None or k <= 0:
-            return [self.nearest(vector, k) for vector in vectors]
-        return top_k(self._preloaded, vectors, k)
+            return [self.nearest(vector, k, scopes=scopes) for vector in vectors]
+        return top_k(self._preloaded_in(scopes), vectors, k)
 
 
 def top_k(preloaded: tuple[Any, Any], vectors: Sequence[Sequence[float]], k: int) -> list[list[tuple[int, float]]]:

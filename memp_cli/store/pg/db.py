@@ -16,7 +16,7 @@ from contextlib import contextmanager
 from functools import lru_cache
 from typing import Any
 
-from ...errors import StoreError, UsageError
+from ...errors import SchemaError, StoreError
 from ..sql import POSTGRES, Dialect
 
 SCHEMA_DEFAULT = "memp"
@@ -32,10 +32,10 @@ def is_url(location: object) -> bool:
 
 
 def schema_name(schema: str | None = None) -> str:
-    """Return the schema to use: the one given, else $MEMP_SCHEMA, else `memp`; raise UsageError when malformed."""
+    """Return the schema to use: the one given, else $MEMP_SCHEMA, else `memp`; raise SchemaError when malformed."""
     name = schema or os.environ.get("MEMP_SCHEMA") or SCHEMA_DEFAULT
     if not _SCHEMA_NAME.fullmatch(name):
-        raise UsageError(f"schema {name!r}: use lower-case letters, digits and underscores (at most 63)")
+        raise SchemaError(f"schema {name!r}: use lower-case letters, digits and underscores (at most 63)")
     return name
 
 

@@ -12,11 +12,12 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from ...errors import StoreError
+from ..db import scope_filter
 from ..keywords import SqliteKeywords
 from ..memories import SqliteMemories
 from ..settings import SqliteSettings
 from ..transfer import SqliteTransfer
-from .vectors import TABLE, scope_clause
+from .vectors import TABLE
 
 
 class PgSettings(SqliteSettings):
@@ -60,10 +61,10 @@ class PgKeywords(SqliteKeywords):
             return []
         # Each term parsed on its own as plain text (never as tsquery syntax), the queries OR-ed together.
         query = " || ".join(["plainto_tsquery('english', ?)"] * len(terms))
-        where, params = scope_clause(scopes)
+        scoped, params = scope_filter("m.scope", scopes)
         rows = self._conn.execute(
             f"SELECT m.id, ts_rank(m.fts, q.q) AS score FROM memories m, (SELECT {query} AS q) q "
-            f"WHERE m.fts @@ q.q AND m.status = 'active'{where} ORDER BY score DESC, m.id LIMIT ?",
+            f"WHERE m.fts @@ q.q AND m.status = 'active' AND {scoped} ORDER BY score DESC, m.id LIMIT ?",
             [*terms, *params, n],
         ).fetchall()
         return [(int(r[0]), float(r[1])) for r in rows]

@@ -12,7 +12,9 @@ from collections.abc import Sequence
 from typing import Any
 
 from ...errors import NotFoundError
+from ..db import scope_filter
 from ..settings import SqliteSettings
+from ..vectors import SqliteVectors
 from .db import PgConnection
 
 TABLE = "memory_vectors"
@@ -22,20 +24,12 @@ INDEX = "idx_memory_vectors_hnsw"
 HNSW_ABOVE = 10_000
 
 
-def scope_clause(scopes: Sequence[str] | None) -> tuple[str, list[Any]]:
-    """Return SQL (starting with AND) keeping memories of `scopes` only, and its parameters; nothing for every scope."""
-    if scopes is None:
-        return "", []
-    return f" AND m.scope IN ({','.join('?' * len(scopes))})", list(scopes)
-
-
-class PgVectors:
-    """Task vectors in `memory_vectors` (memory id -> vector(dim))."""
+class PgVectors(SqliteVectors):
+    """Task vectors in `memory_vectors` (memory id -> vector(dim)); preloaded search as SQLite's."""
 
     def __init__(self, conn: PgConnection, settings: SqliteSettings) -> None:
-        self._conn = conn
-        self._settings = settings
-        self._preloaded: Any = None
+        super().__init__(conn, settings)
+        self._conn: PgConnection = conn
         self._indexed: bool | None = None
 
     def add(self, memory_ids: Sequence[int], vectors: Sequence[Sequence[float]], embed_model: str) -> None:
@@ -97,15 +91,15 @@ class PgVectors:
         """Return (memory id, cosine similarity) of the `k` active memories nearest to `vector`, best first."""
         if self._settings.embed_model() is None or k <= 0:
             return []
-        if self._preloaded is not None and exact is None and scopes is None:
-            return self.nearest_many([vector], k)[0]
-        where, params = scope_clause(scopes)
+        if self._preloaded is not None and exact is None:
+            return self.nearest_many([vector], k, scopes=scopes)[0]
+        scoped, params = scope_filter("m.scope", scopes)
         query = _query(vector)
         if not exact and self.indexed():
             # ORDER BY the distance alone, so the planner walks the index; ties are put in id order here.
             rows = self._conn.execute(
                 f"SELECT v.memory_id, v.embedding <=> ? AS d FROM {TABLE} v JOIN memories m ON m.id = v.memory_id "
-                f"WHERE m.status = 'active'{where} ORDER BY v.embedding <=> ? LIMIT ?",
+                f"WHERE m.status = 'active' AND {scoped} ORDER BY v.embedding <=> ? LIMIT ?",
                 [query, *params, query, k],
             ).fetchall()
             if len(rows) >= k:
@@ -116,20 +110,10 @@ class PgVectors:
             self._conn.execute("SET LOCAL enable_indexscan = off")
             rows = self._conn.execute(
                 f"SELECT v.memory_id, v.embedding <=> ? AS d FROM {TABLE} v JOIN memories m ON m.id = v.memory_id "
-                f"WHERE m.status = 'active'{where} ORDER BY d, v.memory_id LIMIT ?",
+                f"WHERE m.status = 'active' AND {scoped} ORDER BY d, v.memory_id LIMIT ?",
                 [query, *params, k],
             ).fetchall()
         return [(int(r[0]), 1.0 - float(r[1])) for r in rows]
-
-    def nearest_many(
-        self, vectors: Sequence[Sequence[float]], k: int, scopes: Sequence[str] | None = None
-    ) -> list[list[tuple[int, float]]]:
-        """Return `nearest` for each vector: with preloaded vectors, one matrix product for all of them."""
-        if self._preloaded is None or self._settings.embed_model() is None or k <= 0 or scopes is not None:
-            return [self.nearest(vector, k, scopes=scopes) for vector in vectors]
-        from ..vectors import top_k
-
-        return top_k(self._preloaded, vectors, k)
 
     def preload(self) -> None:
         """Hold the active memories' vectors in memory, for many searches in one process (batch recall)."""
@@ -140,16 +124,20 @@ class PgVectors:
             return
         cursor = self._conn.raw.cursor(binary=True)
         cursor.execute(
-            f"SELECT v.memory_id, v.embedding FROM {TABLE} v JOIN memories m ON m.id = v.memory_id "
+            f"SELECT v.memory_id, v.embedding, m.scope FROM {TABLE} v JOIN memories m ON m.id = v.memory_id "
             "WHERE m.status = 'active' ORDER BY v.memory_id"
         )
         ids: list[int] = []
+        scopes: list[str] = []
         parts: list[Any] = []
         while rows := cursor.fetchmany(4096):
             ids.extend(int(r[0]) for r in rows)
+            scopes.extend(str(r[2]) for r in rows)
             parts.append(np.stack([r[1].to_numpy() for r in rows]).astype(np.float32))
         matrix = np.concatenate(parts) if parts else np.empty((0, embed[1]), dtype=np.float32)
         self._preloaded = (np.asarray(ids, dtype=np.int64), matrix)
+        self._preloaded_scopes = np.asarray(scopes, dtype=object)
+        self._scoped = {}
 
 
 def _query(vector: Sequence[float]) -> Any:
