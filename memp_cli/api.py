@@ -38,7 +38,7 @@ class Memp:
     """A memp store, opened once; every method is one CLI command."""
 
     def __init__(self, db: str | Path | None = None, model: str | None = None, embed_model: str | None = None):
-        self.store: Store = open_store(Path(db) if db is not None else None)
+        self.store: Store = open_store(db)
         self.model = model
         self.embed_model = embed_model
 

@@ -95,9 +95,11 @@ def build_command(name: str, target: str) -> Any:
     found = getattr(module, function)
     if isinstance(found, typer.Typer):  # a command group of its own, such as `memp hooks install`
         return typer.main.get_command(found)
+    from .common import with_schema
+
     single = typer.Typer(add_completion=False, **SETTINGS)
     single.command(name)(found)
-    return typer.main.get_command(single)
+    return with_schema(typer.main.get_command(single))
 
 
 app = typer.Typer(

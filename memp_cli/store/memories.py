@@ -357,7 +357,10 @@ class SqliteMemories:
             "by_model": grouped("SELECT coalesce(model, 'none'), count(*) FROM memories GROUP BY 1 ORDER BY 1"),
             "by_status": grouped("SELECT status, count(*) FROM memories GROUP BY status ORDER BY status"),
             # Every scope that holds a memory, with its count of active ones (0 when all are held or retired).
-            "scopes": grouped("SELECT scope, sum(status = 'active') FROM memories GROUP BY scope ORDER BY scope"),
+            "scopes": grouped(
+                "SELECT scope, sum(CASE WHEN status = 'active' THEN 1 ELSE 0 END) FROM memories GROUP BY scope "
+                "ORDER BY scope"
+            ),
             "recalls": one("SELECT count(*) FROM recalls"),
             "tokens": one("SELECT coalesce(sum(tokens), 0) FROM memories"),
             "embed_model": embed[0] if embed else None,

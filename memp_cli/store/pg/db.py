@@ -70,7 +70,7 @@ def _row_factory(cursor: Any) -> Any:
     names = [c.name for c in cursor.description]
     index = {name: i for i, name in enumerate(names)}
 
-    class Row(tuple):  # type: ignore[type-arg]
+    class Row(tuple):
         __slots__ = ()
 
         def __getitem__(self, key: Any) -> Any:
@@ -80,6 +80,18 @@ def _row_factory(cursor: Any) -> Any:
             return names
 
     return Row
+
+
+def _numbers(raw: Any) -> None:
+    """Make the connection read NUMERIC (what sum() of integers gives) as int or float, as SQLite's sums come."""
+    from psycopg.adapt import Loader
+
+    class NumberLoader(Loader):
+        def load(self, data: Any) -> int | float:
+            text = bytes(data).decode()
+            return float(text) if any(c in text for c in ".eEN") else int(text)
+
+    raw.adapters.register_loader("numeric", NumberLoader)
 
 
 class PgConnection:
@@ -148,6 +160,7 @@ def connect(url: str, schema: str) -> PgConnection:
         raw = psycopg.connect(url, autocommit=True, row_factory=_row_factory)
     except psycopg.Error as exc:
         raise StoreError(f"{display_url(url, schema)}: cannot connect: {str(exc).strip().splitlines()[0]}") from exc
+    _numbers(raw)
     return PgConnection(raw, schema)
 
 
