@@ -212,6 +212,20 @@ _indexes: dict[tuple[str, str], ProcedureIndex] = {}
 
 def index_path(store: Store) -> Path:
     """Return the side file beside the store that keeps its procedure index (derived, rebuilt from the store)."""
+    if "://" in str(store.path):
+        # A database has no folder beside it: this machine's cache, named by its URL and schema. Its state (the
+        # store's id and generation counter, see store/pg/migrations.py) says when the store changed.
+        import hashlib
+
+        from .embed import cache_dir
+
+        name = hashlib.blake2b(str(store.path).encode(), digest_size=12).hexdigest()
+        folder = cache_dir() / "procedures"
+        try:
+            folder.mkdir(mode=0o700, parents=True, exist_ok=True)
+        except OSError:
+            pass  # saving fails quietly then, and only costs the next process the rebuild
+        return folder / f"{name}-procedures.npz"
     path = Path(store.path)
     return path.with_name(path.name + "-procedures.npz")
 

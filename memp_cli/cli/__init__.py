@@ -35,6 +35,7 @@ COMMANDS = (
     ("check", "manage:check"),
     ("export", "transfer:export"),
     ("import", "transfer:import_"),
+    ("migrate", "migrate:migrate"),
     ("mcp", "mcp:mcp"),
     ("hooks", "hooks:app"),
 )

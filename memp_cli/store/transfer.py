@@ -12,6 +12,7 @@ from pathlib import Path
 from typing import Any
 
 from ..errors import StoreError
+from .copy import RowCopy
 from .db import scope_filter, write
 from .memories import HISTORY_FIELDS
 from .settings import SqliteSettings
@@ -30,8 +31,9 @@ OUTCOME_COLUMNS = ("recall_id", "outcome", "score", "policy", "trajectory", "app
 CHUNK = 500
 
 
-class SqliteTransfer:
-    """Reads and writes whole memories of one SQLite store, with everything that refers to them."""
+class SqliteTransfer(RowCopy):
+    """Reads and writes whole memories of one SQLite store, with everything that refers to them (and, from
+    RowCopy, every table row by row for `memp migrate`)."""
 
     def __init__(self, conn: Any, path: Path, vectors: SqliteVectors, settings: SqliteSettings) -> None:
         self._conn = conn
