@@ -77,6 +77,7 @@ class ProcedureIndex:
         self.word_idf = word_idf or {}
         self._key_texts = key_texts
         self._path: Path | None = None
+        self._inode = 0
         self._decoded: dict[int, Entry] = {}
 
     def entry(self, memory_id: int) -> Entry | None:
@@ -184,7 +185,8 @@ class ProcedureIndex:
         import numpy as np
 
         try:
-            with np.load(path, allow_pickle=False) as data:
+            with open(path, "rb") as handle, np.load(handle, allow_pickle=False) as data:
+                inode = os.fstat(handle.fileno()).st_ino
                 meta = json.loads(data["meta"].tobytes())
                 if meta.get("version") != INDEX_VERSION:
                     return None
@@ -192,18 +194,27 @@ class ProcedureIndex:
                             data["blob"].tobytes(), data["offsets"], meta["idf"], meta["word_idf"])
         except (OSError, ValueError, KeyError, json.JSONDecodeError):
             return None
-        index._path = path
+        index._path, index._inode = path, inode
         return index
 
-    def key_texts(self) -> list[str]:
-        """Return the key texts (read from the saved file on first use: only refreshing needs them)."""
+    def key_texts(self) -> list[str] | None:
+        """Return the key texts (read from the saved file on first use: only refreshing needs them).
+
+        None when another process has saved the file anew since this index was loaded from it: its texts would not
+        match this index's key vectors.
+        """
         if self._key_texts is None:
             import numpy as np
 
             self._key_texts = []
             if self._path is not None:
-                with np.load(self._path, allow_pickle=False) as data:
-                    self._key_texts = json.loads(data["keys"].tobytes())
+                try:
+                    with open(self._path, "rb") as handle, np.load(handle, allow_pickle=False) as data:
+                        if os.fstat(handle.fileno()).st_ino != self._inode:
+                            return None
+                        self._key_texts = json.loads(data["keys"].tobytes())
+                except (OSError, ValueError, KeyError, json.JSONDecodeError):
+                    return None
         return self._key_texts
 
 
@@ -247,7 +258,10 @@ def index_for(store: Store, embedder: Embedder, embed_id: str) -> ProcedureIndex
         loaded = ProcedureIndex.load(path)
         index = loaded if loaded is not None and loaded.state[:2] == state[:2] else ProcedureIndex()
     if index.state != state:
-        index.refresh(store, embedder, state, index.key_texts())
+        texts = index.key_texts()
+        if texts is None:  # the side file changed under it (a concurrent recall saved its own): start afresh
+            index = ProcedureIndex()
+        index.refresh(store, embedder, state, texts)
         try:
             index.save(path)
         except OSError:

@@ -91,7 +91,7 @@ def open_store(path: Path | str | None = None, schema: str | None = None) -> Sto
     if isinstance(where, str):
         from .pg import open_pg_store
 
-        return open_pg_store(where, schema)  # type: ignore[return-value]
+        return open_pg_store(where, schema)
     from . import db
 
     conn = db.connect(where)
