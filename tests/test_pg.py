@@ -152,7 +152,7 @@ def test_processes_starting_at_once_migrate_once(pg_url: str) -> None:
 
 
 def test_migrate_to_postgresql_and_back_is_lossless(memp, pg, tmp_path: Path) -> None:
-    url, schema = pg
+    url, _ = pg
     lite, back = str(tmp_path / "lite.db"), str(tmp_path / "back.db")
     _lived_in(memp, lite, tmp_path)
     there = memp.json("migrate", "--db", lite, "--to", url, "--batch", "4")
