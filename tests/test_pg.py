@@ -287,3 +287,16 @@ def test_many_processes_writing_one_store_keep_every_invariant(memp, pg, tmp_pat
     ) == 0
     assert one("SELECT count(*) FROM memories WHERE merged_into IS NOT NULL") > 0
     assert memp.json("check")["ok"]
+
+
+@pytest.mark.usefixtures("backend")
+def test_two_prunes_planned_apart_never_merge_into_each_other(memp, tmp_path: Path) -> None:
+    rows = [traj("water the garden plants"), traj("water the garden plants", actions=("look around", "act now"))]
+    memp("ingest", str(write_jsonl(tmp_path / "d.jsonl", rows)), "--build", "trajectory")
+    store = open_store()
+    # Two prunes that planned from different counts: one keeps 1, the other keeps 2. Whichever lands second finds
+    # the memory it would keep retired, and leaves its own alone.
+    store.memories.retire(2, "duplicate", merged_into=1)
+    store.memories.retire(1, "duplicate", merged_into=2)
+    assert [m.status for m in store.memories.get_many([1, 2])] == ["active", "retired"]
+    assert store.check()["ok"]

@@ -218,6 +218,12 @@ class SqliteMemories:
                 raise NotFoundError(f"no memory with id {memory_id}")
             if row["status"] != "active":
                 return
+            if merged_into is not None and self._conn.execute(
+                "SELECT 1 FROM memories WHERE id = ? AND status = 'active'", [merged_into]
+            ).fetchone() is None:
+                # Another prune retired the one to keep meanwhile (perhaps merging it into this one): merging into
+                # it would close a cycle or leave a chain. This memory stays; a later prune plans afresh.
+                return
             if merged_into is not None:
                 self._conn.execute(
                     "UPDATE memories SET recalled = recalled + ?, succeeded = succeeded + ?, failed = failed + ? "
