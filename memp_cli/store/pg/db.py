@@ -171,19 +171,27 @@ def vector_schema(conn: PgConnection) -> str | None:
 
 
 def _use(conn: PgConnection) -> None:
-    """Point the connection at the store's schema, pgvector's types beside it, and register pgvector's adapters."""
-    from pgvector.psycopg import register_vector
+    """Point the connection at the store's schema, pgvector's types beside it, and register pgvector's adapters.
 
-    where = vector_schema(conn)
-    path = [conn.schema] + ([where] if where and where != conn.schema else [])
-    conn.execute("SELECT set_config('search_path', ?, false)", [", ".join(f'"{p}"' for p in path)])
-    register_vector(conn.raw)
-    # pgvector 0.8 keeps scanning the HNSW graph until LIMIT rows pass the filter (held and retired memories, other
+    Two round trips: opening a store is part of every fresh `memp recall`.
+    """
+    from pgvector.psycopg.vector import register_vector_info
+    from psycopg.types import TypeInfo
+
+    where, version, oid, array_oid = conn.execute(
+        "SELECT e.extnamespace::regnamespace::text, e.extversion, t.oid, t.typarray FROM pg_extension e "
+        "JOIN pg_type t ON t.typname = 'vector' AND t.typnamespace = e.extnamespace WHERE e.extname = 'vector'"
+    ).fetchone()
+    path = ", ".join(f'"{p}"' for p in dict.fromkeys([conn.schema, str(where)]))
+    # pgvector 0.8 keeps walking the HNSW graph until LIMIT rows pass the filter (held and retired memories, other
     # scopes); older versions stop at ef_search candidates and vectors.py falls back to the exact scan.
-    version = conn.execute("SELECT extversion FROM pg_extension WHERE extname = 'vector'").fetchone()[0]
-    if tuple(int(p) for p in str(version).split(".")[:2]) >= (0, 8):
-        conn.execute("SET hnsw.iterative_scan = strict_order")
-    conn.execute("SET hnsw.ef_search = 100")
+    iterative = tuple(int(p) for p in str(version).split(".")[:2]) >= (0, 8)
+    conn.execute(
+        "SELECT set_config('search_path', ?, false), set_config('hnsw.ef_search', '100', false)"
+        + (", set_config('hnsw.iterative_scan', 'strict_order', false)" if iterative else ""),
+        [path],
+    )
+    register_vector_info(conn.raw, TypeInfo("vector", int(oid), int(array_oid)))
 
 
 def migrate(conn: PgConnection, where: str) -> None:
@@ -192,7 +200,7 @@ def migrate(conn: PgConnection, where: str) -> None:
 
     latest = MIGRATIONS[-1][0]
     try:
-        if _applied(conn) and _applied(conn)[-1] == latest:
+        if _latest(conn) == latest:
             _use(conn)
             return
         # The migration lock, not the write lock: a process that finds the schema migrated meanwhile writes at once.
@@ -224,6 +232,15 @@ def migrate(conn: PgConnection, where: str) -> None:
         if isinstance(exc, psycopg.Error):
             raise StoreError(f"{where}: cannot open store: {str(exc).strip().splitlines()[0]}") from exc
         raise
+
+
+def _latest(conn: PgConnection) -> str | None:
+    """Return the last memp migration applied to the schema, None when it has none."""
+    table = f'"{conn.schema}".{MIGRATIONS_TABLE}'
+    row = conn.execute("SELECT to_regclass(?) IS NOT NULL", [table]).fetchone()
+    if not row[0]:
+        return None
+    return conn.execute(f"SELECT max(name) FROM {table}").fetchone()[0]
 
 
 def _applied(conn: PgConnection) -> list[str]:
