@@ -105,14 +105,17 @@ class PgVectors(SqliteVectors):
             if len(rows) >= k:
                 return [(int(r[0]), 1.0 - float(r[1])) for r in sorted(rows, key=lambda r: (r[1], r[0]))]
             # Fewer than k active memories passed the filter along the graph: the exact scan settles it.
-        with self._conn.raw.transaction():
-            # The second sort key keeps the planner off the index: an exact scan, as SQLite's.
-            self._conn.execute("SET LOCAL enable_indexscan = off")
-            rows = self._conn.execute(
-                f"SELECT v.memory_id, v.embedding <=> ? AS d FROM {TABLE} v JOIN memories m ON m.id = v.memory_id "
-                f"WHERE m.status = 'active' AND {scoped} ORDER BY d, v.memory_id LIMIT ?",
-                [query, *params, k],
-            ).fetchall()
+        sql = (f"SELECT v.memory_id, v.embedding <=> ? AS d FROM {TABLE} v JOIN memories m ON m.id = v.memory_id "
+               f"WHERE m.status = 'active' AND {scoped} ORDER BY d, v.memory_id LIMIT ?")
+        if not self.indexed():
+            rows = self._conn.execute(sql, [query, *params, k]).fetchall()
+        else:
+            with self._conn.raw.transaction():
+                # An exact scan, as asked (or as the index came back short): the planner is kept off the index for
+                # this one query, and set back in case an outer write goes on.
+                self._conn.execute("SET LOCAL enable_indexscan = off")
+                rows = self._conn.execute(sql, [query, *params, k]).fetchall()
+                self._conn.execute("SET LOCAL enable_indexscan = on")
         return [(int(r[0]), 1.0 - float(r[1])) for r in rows]
 
     def preload(self) -> None:
