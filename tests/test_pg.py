@@ -300,3 +300,16 @@ def test_two_prunes_planned_apart_never_merge_into_each_other(memp, tmp_path: Pa
     store.memories.retire(1, "duplicate", merged_into=2)
     assert [m.status for m in store.memories.get_many([1, 2])] == ["active", "retired"]
     assert store.check()["ok"]
+
+
+def test_export_and_import_through_postgresql_keep_every_record(memp, pg, tmp_path: Path) -> None:
+    from test_transfer import _records
+
+    lite = str(tmp_path / "lite.db")
+    _lived_in(memp, lite, tmp_path)
+    first = memp("export", "--vectors", "--db", lite).stdout
+    (tmp_path / "a.jsonl").write_text(first)
+    report = memp.json("import", str(tmp_path / "a.jsonl"))  # into the PostgreSQL store
+    assert report["added"] == 17 and report["embedded"] == 0 and report["outcomes"] == 1
+    assert _records(memp("export", "--vectors").stdout) == _records(first)
+    assert memp.json("check")["ok"]

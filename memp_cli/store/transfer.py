@@ -98,10 +98,10 @@ class SqliteTransfer(RowCopy):
         ):
             by_id[memory_id]["keywords"].append(word)
         if vectors:
-            for memory_id, blob in self._conn.execute(
+            for memory_id, blob in self._vector_rows(
                 f"SELECT memory_id, embedding FROM {FLOAT_TABLE} WHERE memory_id IN ({marks})", ids
             ):
-                by_id[memory_id]["vector"] = bytes(blob)
+                by_id[memory_id]["vector"] = blob
 
     def keyword_vectors(self, words: Sequence[str]) -> dict[str, bytes]:
         """Return the stored float32 blob of each of `words` that has one."""
