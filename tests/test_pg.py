@@ -313,3 +313,10 @@ def test_export_and_import_through_postgresql_keep_every_record(memp, pg, tmp_pa
     assert report["added"] == 17 and report["embedded"] == 0 and report["outcomes"] == 1
     assert _records(memp("export", "--vectors").stdout) == _records(first)
     assert memp.json("check")["ok"]
+
+
+def test_a_password_never_names_the_store() -> None:
+    from memp_cli.store.pg.db import display_url
+
+    shown = display_url("postgresql://bob:s3cret@db:5432/team?password=s3cret&sslmode=require", "payments")
+    assert shown == "postgresql://bob@db:5432/team?sslmode=require#payments"

@@ -20,15 +20,9 @@ from ...errors import SchemaError, StoreError
 from ..sql import POSTGRES, Dialect
 
 SCHEMA_DEFAULT = "memp"
-URL_PREFIXES = ("postgresql://", "postgres://")
 # Schema names are put into SQL as identifiers: letters, digits and underscores only, as PostgreSQL folds them.
 _SCHEMA_NAME = re.compile(r"[a-z_][a-z0-9_]{0,62}")
 MIGRATIONS_TABLE = "memp_migrations"
-
-
-def is_url(location: object) -> bool:
-    """Return True when `location` names a PostgreSQL database rather than a store file."""
-    return isinstance(location, str) and location.startswith(URL_PREFIXES)
 
 
 def schema_name(schema: str | None = None) -> str:
@@ -40,15 +34,16 @@ def schema_name(schema: str | None = None) -> str:
 
 
 def display_url(url: str, schema: str) -> str:
-    """Return the URL without its password, with the schema, as messages and `memp stats` name the store."""
-    from urllib.parse import urlsplit, urlunsplit
+    """Return the URL without its password (in the user part or the query), with the schema, as messages name it."""
+    from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 
     parts = urlsplit(url)
     netloc = parts.netloc
     if "@" in netloc:
         user, host = netloc.rsplit("@", 1)
         netloc = f"{user.split(':', 1)[0]}@{host}"
-    return urlunsplit((parts.scheme, netloc, parts.path, parts.query, "")) + f"#{schema}"
+    query = urlencode([(k, v) for k, v in parse_qsl(parts.query) if k != "password"], safe="/")
+    return urlunsplit((parts.scheme, netloc, parts.path, query, "")) + f"#{schema}"
 
 
 def lock_key(schema: str, purpose: str) -> int:
@@ -261,8 +256,3 @@ def _tables(conn: PgConnection) -> list[str]:
         "SELECT table_name FROM information_schema.tables WHERE table_schema = ? ORDER BY table_name", [conn.schema]
     ).fetchall()
     return [str(r[0]) for r in rows]
-
-
-def tables(conn: PgConnection) -> list[str]:
-    """Return memp's tables in the store's schema (the migrations table left out)."""
-    return [t for t in _tables(conn) if t != MIGRATIONS_TABLE]
