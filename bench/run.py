@@ -36,6 +36,8 @@ from typing import Any
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
+from pg_build import settle, size_bytes, store_at
+
 from memp_cli.embed import OnnxEmbedder
 from memp_cli.records import Step, Trajectory
 from memp_cli.store import NewMemory, open_store
@@ -97,7 +99,7 @@ def vectors_for(tasks: list[str], limit: int, rng: random.Random) -> list[list[f
     return np.asarray(out, dtype=np.float32).tolist()
 
 
-def build_store(path: Path, n: int, embed_limit: int, seed: int) -> tuple[list[list[float]], float]:
+def build_store(path: Path | str, n: int, embed_limit: int, seed: int) -> tuple[list[list[float]], float]:
     """Write `n` memories (proceduralization, offline scripts) and return their vectors and the seconds taken."""
     from memp_cli.distill import offline_script
     from memp_cli.ingest import build_memory
@@ -114,7 +116,7 @@ def build_store(path: Path, n: int, embed_limit: int, seed: int) -> tuple[list[l
             text, tokens = build_memory(run, "proceduralization", script)
             items.append(NewMemory(run, "proceduralization", script, text, tokens, vec))
         store.memories.add(items, "memp-minilm")
-    store.db.execute("PRAGMA wal_checkpoint(TRUNCATE)")  # type: ignore[attr-defined]
+    settle(store)
     store.close()
     return vectors, time.perf_counter() - started
 
@@ -159,7 +161,7 @@ def pct(values: list[float], q: float) -> float:
     return ordered[min(len(ordered) - 1, int(q * len(ordered)))]
 
 
-def in_process_search(db: Path, vectors: list[list[float]], queries: int, seed: int) -> dict[str, Any]:
+def in_process_search(db: Path | str, vectors: list[list[float]], queries: int, seed: int) -> dict[str, Any]:
     """Return search latency and recall@5 of memp's default path and of the forced binary path."""
     import numpy as np
 
@@ -217,7 +219,7 @@ def llm_baseline(tmp: Path, vectors: list[list[float]], query: str, runs: int) -
             "fresh_process_ms_median": round(1000 * statistics.median(fresh), 1)}
 
 
-def ingest_throughput(tmp: Path, n: int, seed: int) -> dict[str, Any]:
+def ingest_throughput(tmp: Path, n: int, seed: int, where: str | None = None) -> dict[str, Any]:
     """Return offline ingest throughput (`memp ingest`, proceduralization) of `n` trajectories."""
     rng = random.Random(seed + 1)
     src = tmp / "runs.jsonl"
@@ -225,20 +227,20 @@ def ingest_throughput(tmp: Path, n: int, seed: int) -> dict[str, Any]:
         for i in range(n):
             run = trajectory(rng, i)
             out.write(json.dumps(run.to_dict()) + "\n")
-    seconds, rss = timed_process([*MEMP, "ingest", str(src), "--db", str(tmp / "ingest.db"), "-m", "offline"])
+    with store_at(where, tmp, "ingest") as db:
+        seconds, rss = timed_process([*MEMP, "ingest", str(src), "--db", db, "-m", "offline"])
     return {"trajectories": n, "per_second": round(n / seconds, 1), "peak_rss_mb": rss}
 
 
 def bench_size(n: int, args: argparse.Namespace) -> dict[str, Any]:
     """Return every figure for one store size."""
-    with tempfile.TemporaryDirectory(prefix="memp-bench-") as tmpdir:
+    with tempfile.TemporaryDirectory(prefix="memp-bench-") as tmpdir, store_at(args.db, Path(tmpdir), str(n)) as db:
         tmp = Path(tmpdir)
-        db = tmp / "memp.db"
         vectors, build_s = build_store(db, n, args.embed_limit, args.seed)
         if args.search_only:
             return {
                 "size": n,
-                "store_bytes_per_memory": round(db.stat().st_size / n),
+                "store_bytes_per_memory": round(size_bytes(db) / n),
                 "build_seconds": round(build_s, 1),
                 "search": in_process_search(db, vectors, min(100, args.runs * 5), args.seed),
             }
@@ -258,7 +260,7 @@ def bench_size(n: int, args: argparse.Namespace) -> dict[str, Any]:
         search = in_process_search(db, vectors, min(100, args.runs * 5), args.seed)
         row: dict[str, Any] = {
             "size": n,
-            "store_bytes_per_memory": round(db.stat().st_size / n),
+            "store_bytes_per_memory": round(size_bytes(db) / n),
             "build_seconds": round(build_s, 1),
             "recall_fresh_ms_median": round(statistics.median(fresh), 1),
             "recall_fresh_ms_p95": round(pct(fresh, 0.95), 1),
@@ -319,6 +321,7 @@ def main() -> None:
     parser.add_argument("--policy", help="recall policy of the fresh and batch recalls (default: memp's default)")
     parser.add_argument("--format", choices=["table", "json"], default="table")
     parser.add_argument("--search-only", action="store_true", help="only build the stores and time the search (JSON)")
+    parser.add_argument("--db", help="a postgresql:// URL: build each store in a schema of that database (pg_build.py)")
     args = parser.parse_args()
     os.environ.setdefault("LLM_USER_PATH", tempfile.mkdtemp(prefix="memp-bench-llm-"))
     # Byte-compile memp as an install does: with PYTHONDONTWRITEBYTECODE set (as on some CI machines), every fresh
@@ -336,7 +339,7 @@ def main() -> None:
               "`pip install .` measures what users run", file=sys.stderr)
     help_ms = statistics.median(1000 * timed_process([*MEMP, "--help"])[0] for _ in range(5))
     with tempfile.TemporaryDirectory(prefix="memp-bench-") as tmp:
-        ingest = ingest_throughput(Path(tmp), args.ingest, args.seed)
+        ingest = ingest_throughput(Path(tmp), args.ingest, args.seed, args.db)
     rows = []
     for n in (int(s) for s in args.sizes.split(",")):
         rows.append(bench_size(n, args))

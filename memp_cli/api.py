@@ -46,7 +46,7 @@ class Memp:
                  scope: str | None = None):
         self._scope = scope and write_scope(scope)  # checked before the store is opened
         self.scope = write_scope(scope)
-        self.store: Store = open_store(Path(db) if db is not None else None)
+        self.store: Store = open_store(db)
         self.model = model
         self.embed_model = embed_model
 

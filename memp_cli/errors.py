@@ -28,6 +28,12 @@ class ModelMismatchError(StoreError):
     """The store was built with another embedding model or dimension."""
 
 
+class SchemaError(MempError):
+    """A PostgreSQL schema name that is not one (bad usage, as a mistyped option is)."""
+
+    exit_code = 2
+
+
 class ModelError(MempError):
     """An LLM or embedding model could not be resolved or failed."""
 
@@ -47,7 +53,9 @@ class NotFoundError(MempError):
 
 
 def sqlite_message(exc: BaseException) -> str | None:
-    """Return a one-line explanation when `exc` is an SQLite error, else None."""
+    """Return a one-line explanation when `exc` is an SQLite (or PostgreSQL) error, else None."""
+    if type(exc).__module__.startswith("psycopg"):
+        return f"store error: {str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__}"
     if not type(exc).__module__.startswith(("sqlean", "sqlite3", "pysqlite3")):
         return None
     text = str(exc)

@@ -98,7 +98,7 @@ def _summary(m: Memory) -> MemorySummary:
 class MempService:
     """The store, opened once on its own thread, and one method per tool."""
 
-    def __init__(self, db: Path | None, model: str | None = None, embed_model: str | None = None,
+    def __init__(self, db: Path | str | None, model: str | None = None, embed_model: str | None = None,
                  scope: str | None = None) -> None:
         from .scopes import write_scope
 
@@ -375,7 +375,7 @@ def bearer_only(app: Any, token: str) -> Any:
 
 
 def serve(
-    db: Path | None, model: str | None = None, embed_model: str | None = None, http_port: int | None = None,
+    db: Path | str | None, model: str | None = None, embed_model: str | None = None, http_port: int | None = None,
     token: str | None = None, scope: str | None = None,
 ) -> None:
     """Serve memp's tools until the host hangs up: over stdio, or Streamable HTTP on 127.0.0.1 when given a port."""

@@ -85,6 +85,7 @@ class ProcedureIndex:
         self.scope_names = scope_names or []
         self.scope_of = scope_of if scope_of is not None else np.zeros(0, dtype=np.int32)
         self._path: Path | None = None
+        self._inode = 0
         self._decoded: dict[int, Entry] = {}
 
     def entry(self, memory_id: int) -> Entry | None:
@@ -209,7 +210,8 @@ class ProcedureIndex:
         import numpy as np
 
         try:
-            with np.load(path, allow_pickle=False) as data:
+            with open(path, "rb") as handle, np.load(handle, allow_pickle=False) as data:
+                inode = os.fstat(handle.fileno()).st_ino
                 meta = json.loads(data["meta"].tobytes())
                 if meta.get("version") not in (INDEX_VERSION, UNSCOPED_VERSION):
                     return None
@@ -221,18 +223,27 @@ class ProcedureIndex:
                             scope_names=scope_names, scope_of=scope_of)
         except (OSError, ValueError, KeyError, json.JSONDecodeError):
             return None
-        index._path = path
+        index._path, index._inode = path, inode
         return index
 
-    def key_texts(self) -> list[str]:
-        """Return the key texts (read from the saved file on first use: only refreshing needs them)."""
+    def key_texts(self) -> list[str] | None:
+        """Return the key texts (read from the saved file on first use: only refreshing needs them).
+
+        None when another process has saved the file anew since this index was loaded from it: its texts would not
+        match this index's key vectors.
+        """
         if self._key_texts is None:
             import numpy as np
 
             self._key_texts = []
             if self._path is not None:
-                with np.load(self._path, allow_pickle=False) as data:
-                    self._key_texts = json.loads(data["keys"].tobytes())
+                try:
+                    with open(self._path, "rb") as handle, np.load(handle, allow_pickle=False) as data:
+                        if os.fstat(handle.fileno()).st_ino != self._inode:
+                            return None
+                        self._key_texts = json.loads(data["keys"].tobytes())
+                except (OSError, ValueError, KeyError, json.JSONDecodeError):
+                    return None
         return self._key_texts
 
 
@@ -241,6 +252,20 @@ _indexes: dict[tuple[str, str], ProcedureIndex] = {}
 
 def index_path(store: Store) -> Path:
     """Return the side file beside the store that keeps its procedure index (derived, rebuilt from the store)."""
+    if "://" in str(store.path):
+        # A database has no folder beside it: this machine's cache, named by its URL and schema. Its state (the
+        # store's id and generation counter, see store/pg/migrations.py) says when the store changed.
+        import hashlib
+
+        from .embed import cache_dir
+
+        name = hashlib.blake2b(str(store.path).encode(), digest_size=12).hexdigest()
+        folder = cache_dir() / "procedures"
+        try:
+            folder.mkdir(mode=0o700, parents=True, exist_ok=True)
+        except OSError:
+            pass  # saving fails quietly then, and only costs the next process the rebuild
+        return folder / f"{name}-procedures.npz"
     path = Path(store.path)
     return path.with_name(path.name + "-procedures.npz")
 
@@ -262,7 +287,10 @@ def index_for(store: Store, embedder: Embedder, embed_id: str) -> ProcedureIndex
         loaded = ProcedureIndex.load(path)
         index = loaded if loaded is not None and loaded.state[:2] == state[:2] else ProcedureIndex()
     if index.state != state:
-        index.refresh(store, embedder, state, index.key_texts())
+        texts = index.key_texts()
+        if texts is None:  # the side file changed under it (a concurrent recall saved its own): start afresh
+            index = ProcedureIndex()
+        index.refresh(store, embedder, state, texts)
         try:
             index.save(path)
         except OSError:

@@ -14,6 +14,7 @@ sys._called_from_test = True  # type: ignore[attr-defined]
 
 import llm
 import pytest
+from pg import backend, parametrize_backends, pg_url  # noqa: F401  (fixtures for the tests of both backends)
 from typer.testing import CliRunner
 
 import memp_cli.llm_plugin
@@ -90,10 +91,18 @@ def isolated(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, model_cache: Path)
     monkeypatch.setenv("MEMP_CACHE", str(model_cache))
     monkeypatch.setenv("LLM_USER_PATH", str(tmp_path / "llm"))
     monkeypatch.setenv("MEMP_RETRY_DELAY", "0")
-    for var in ("MEMP_MODEL", "MEMP_EMBED_MODEL", "MEMP_FORMAT", "MEMP_SCOPE", "OPENAI_API_KEY",
+    for var in ("MEMP_MODEL", "MEMP_EMBED_MODEL", "MEMP_FORMAT", "MEMP_SCOPE", "MEMP_SCHEMA", "OPENAI_API_KEY",
                 "LLM_OPENAI_SHOW_RESPONSES"):
         monkeypatch.delenv(var, raising=False)
     yield tmp_path
+
+
+def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
+    parametrize_backends(metafunc)
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    config.addinivalue_line("markers", "sqlite_only: reads SQLite's own tables or file; not run on PostgreSQL")
 
 
 @pytest.fixture

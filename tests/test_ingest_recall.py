@@ -3,11 +3,15 @@
 from __future__ import annotations
 
 import json
-import sqlite3
 from pathlib import Path
 
 import pytest
 from conftest import EXAMPLES, procedure_json, traj, write_jsonl
+
+from memp_cli.store import open_store
+
+# The store, update, recall and prune behaviour, on SQLite and on PostgreSQL (tests/pg.py).
+pytestmark = pytest.mark.usefixtures("backend")
 
 
 def test_examples_ingest_and_recall_offline(memp, isolated: Path) -> None:
@@ -122,7 +126,7 @@ def test_build_policies_with_a_model(memp, fake_chat, tmp_path: Path, policy: st
 def test_script_cache_and_token_usage_recorded(memp, fake_chat, isolated: Path) -> None:
     fake_chat.queue(procedure_json(["a"]), procedure_json(["b"]))
     memp("ingest", str(EXAMPLES / "coding.jsonl"), "-m", "fake-chat", ok=False)  # runs out of replies at the 3rd
-    conn = sqlite3.connect(isolated / "memp.db")
+    conn = open_store().db  # the store's own connection: SQLite's, or PostgreSQL's taking the same SQL
     rows = conn.execute("SELECT model, prompt_version, input_tokens, output_tokens FROM script_cache").fetchall()
     by_model = {}
     for model, version, tin, tout in rows:
@@ -233,7 +237,7 @@ def test_recall_is_logged_and_counted(memp, isolated: Path) -> None:
     memp("ingest", str(EXAMPLES))
     result = memp.json("recall", "free disk space on a server", "-k", "2")
     ids = [m["memory_id"] for m in result["matches"]]
-    conn = sqlite3.connect(isolated / "memp.db")
+    conn = open_store().db
     logged = conn.execute(
         "SELECT memory_id, rank FROM recall_items WHERE recall_id = ? ORDER BY rank", [result["recall_id"]]
     ).fetchall()
@@ -246,6 +250,7 @@ def test_recall_on_an_empty_store(memp) -> None:
     assert result["matches"] == []
 
 
+@pytest.mark.sqlite_only
 def test_store_file_is_private(memp, isolated: Path) -> None:
     memp("ingest", str(EXAMPLES / "coding.jsonl"))
     assert (isolated / "memp.db").stat().st_mode & 0o777 == 0o600

@@ -104,6 +104,8 @@ def printed(tmp_path_factory: pytest.TempPathFactory, model_cache: Path) -> Prin
             exported = run("export", "--vectors", fmts=("default",))
             (tmp / "export.jsonl").write_text(exported)
             run("import", str(tmp / "export.jsonl"), "--db", str(tmp / "other.db"))
+            run("migrate", "--to", str(tmp / "copy.db"), fmts=("json",))
+            run("migrate", "--to", str(tmp / "copy.db"), fmts=("jsonl",))  # again: nothing left to copy
             run("eval", str(EXAMPLES), "--label", "env", "--test-share", "0.4", "-p", "query", "-p", "random")
             plugin.chat.queue(*[procedure_json(["look", "act"]) for _ in range(40)])
             run("build", "-m", "fake-chat")

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import json
-import sqlite3
+import os
 import subprocess
 import sys
 from datetime import datetime, timedelta, timezone
@@ -14,6 +14,9 @@ from conftest import EXAMPLES, procedure_json, traj, write_jsonl
 
 from memp_cli.prune import Rules, plan
 from memp_cli.store import open_store
+
+# The store, update, recall and prune behaviour, on SQLite and on PostgreSQL (tests/pg.py).
+pytestmark = pytest.mark.usefixtures("backend")
 
 FAILED_RUN = {
     "task": "clean a cup and put it in the coffee machine",
@@ -272,10 +275,10 @@ for i in range(int(sys.argv[2])):
 
 def test_concurrent_recall_and_update_lose_no_count(memp, isolated: Path) -> None:
     memp("ingest", str(EXAMPLES / "devops.jsonl"))
-    db, procs, rounds = str(isolated / "memp.db"), 8, 5
+    db, procs, rounds = os.environ["MEMP_DB"], 8, 5  # a file or a database; $MEMP_SCHEMA goes to the workers too
     workers = [subprocess.Popen([sys.executable, "-c", WORKER, db, str(rounds)]) for _ in range(procs)]
     assert [w.wait(timeout=300) for w in workers] == [0] * procs
-    conn = sqlite3.connect(db)
+    conn = open_store().db
     recalled, succeeded, failed = conn.execute(
         "SELECT sum(recalled), sum(succeeded), sum(failed) FROM memories"
     ).fetchone()

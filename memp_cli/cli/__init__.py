@@ -35,6 +35,7 @@ COMMANDS = (
     ("check", "manage:check"),
     ("export", "transfer:export"),
     ("import", "transfer:import_"),
+    ("migrate", "migrate:migrate"),
     ("mcp", "mcp:mcp"),
     ("hooks", "hooks:app"),
 )
@@ -95,9 +96,11 @@ def build_command(name: str, target: str) -> Any:
     found = getattr(module, function)
     if isinstance(found, typer.Typer):  # a command group of its own, such as `memp hooks install`
         return typer.main.get_command(found)
+    from .common import with_schema
+
     single = typer.Typer(add_completion=False, **SETTINGS)
     single.command(name)(found)
-    return typer.main.get_command(single)
+    return with_schema(typer.main.get_command(single))
 
 
 app = typer.Typer(

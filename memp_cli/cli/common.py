@@ -6,11 +6,11 @@ import functools
 import os
 import sys
 from collections.abc import Callable
-from pathlib import Path
 from typing import Annotated, Any, TypeVar
 
 import typer
 import typer.core
+import typer.main
 
 from ..choices import OutputFormat, RecallFormat, values
 from ..errors import MempError, sqlite_message
@@ -18,8 +18,17 @@ from ..errors import MempError, sqlite_message
 F = TypeVar("F", bound=Callable[..., Any])
 
 DbOpt = Annotated[
-    Path | None,
-    typer.Option("--db", help="Store file. Default: $MEMP_DB, else memp.db in the user data dir.", show_default=False),
+    str | None,
+    typer.Option(
+        "--db", help="Store file, or a postgresql:// URL. Default: $MEMP_DB, else memp.db in the user data dir.",
+        show_default=False,
+    ),
+]
+# Every command that takes --db takes --schema too: cli/__init__.py adds it where a command has --db.
+SchemaOpt = Annotated[
+    str | None,
+    typer.Option("--schema", help="PostgreSQL schema of the store (with a postgresql:// --db). Default: "
+                 "$MEMP_SCHEMA, else memp.", show_default=False, metavar="NAME"),
 ]
 FormatOpt = Annotated[
     OutputFormat | None,
@@ -137,11 +146,37 @@ def plain(choice: Any) -> str | None:
     return None if choice is None else str(choice.value)
 
 
-def open_db(db: Path | None) -> Any:
-    """Return the store at `db` (else $MEMP_DB, else the default), migrated and ready."""
+def open_db(db: str | None) -> Any:
+    """Return the store at `db` (a file or a URL; else $MEMP_DB, else the default), migrated and ready."""
     from ..store import open_store
 
     return open_store(db)
+
+
+def with_schema(command: Any) -> Any:
+    """Return a click command with a --schema option added when it takes --db.
+
+    The option sets $MEMP_SCHEMA for the command's process, so every way a command opens its store (open_db, the
+    MCP server, the hooks) opens the same schema without each command passing it on.
+    """
+    if not any(getattr(p, "name", None) == "db" for p in command.params):
+        return command
+
+    def schema(schema: SchemaOpt = None) -> None:
+        pass
+
+    holder = typer.Typer(add_completion=False)
+    holder.command()(schema)
+    param = typer.main.get_command(holder).params[0]
+    param.expose_value = False
+
+    def remember(ctx: Any, _param: Any, value: str | None) -> None:
+        if value:
+            os.environ["MEMP_SCHEMA"] = value
+
+    param.callback = remember
+    command.params.append(param)
+    return command
 
 
 def _quiet_stdout() -> None:

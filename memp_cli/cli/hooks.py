@@ -63,8 +63,11 @@ def install(
     ends memp learns from its transcript. The options given are kept in the hooks' commands.
     """
     from ..hooks.claude_code import install as add
+    from ..store import is_url
 
-    options = {"db": str(db.resolve()) if db else None, "model": model, "judge_model": judge_model,
+    # A file is named absolutely (hooks run from any folder); a database URL as it is.
+    where = db if db is None or is_url(db) else str(Path(db).resolve())
+    options = {"db": where, "model": model, "judge_model": judge_model,
                "outcome": plain(outcome)}
     change = add(_settings(project, user, settings), options)
     if not change.changed:

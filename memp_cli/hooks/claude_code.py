@@ -213,18 +213,18 @@ def read_payload(raw: str) -> dict[str, Any]:
     return payload
 
 
-def prompt_context(payload: dict[str, Any], db: Path | None = None, k: int = 3) -> dict[str, Any] | None:
+def prompt_context(payload: dict[str, Any], db: Path | str | None = None, k: int = 3) -> dict[str, Any] | None:
     """Return the UserPromptSubmit output that adds recalled procedures to the prompt, or None when none fit."""
     from ..output import prompt_block
     from ..recall import recall_many
     from ..scopes import read_scopes
-    from ..store import default_path, open_store
+    from ..store import location, open_store
 
     prompt = payload.get("prompt")
     if not isinstance(prompt, str) or not prompt.strip() or COMMAND_PROMPT.match(prompt):
         return None
-    path = db or default_path()
-    if not path.exists():
+    path = location(db)
+    if isinstance(path, Path) and not path.exists():
         return None  # no memories yet: a hook on every prompt must not create a store as a side effect
     store = open_store(path)
     try:
@@ -242,7 +242,7 @@ def prompt_context(payload: dict[str, Any], db: Path | None = None, k: int = 3) 
 
 def learn_session(
     payload: dict[str, Any],
-    db: Path | None = None,
+    db: Path | str | None = None,
     model: str | None = None,
     judge_model: str | None = None,
     outcome: str | None = None,

@@ -14,6 +14,7 @@ Nothing heavy is imported here: sqlean, numpy and sqlite-utils load when a store
 
 from __future__ import annotations
 
+import os
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -24,7 +25,7 @@ from .db import DB_FILENAME, default_path
 
 __all__ = [
     "DB_FILENAME", "Keywords", "Log", "Memories", "NewMemory", "Settings", "SqliteStore", "Store", "Transfer", "Vectors",
-    "default_path", "open_store",
+    "default_path", "is_url", "location", "open_store",
 ]
 
 
@@ -68,15 +69,35 @@ class SqliteStore:
         self.db.close()
 
 
-def open_store(path: Path | None = None) -> Store:
-    """Return the store at `path` (or the default), creating and migrating it as needed."""
+def is_url(location: object) -> bool:
+    """Return True when a --db or $MEMP_DB value names a PostgreSQL database rather than a store file."""
+    return isinstance(location, str) and location.startswith(("postgresql://", "postgres://"))
+
+
+def location(path: Path | str | None = None) -> Path | str:
+    """Return where the store is: `path`, else $MEMP_DB, else the default file; a URL stays a string."""
+    chosen = path if path is not None else os.environ.get("MEMP_DB")
+    if is_url(chosen):
+        return str(chosen)
+    return Path(chosen).expanduser() if chosen else default_path()
+
+
+def open_store(path: Path | str | None = None, schema: str | None = None) -> Store:
+    """Return the store at `path` (a file, or a postgresql:// URL; else $MEMP_DB, else the default), migrated.
+
+    A PostgreSQL store lives in `schema` (else $MEMP_SCHEMA, else memp) of the database the URL names.
+    """
+    where = location(path)
+    if isinstance(where, str):
+        from .pg import open_pg_store
+
+        return open_pg_store(where, schema)
     from . import db
 
-    path = path or default_path()
-    conn = db.connect(path)
+    conn = db.connect(where)
     try:
-        db.migrate(conn, path)
+        db.migrate(conn, where)
     except BaseException:
         conn.close()
         raise
-    return SqliteStore(conn, path)
+    return SqliteStore(conn, where)

@@ -249,13 +249,29 @@ class Transfer(Protocol):
     def snapshot(self, target: Path) -> None:
         """Write a consistent copy of the whole store to the new file `target`."""
 
+    # Row by row, every table, ids kept: `memp migrate` between backends (store/copy.py).
+
+    def table_rows(
+        self, table: str, after: Sequence[Any] | None, limit: int
+    ) -> tuple[list[tuple[Any, ...]], list[Any] | None]:
+        """Return up to `limit` rows of `table` after the key `after`, in key order, and the last one's key."""
+
+    def copy_progress(self, source: str) -> dict[str, list[Any]]:
+        """Return, by table, the key of the last row copied into this store from `source`."""
+
+    def put_rows(
+        self, table: str, rows: Sequence[Sequence[Any]], last: Sequence[Any], source: str,
+        embed_model: tuple[str, int] | None,
+    ) -> int:
+        """Write rows of `table` not here yet and the copy's progress (`last`) in one transaction; return how many."""
+
 
 class Store(Protocol):
     """An open memp store: its parts, one transaction around several writes, an integrity check."""
 
     @property
-    def path(self) -> Path:
-        """Return where the store is: its file, or the database it names."""
+    def path(self) -> Path | str:
+        """Return where the store is: its file, or the URL of its database (no password) and #schema."""
 
     @property
     def settings(self) -> Settings:

@@ -2,19 +2,17 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 from .settings import SqliteSettings
+from .sql import dialect
 from .vectors import BIT_TABLE, FLOAT_TABLE
 
 
 def check(conn: Any, path: Path, settings: SqliteSettings) -> dict[str, Any]:
     """Return integrity findings: SQLite's own checks, and memories, vectors and trajectories that do not match."""
-
-    def one(sql: str) -> int:
-        return int(conn.execute(sql).fetchone()[0])
-
     problems: list[str] = []
     integrity = [r[0] for r in conn.execute("PRAGMA integrity_check").fetchall()]
     if integrity != ["ok"]:
@@ -22,6 +20,18 @@ def check(conn: Any, path: Path, settings: SqliteSettings) -> dict[str, Any]:
     fk = conn.execute("PRAGMA foreign_key_check").fetchall()
     if fk:
         problems.append(f"{len(fk)} rows point at rows that do not exist (first in table {fk[0][0]})")
+    return consistency(conn, path, settings, problems, _bit_page_problems)
+
+
+def consistency(
+    conn: Any, path: Path | str, settings: SqliteSettings, problems: list[str],
+    more: Callable[[Any, int], list[str]],
+) -> dict[str, Any]:
+    """Return the findings of either engine: rows that should match and do not, then `more(conn, vectors)`."""
+
+    def one(sql: str) -> int:
+        return int(conn.execute(sql).fetchone()[0])
+
     counts = {
         "trajectories": one("SELECT count(*) FROM trajectories"),
         "memories": one("SELECT count(*) FROM memories"),
@@ -56,10 +66,10 @@ def check(conn: Any, path: Path, settings: SqliteSettings) -> dict[str, Any]:
     if stray:
         problems.append(f"{stray} vectors belong to no memory")
     dim = settings.embed_model()[1]  # type: ignore[index]
-    wrong = one(f"SELECT count(*) FROM {FLOAT_TABLE} WHERE length(embedding) != {4 * dim}")
+    wrong = one(f"SELECT count(*) FROM {FLOAT_TABLE} WHERE {dialect(conn).dims('embedding')} != {dim}")
     if wrong:
         problems.append(f"{wrong} vectors do not have the store's {dim} dimensions")
-    problems.extend(_bit_page_problems(conn, counts["vectors"]))
+    problems.extend(more(conn, counts["vectors"]))
     return {"path": str(path), "ok": not problems, "problems": problems, **counts}
 
 

@@ -85,6 +85,10 @@ def connect(path: Path) -> Any:
 @contextmanager
 def write(conn: Any) -> Iterator[None]:
     """Run a block as one IMMEDIATE transaction: all of it lands, or none of it. Inside another, it joins that one."""
+    if hasattr(conn, "write"):  # PostgreSQL's connection (pg/db.py) runs its own, under the store's write lock
+        with conn.write():
+            yield
+        return
     if conn.in_transaction:
         # The parts of a store write through each other (a memory with its vector): one transaction for all.
         yield

@@ -41,12 +41,12 @@ class SqliteKeywords:
         """Store keyword vectors and which memory has which keywords, in one transaction."""
         with write(self._conn):
             self._conn.executemany(
-                "INSERT OR IGNORE INTO keywords(word, embedding) VALUES (?, ?)",
+                "INSERT INTO keywords(word, embedding) VALUES (?, ?) ON CONFLICT DO NOTHING",
                 [(word, pack(vector)) for word, vector in vectors.items()],
             )
             self._conn.executemany(
-                "INSERT OR IGNORE INTO memory_keywords(memory_id, keyword_id) "
-                "SELECT ?, id FROM keywords WHERE word = ?",
+                "INSERT INTO memory_keywords(memory_id, keyword_id) "
+                "SELECT ?, id FROM keywords WHERE word = ? ON CONFLICT DO NOTHING",
                 [(memory_id, word) for memory_id, words in links for word in dict.fromkeys(words)],
             )
 

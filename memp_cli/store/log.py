@@ -61,10 +61,10 @@ class SqliteLog:
                 raise StoreError(f"the outcome of recall {recall_id} was reported already")
             cur = self._conn.execute(
                 "INSERT INTO outcomes(recall_id, outcome, score, policy, trajectory, applied, created_at) "
-                "VALUES (?, ?, ?, ?, ?, ?, ?)",
+                "VALUES (?, ?, ?, ?, ?, ?, ?) RETURNING id",
                 [recall_id, outcome, score, policy, trajectory_json, int(applied), now()],
             )
-            outcome_id = int(cur.lastrowid or 0)
+            outcome_id = int(cur.fetchone()[0])
             for memory_id in dict.fromkeys(memory_ids):
                 self._conn.execute(
                     "INSERT INTO outcome_items(outcome_id, memory_id) VALUES (?, ?)", [outcome_id, memory_id]

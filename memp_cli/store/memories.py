@@ -13,6 +13,7 @@ from ..records import Memory, Script, Trajectory
 from .base import NewMemory
 from .db import now, scope_filter, write
 from .settings import SqliteSettings
+from .sql import NO_LIMIT
 from .vectors import SqliteVectors
 
 # Named as Memory's fields, so Memory.from_row can build one by column name.
@@ -71,8 +72,8 @@ class SqliteMemories:
 
     def _cache_script(self, trajectory_id: str, script: Script) -> None:
         self._conn.execute(
-            "INSERT OR IGNORE INTO script_cache(trajectory_id, model, prompt_version, script, input_tokens, "
-            "output_tokens, created_at) VALUES (?, ?, ?, ?, ?, ?, ?)",
+            "INSERT INTO script_cache(trajectory_id, model, prompt_version, script, input_tokens, "
+            "output_tokens, created_at) VALUES (?, ?, ?, ?, ?, ?, ?) ON CONFLICT DO NOTHING",
             [trajectory_id, script.model, script.prompt_version, script.text, script.input_tokens,
              script.output_tokens, now()],
         )
@@ -93,8 +94,8 @@ class SqliteMemories:
             for item in items:
                 traj = item.trajectory
                 cur = self._conn.execute(
-                    "INSERT OR IGNORE INTO trajectories(id, task, steps, outcome, score, source_id, source_file, "
-                    "source_line, metadata, created_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                    "INSERT INTO trajectories(id, task, steps, outcome, score, source_id, source_file, "
+                    "source_line, metadata, created_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?) ON CONFLICT DO NOTHING",
                     [
                         traj.id, traj.task, json.dumps([s.to_dict() for s in traj.steps], ensure_ascii=False),
                         traj.outcome, traj.score, traj.source_id, traj.source_file, traj.source_line,
@@ -109,14 +110,14 @@ class SqliteMemories:
                 cur = self._conn.execute(
                     "INSERT INTO memories(trajectory_id, build, task, script, trajectory, tokens, model, "
                     "prompt_version, created_at, updated_at, status, flag, scope) "
-                    "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                    "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?) RETURNING id",
                     [
                         traj.id, item.build, traj.task, script.text if script else None, item.trajectory_text,
                         item.tokens, script.model if script else None, script.prompt_version if script else None,
                         stamp, stamp, "held" if item.flag else "active", item.flag, item.scope,
                     ],
                 )
-                memory_id = int(cur.lastrowid or 0)
+                memory_id = int(cur.fetchone()[0])
                 vectors.append(item.vector)
                 self._history(
                     memory_id, 1, "built", None, None, script.text if script else None, item.trajectory_text,
@@ -216,6 +217,12 @@ class SqliteMemories:
             if row is None:
                 raise NotFoundError(f"no memory with id {memory_id}")
             if row["status"] != "active":
+                return
+            if merged_into is not None and self._conn.execute(
+                "SELECT 1 FROM memories WHERE id = ? AND status = 'active'", [merged_into]
+            ).fetchone() is None:
+                # Another prune retired the one to keep meanwhile (perhaps merging it into this one): merging into
+                # it would close a cycle or leave a chain. This memory stays; a later prune plans afresh.
                 return
             if merged_into is not None:
                 self._conn.execute(
@@ -356,13 +363,20 @@ class SqliteMemories:
             "by_model": grouped("SELECT coalesce(model, 'none'), count(*) FROM memories GROUP BY 1 ORDER BY 1"),
             "by_status": grouped("SELECT status, count(*) FROM memories GROUP BY status ORDER BY status"),
             # Every scope that holds a memory, with its count of active ones (0 when all are held or retired).
-            "scopes": grouped("SELECT scope, sum(status = 'active') FROM memories GROUP BY scope ORDER BY scope"),
+            "scopes": grouped(
+                "SELECT scope, sum(CASE WHEN status = 'active' THEN 1 ELSE 0 END) FROM memories GROUP BY scope "
+                "ORDER BY scope"
+            ),
             "recalls": one("SELECT count(*) FROM recalls"),
             "tokens": one("SELECT coalesce(sum(tokens), 0) FROM memories"),
             "embed_model": embed[0] if embed else None,
             "embed_dim": embed[1] if embed else None,
-            "bytes": self._path.stat().st_size if self._path.exists() else 0,
+            "bytes": self._bytes(),
         }
+
+    def _bytes(self) -> int:
+        """Return the size of the store on disk."""
+        return self._path.stat().st_size if self._path.exists() else 0
 
     # Inside the class body `list` names this method: the annotations here say builtins.list.
     def list(
@@ -380,5 +394,5 @@ class SqliteMemories:
         sql = f"SELECT {_MEMORY_COLUMNS} {_MEMORY_FROM} WHERE {' AND '.join(where)} ORDER BY m.id DESC"
         if limit is not None or offset:
             sql += " LIMIT ? OFFSET ?"
-            params.extend([-1 if limit is None else limit, offset])
+            params.extend([NO_LIMIT if limit is None else limit, offset])
         return [Memory.from_row(r) for r in self._conn.execute(sql, params).fetchall()]

@@ -12,7 +12,7 @@ from .db import write
 class SqliteSettings:
     """Settings (`setting:` keys) and the embedding model (`embed_model`, `embed_dim`) of one SQLite store."""
 
-    def __init__(self, conn: Any, path: Path) -> None:
+    def __init__(self, conn: Any, path: Path | str) -> None:
         self._conn = conn
         self._path = path
         self._embed: tuple[str, int] | None = None
@@ -28,7 +28,13 @@ class SqliteSettings:
     def set(self, key: str, value: str) -> None:
         """Store a setting."""
         with write(self._conn):
-            self._conn.execute("INSERT OR REPLACE INTO meta(key, value) VALUES (?, ?)", [f"setting:{key}", value])
+            self._put(f"setting:{key}", value)
+
+    def _put(self, key: str, value: str) -> None:
+        self._conn.execute(
+            "INSERT INTO meta(key, value) VALUES (?, ?) ON CONFLICT(key) DO UPDATE SET value = excluded.value",
+            [key, value],
+        )
 
     def embed_model(self) -> tuple[str, int] | None:
         """Return the (model id, dimensions) the store's vectors were built with, if any."""
@@ -56,5 +62,5 @@ class SqliteSettings:
         """Record `model_id` as the store's embedding model unless one is recorded, else check it (inside a write)."""
         self.check_embed_model(model_id, dim)
         if self.embed_model() is None:
-            self._conn.execute("INSERT OR REPLACE INTO meta(key, value) VALUES ('embed_model', ?)", [model_id])
-            self._conn.execute("INSERT OR REPLACE INTO meta(key, value) VALUES ('embed_dim', ?)", [str(dim)])
+            self._put("embed_model", model_id)
+            self._put("embed_dim", str(dim))

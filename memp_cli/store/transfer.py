@@ -12,9 +12,11 @@ from pathlib import Path
 from typing import Any
 
 from ..errors import StoreError
+from .copy import RowCopy
 from .db import scope_filter, write
 from .memories import HISTORY_FIELDS
 from .settings import SqliteSettings
+from .sql import dialect
 from .vectors import FLOAT_TABLE, SqliteVectors
 
 TRAJECTORY_COLUMNS = ("id", "task", "steps", "outcome", "score", "source_id", "source_file", "source_line",
@@ -29,8 +31,9 @@ OUTCOME_COLUMNS = ("recall_id", "outcome", "score", "policy", "trajectory", "app
 CHUNK = 500
 
 
-class SqliteTransfer:
-    """Reads and writes whole memories of one SQLite store, with everything that refers to them."""
+class SqliteTransfer(RowCopy):
+    """Reads and writes whole memories of one SQLite store, with everything that refers to them (and, from
+    RowCopy, every table row by row for `memp migrate`)."""
 
     def __init__(self, conn: Any, path: Path, vectors: SqliteVectors, settings: SqliteSettings) -> None:
         self._conn = conn
@@ -54,7 +57,8 @@ class SqliteTransfer:
         scoped, scope_params = scope_filter("m.scope", scopes)
         where, params = [scoped], list(scope_params)
         for clause, value in (("m.status = ?", status), ("t.outcome = ?", outcome), ("m.build = ?", build),
-                              ("json_extract(t.metadata, '$.task_type') = ?", task_type), ("m.created_at >= ?", since)):
+                              (f"{dialect(self._conn).json_text('t.metadata', 'task_type')} = ?", task_type),
+                              ("m.created_at >= ?", since)):
             if value:
                 where.append(clause)
                 params.append(value)
@@ -94,10 +98,10 @@ class SqliteTransfer:
         ):
             by_id[memory_id]["keywords"].append(word)
         if vectors:
-            for memory_id, blob in self._conn.execute(
+            for memory_id, blob in self._vector_rows(
                 f"SELECT memory_id, embedding FROM {FLOAT_TABLE} WHERE memory_id IN ({marks})", ids
             ):
-                by_id[memory_id]["vector"] = bytes(blob)
+                by_id[memory_id]["vector"] = blob
 
     def keyword_vectors(self, words: Sequence[str]) -> dict[str, bytes]:
         """Return the stored float32 blob of each of `words` that has one."""
@@ -157,35 +161,35 @@ class SqliteTransfer:
             for outcome in outcomes:
                 added["outcomes"] += self._add_outcome(outcome, known)
             for key, value in settings.items():
-                cur = self._conn.execute("INSERT OR IGNORE INTO meta(key, value) VALUES (?, ?)",
-                                         [f"setting:{key}", value])
+                cur = self._conn.execute("INSERT INTO meta(key, value) VALUES (?, ?) ON CONFLICT DO NOTHING",
+                                     [f"setting:{key}", value])
                 added["settings"] += cur.rowcount
         return added
 
     def _add_memory(self, item: dict[str, Any]) -> int:
         """Insert one memory with its run, history and cached scripts inside the open write; return its new id."""
         cur = self._conn.execute(
-            f"INSERT OR IGNORE INTO trajectories({', '.join(TRAJECTORY_COLUMNS)}) "
-            f"VALUES ({', '.join('?' * len(TRAJECTORY_COLUMNS))})",
+            f"INSERT INTO trajectories({', '.join(TRAJECTORY_COLUMNS)}) "
+            f"VALUES ({', '.join('?' * len(TRAJECTORY_COLUMNS))}) ON CONFLICT DO NOTHING",
             [item[f"run_{c}"] for c in TRAJECTORY_COLUMNS],
         )
         if cur.rowcount == 0:
             raise StoreError(f"{self._path}: trajectory {item['run_id']} is stored already")
         cur = self._conn.execute(
             f"INSERT INTO memories(trajectory_id, {', '.join(MEMORY_COLUMNS)}) "
-            f"VALUES (?, {', '.join('?' * len(MEMORY_COLUMNS))})",
+            f"VALUES (?, {', '.join('?' * len(MEMORY_COLUMNS))}) RETURNING id",
             # An export made before scopes carries none: its memories were all in the one scope there was.
             [item["run_id"], *(item.get(c, "default") if c == "scope" else item[c] for c in MEMORY_COLUMNS)],
         )
-        memory_id = int(cur.lastrowid or 0)
+        memory_id = int(cur.fetchone()[0])
         self._conn.executemany(
             f"INSERT INTO memory_history(memory_id, {', '.join(HISTORY_COLUMNS)}) "
             f"VALUES (?, {', '.join('?' * len(HISTORY_COLUMNS))})",
             [[memory_id, *(h[c] for c in HISTORY_COLUMNS)] for h in item["history"]],
         )
         self._conn.executemany(
-            f"INSERT OR IGNORE INTO script_cache(trajectory_id, {', '.join(CACHE_COLUMNS)}) "
-            f"VALUES (?, {', '.join('?' * len(CACHE_COLUMNS))})",
+            f"INSERT INTO script_cache(trajectory_id, {', '.join(CACHE_COLUMNS)}) "
+            f"VALUES (?, {', '.join('?' * len(CACHE_COLUMNS))}) ON CONFLICT DO NOTHING",
             [[item["run_id"], *(s[c] for c in CACHE_COLUMNS)] for s in item["script_cache"]],
         )
         return memory_id
@@ -198,10 +202,12 @@ class SqliteTransfer:
         words = sorted({w for item in memories for w in item["keywords"]})
         before = self._conn.execute("SELECT count(*) FROM keywords").fetchone()[0]
         self._conn.executemany(
-            "INSERT OR IGNORE INTO keywords(word, embedding) VALUES (?, ?)", [(w, blobs.get(w)) for w in words]
+            "INSERT INTO keywords(word, embedding) VALUES (?, ?) ON CONFLICT DO NOTHING",
+            [(w, blobs.get(w)) for w in words],
         )
         self._conn.executemany(
-            "INSERT OR IGNORE INTO memory_keywords(memory_id, keyword_id) SELECT ?, id FROM keywords WHERE word = ?",
+            "INSERT INTO memory_keywords(memory_id, keyword_id) SELECT ?, id FROM keywords WHERE word = ? "
+            "ON CONFLICT DO NOTHING",
             [(memory_id, w) for item, memory_id in zip(memories, ids) for w in item["keywords"]],
         )
         return int(self._conn.execute("SELECT count(*) FROM keywords").fetchone()[0] - before)
@@ -213,19 +219,20 @@ class SqliteTransfer:
         else:
             seen = self._conn.execute(
                 "SELECT 1 FROM outcomes WHERE recall_id IS NULL AND created_at = ? AND outcome = ? AND policy = ? "
-                "AND score IS ? AND trajectory IS ?",
+                "AND score IS NOT DISTINCT FROM ? AND trajectory IS NOT DISTINCT FROM ?",
                 [outcome["created_at"], outcome["outcome"], outcome["policy"], outcome["score"],
                  outcome["trajectory"]],
             )
         if seen.fetchone() is not None:
             return 0
         cur = self._conn.execute(
-            f"INSERT INTO outcomes({', '.join(OUTCOME_COLUMNS)}) VALUES ({', '.join('?' * len(OUTCOME_COLUMNS))})",
+            f"INSERT INTO outcomes({', '.join(OUTCOME_COLUMNS)}) VALUES ({', '.join('?' * len(OUTCOME_COLUMNS))}) "
+            "RETURNING id",
             [outcome[c] for c in OUTCOME_COLUMNS],
         )
-        outcome_id = int(cur.lastrowid or 0)
+        outcome_id = int(cur.fetchone()[0])
         self._conn.executemany(
-            "INSERT OR IGNORE INTO outcome_items(outcome_id, memory_id) VALUES (?, ?)",
+            "INSERT INTO outcome_items(outcome_id, memory_id) VALUES (?, ?) ON CONFLICT DO NOTHING",
             [(outcome_id, known[t]) for t in outcome["memories"] if t in known],
         )
         return 1

@@ -216,18 +216,23 @@ class SqliteVectors:
         """Return `nearest` for each vector (within `scopes`): with preloaded vectors, one product for all of them."""
         if self._preloaded is None or self._settings.embed_model() is None or k <= 0:
             return [self.nearest(vector, k, scopes=scopes) for vector in vectors]
-        import numpy as np
+        return top_k(self._preloaded_in(scopes), vectors, k)
 
-        ids, matrix = self._preloaded_in(scopes)
-        if not len(ids) or not len(vectors):
-            return [[] for _ in vectors]
-        k = min(k, len(ids))
-        queries = np.asarray(vectors, dtype=np.float32)
-        out = []
-        # One product for all the queries reads the vectors once; the top k is picked a row at a time, as argpartition
-        # over the whole score matrix would hold as many int64 positions (50 MB for 64 queries at 100k memories).
-        for row in queries @ matrix.T:
-            candidates = np.argpartition(-row, k - 1)[:k]
-            best = candidates[np.argsort(-row[candidates])]
-            out.append([(int(ids[i]), float(row[i])) for i in best])
-        return out
+
+def top_k(preloaded: tuple[Any, Any], vectors: Sequence[Sequence[float]], k: int) -> list[list[tuple[int, float]]]:
+    """Return the `k` best (memory id, cosine) of each query among preloaded (ids, unit-vector matrix), best first."""
+    import numpy as np
+
+    ids, matrix = preloaded
+    if not len(ids) or not len(vectors):
+        return [[] for _ in vectors]
+    k = min(k, len(ids))
+    queries = np.asarray(vectors, dtype=np.float32)
+    out = []
+    # One product for all the queries reads the vectors once; the top k is picked a row at a time, as argpartition
+    # over the whole score matrix would hold as many int64 positions (50 MB for 64 queries at 100k memories).
+    for row in queries @ matrix.T:
+        candidates = np.argpartition(-row, k - 1)[:k]
+        best = candidates[np.argsort(-row[candidates])]
+        out.append([(int(ids[i]), float(row[i])) for i in best])
+    return out
