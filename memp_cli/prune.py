@@ -137,10 +137,21 @@ def plan(
 
 
 def plan_store(store: Store, rules: Rules, apply: bool = False) -> tuple[list[Retirement], int]:
-    """Return the plan for a store's active memories (and how many there are); carry it out when `apply`."""
-    memories = store.memories.list(status="active")
-    retirements = plan(memories, rules, lambda m: store.vectors.nearest(store.vectors.vector(m.id), 10))
-    if apply:
+    """Return the plan for a store's active memories (and how many there are); carry it out when `apply`.
+
+    Applied, the plan is made and carried out in one write transaction: the memories it decides on are read under
+    the write lock, so prunes running at once each plan from what the one before left (a second prune finds
+    nothing left to merge) and no merge goes into a memory another process has retired.
+    """
+    if not apply:
+        return _plan_now(store, rules)
+    with store.write():
+        retirements, active = _plan_now(store, rules)
         for r in retirements:
             store.memories.retire(r.memory_id, f"{r.rule}: {r.reason}", r.merge_into)
-    return retirements, len(memories)
+    return retirements, active
+
+
+def _plan_now(store: Store, rules: Rules) -> tuple[list[Retirement], int]:
+    memories = store.memories.list(status="active")
+    return plan(memories, rules, lambda m: store.vectors.nearest(store.vectors.vector(m.id), 10)), len(memories)

@@ -86,7 +86,12 @@ class SqliteLog:
             ]
         return result
 
-    def mark_applied(self, outcome_id: int) -> None:
-        """Mark an outcome's update policy as carried out."""
+    def mark_applied(self, outcome_id: int) -> bool:
+        """Claim an outcome: mark its update policy carried out; return False when it was marked already.
+
+        Called inside the write that carries the policy out, it is the claim: of any number of processes applying
+        one outcome, exactly one sees True, and a process killed before its commit leaves the outcome pending.
+        """
         with write(self._conn):
-            self._conn.execute("UPDATE outcomes SET applied = 1 WHERE id = ?", [outcome_id])
+            cur = self._conn.execute("UPDATE outcomes SET applied = 1 WHERE id = ? AND applied = 0", [outcome_id])
+        return cur.rowcount == 1
