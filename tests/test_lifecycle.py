@@ -128,7 +128,7 @@ def test_check_reports_outcomes_applied_twice_and_pending_ones_applied(tmp_path:
         "version + 1, event, reason, created_at, outcome_id FROM memory_history WHERE event = 'revised'",
         "UPDATE outcomes SET applied = 0",
     )
-    assert f"1 memories were revised twice for one outcome (first memory {target})" in problems
+    assert f"1 (memory, outcome) pairs were revised more than once (first memory {target})" in problems
     assert f"1 pending outcomes were applied already (first outcome {result.outcome_id})" in problems
 
 

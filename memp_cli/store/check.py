@@ -161,7 +161,7 @@ def outcome_problems(conn: Any) -> list[str]:
         "GROUP BY memory_id, coalesce(outcome_id, reason) HAVING count(*) > 1)"
     ).fetchone()
     if twice[0]:
-        problems.append(f"{twice[0]} memories were revised twice for one outcome (first memory {twice[1]})")
+        problems.append(f"{twice[0]} (memory, outcome) pairs were revised more than once (first memory {twice[1]})")
     early = conn.execute(
         "SELECT count(DISTINCT o.id), min(o.id) FROM outcomes o JOIN memory_history h ON h.outcome_id = o.id "
         "WHERE o.applied = 0"
