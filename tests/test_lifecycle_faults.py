@@ -41,7 +41,8 @@ class SlowChat(llm.Model):
         with open(os.environ["SLOW_CALLS"], "a") as calls:
             calls.write(f"{os.getpid()} {seen}\\n")
         time.sleep(float(os.environ.get("SLOW_SECONDS", "1")))
-        digest = hashlib.sha256(prompt.prompt.encode()).hexdigest()[:8]  # a new answer for each new prompt
+        # A new answer for each new prompt; with $SLOW_VARY, for each process too.
+        digest = hashlib.sha256(prompt.prompt.encode()).hexdigest()[:8] + os.environ.get("SLOW_VARY", "") * os.getpid()
         yield json.dumps({"when_to_use": "when the task fits", "parameters": [], "pitfalls": [f"answer {digest}"],
                           "steps": ["look around", f"revised from a text with {seen} lessons"]})
 
@@ -56,6 +57,7 @@ llm.plugins.pm.register(SlowPlugin(), name="slow-plugin")
 '''
 FLUSH_WORKER = "import sys, slowchat; from pathlib import Path; from memp_cli import update; " \
     "from memp_cli.store import open_store; update.flush(open_store(Path(sys.argv[1])), model='slow-chat')"
+MEMP_WORKER = "import sys, slowchat; from memp_cli.cli import app; sys.argv = ['memp', *sys.argv[1:]]; app()"
 UPDATE_WORKER = """
 import json, sys, slowchat
 from memp_cli import Memp
@@ -298,4 +300,31 @@ def test_a_slow_model_revision_of_an_outcome_another_process_applied_writes_noth
     events = _sql(db, "SELECT version, event, outcome_id FROM memory_history WHERE memory_id = ? ORDER BY id", memory)
     assert [(v, e) for v, e, _ in events] == [(1, "built"), (2, "revised"), (3, "revised")]
     assert len({o for _, _, o in events[1:]}) == 2
+    assert _check(db)["ok"]
+
+
+def test_concurrent_builds_write_one_version_per_memory(tmp_path: Path, slow_env: dict[str, str]) -> None:
+    from conftest import EXAMPLES
+
+    from memp_cli.ingest import IngestOptions, ingest
+
+    db = tmp_path / "build.db"
+    store = open_store(db)
+    memories = ingest(store, [str(EXAMPLES)], IngestOptions(model="offline")).added
+    store.close()
+    # Every process answers differently: only the first to write a memory's script may make it a version.
+    slow_env.update(SLOW_SECONDS="0.05", SLOW_VARY="1")
+
+    def build(*args: str, processes: int = PROCESSES) -> list[subprocess.Popen[str]]:
+        return [subprocess.Popen([sys.executable, "-c", MEMP_WORKER, "build", *args, "-m", "slow-chat", "--db",
+                                  str(db)], env=slow_env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+                for _ in range(processes)]
+
+    _done(build())
+    rebuilt = _sql(db, "SELECT memory_id, count(*) FROM memory_history WHERE event = 'rebuilt' GROUP BY 1")
+    assert len(rebuilt) == memories and {n for _, n in rebuilt} == {1}
+    assert _sql(db, "SELECT count(*) FROM memories m JOIN script_cache c ON c.trajectory_id = m.trajectory_id "
+                "AND c.model = 'slow-chat' WHERE m.script = c.script") == [(memories,)]
+    _done(build("--rebuild", processes=2))  # the cache answers each: the same scripts, no new version
+    assert _sql(db, "SELECT count(*) FROM memory_history WHERE event = 'rebuilt'") == [(memories,)]
     assert _check(db)["ok"]

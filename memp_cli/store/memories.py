@@ -118,9 +118,14 @@ class SqliteMemories:
     ) -> None:
         """Replace a memory's script (a rebuild) as a new version, caching the new one; a `flag` holds it.
 
-        A rebuild that gives the script the memory holds already adds no version (rebuilding twice is one rebuild).
+        A rebuild that gives the script the memory holds already adds no version (rebuilding twice is one rebuild),
+        and neither does one that lost a race: when another process cached a script of this trajectory by this model
+        and prompt version first, it wrote that script in the same transaction, and this one is not written over it.
         """
         with write(self._conn):
+            cached = self.cached_script(trajectory_id, script.model, script.prompt_version)
+            if cached is not None and cached.text != script.text:
+                return
             self._cache_script(trajectory_id, script)
             row = self._conn.execute("SELECT script FROM memories WHERE id = ?", [memory_id]).fetchone()
             if row is not None and row["script"] == script.text:
