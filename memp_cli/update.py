@@ -225,6 +225,8 @@ def _apply_all(
     """Apply each pending outcome exactly once, whatever other processes apply at the same time."""
     reviser: Reviser | None = None
     for item in pending:
+        if store.log.is_applied(item["id"]):
+            continue  # another process applied it since the list was read: no model call, no run embedded for it
         if reviser is None and _revises(item):
             reviser = Reviser(model, warn)
         _apply(store, item, reviser, model, build, warn, result)

@@ -177,6 +177,9 @@ class Log(Protocol):
     def pending_outcomes(self) -> list[dict[str, Any]]:
         """Return outcomes whose update policy has not been applied yet, oldest first."""
 
+    def is_applied(self, outcome_id: int) -> bool:
+        """Return whether an outcome's policy was carried out by any process (a missing outcome counts as applied)."""
+
     def mark_applied(self, outcome_id: int) -> bool:
         """Claim an outcome (inside the write applying it): mark it applied; False when it was marked already."""
 

@@ -86,6 +86,11 @@ class SqliteLog:
             ]
         return result
 
+    def is_applied(self, outcome_id: int) -> bool:
+        """Return whether an outcome's policy was carried out (by any process); a missing outcome counts as applied."""
+        row = self._conn.execute("SELECT applied FROM outcomes WHERE id = ?", [outcome_id]).fetchone()
+        return row is None or bool(row[0])
+
     def mark_applied(self, outcome_id: int) -> bool:
         """Claim an outcome: mark its update policy carried out; return False when it was marked already.
 

@@ -8,8 +8,9 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from ..errors import ConflictError, NotFoundError, StoreError
+from ..errors import ConflictError, NotFoundError
 from ..records import Memory, Script, Trajectory
+from . import merges
 from .base import NewMemory
 from .db import now, write
 from .settings import SqliteSettings
@@ -241,7 +242,7 @@ class SqliteMemories:
             if row["status"] != "active":
                 return False
             if merged_into is not None:
-                self._merge(memory_id, merged_into, row, stamp)
+                merges.merge(self._conn, memory_id, merged_into, row, stamp)
             self._conn.execute(
                 "UPDATE memories SET status = 'retired', retired_reason = ?, retired_at = ?, merged_into = ? "
                 "WHERE id = ?",
@@ -252,49 +253,11 @@ class SqliteMemories:
             self._history(memory_id, row["version"], event, script, trajectory, script, trajectory, None, reason, stamp)
         return True
 
-    def _merge(self, memory_id: int, into: int, row: Any, stamp: str) -> None:
-        """Move a memory's counts into an active memory, with a ledger row, inside the open write."""
-        target = self._conn.execute("SELECT status FROM memories WHERE id = ?", [into]).fetchone()
-        if into == memory_id or target is None or target["status"] != "active":
-            state = "itself" if into == memory_id else ("missing" if target is None else target["status"])
-            raise StoreError(f"cannot merge memory {memory_id} into memory {into} ({state}): only into an active one")
-        # What others merged into this one moved with their own ledger rows; this row records its own counts.
-        absorbed = self._conn.execute(
-            "SELECT coalesce(sum(recalled), 0), coalesce(sum(succeeded), 0), coalesce(sum(failed), 0) "
-            "FROM memory_merges WHERE into_id = ?", [memory_id],
-        ).fetchone()
-        total = (row["recalled"], row["succeeded"], row["failed"])
-        own = [t - a for t, a in zip(total, absorbed)]
-        self._conn.execute(
-            "UPDATE memories SET recalled = recalled + ?, succeeded = succeeded + ?, failed = failed + ? WHERE id = ?",
-            [*total, into],
-        )
-        self._conn.execute(
-            "UPDATE memories SET recalled = ?, succeeded = ?, failed = ? WHERE id = ?", [*own, memory_id]
-        )
-        self._conn.execute("UPDATE memory_merges SET into_id = ? WHERE into_id = ?", [into, memory_id])
-        self._conn.execute("UPDATE memories SET merged_into = ? WHERE merged_into = ?", [into, memory_id])
-        self._conn.execute(
-            "INSERT INTO memory_merges(memory_id, into_id, recalled, succeeded, failed, created_at) "
-            "VALUES (?, ?, ?, ?, ?, ?)",
-            [memory_id, into, *own, stamp],
-        )
-
     def restore(self, memory_id: int) -> None:
         """Bring a retired memory back into recall, taking back the counts a merge gave another memory."""
         with write(self._conn):
-            if self._reactivate(memory_id, "retired", "restored") is None:
-                return
-            moved = self._conn.execute(
-                "SELECT into_id, recalled, succeeded, failed FROM memory_merges WHERE memory_id = ?", [memory_id]
-            ).fetchone()
-            if moved is not None:
-                self._conn.execute(
-                    "UPDATE memories SET recalled = max(recalled - ?, 0), succeeded = max(succeeded - ?, 0), "
-                    "failed = max(failed - ?, 0) WHERE id = ?",
-                    [moved["recalled"], moved["succeeded"], moved["failed"], moved["into_id"]],
-                )
-                self._conn.execute("DELETE FROM memory_merges WHERE memory_id = ?", [memory_id])
+            if self._reactivate(memory_id, "retired", "restored") is not None:
+                merges.take_back(self._conn, memory_id)
 
     def approve(self, memory_id: int) -> str | None:
         """Let a held memory into recall; return the flag it was held for (None if it was not held)."""
@@ -332,10 +295,7 @@ class SqliteMemories:
             for table in ("memory_keywords", "memory_history", "recall_items", "outcome_items"):
                 self._conn.executemany(f"DELETE FROM {table} WHERE memory_id = ?", ids)
             self._conn.executemany("DELETE FROM memories WHERE id = ?", ids)
-            # The counts a purged memory gave another stay explained by its ledger row, no longer by its id (which
-            # SQLite may give a new memory); rows into a purged memory go with it.
-            self._conn.executemany("UPDATE memory_merges SET memory_id = NULL WHERE memory_id = ?", ids)
-            self._conn.executemany("DELETE FROM memory_merges WHERE into_id = ?", ids)
+            merges.forget(self._conn, [r["id"] for r in rows])
             self._conn.executemany("DELETE FROM script_cache WHERE trajectory_id = ?", trajectories)
             self._conn.executemany("DELETE FROM trajectories WHERE id = ?", trajectories)
         return len(rows)
