@@ -24,6 +24,10 @@ class StoreError(MempError):
     """The store cannot be opened, read or written."""
 
 
+class ConflictError(StoreError):
+    """A write based on a version of a memory that another process changed meanwhile (compare-and-set failed)."""
+
+
 class ModelMismatchError(StoreError):
     """The store was built with another embedding model or dimension."""
 

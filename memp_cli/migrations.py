@@ -262,3 +262,26 @@ def m012_scopes(db: Database) -> None:
     """
     db.execute("ALTER TABLE memories ADD COLUMN scope TEXT NOT NULL DEFAULT 'default'")
     db.execute("CREATE INDEX idx_memories_scope_status ON memories(scope, status)")
+def m013_lifecycle_keys(db: Database) -> None:
+    """The keys that make lifecycle writes happen once: which outcome a revision applied, and a ledger of merges.
+
+    `memory_history.outcome_id` names the outcome a revision carried out; a unique index allows one revision per
+    (memory, outcome), however many processes apply it. `memory_merges` records what each merge moved (the counts
+    of the memory merged, added to the one it went into): one row per memory merged, kept after a purge (the
+    memory's id then NULL) so the counts of the memory it went into stay explained, and undone by a restore.
+    """
+    db.execute("ALTER TABLE memory_history ADD COLUMN outcome_id INTEGER")
+    db.execute(
+        "CREATE UNIQUE INDEX idx_history_outcome ON memory_history(memory_id, outcome_id) WHERE outcome_id IS NOT NULL"
+    )
+    db.execute(
+        "CREATE TABLE memory_merges (id INTEGER PRIMARY KEY, memory_id INTEGER UNIQUE, into_id INTEGER NOT NULL, "
+        "recalled INTEGER NOT NULL, succeeded INTEGER NOT NULL, failed INTEGER NOT NULL, created_at TEXT NOT NULL)"
+    )
+    db.execute("CREATE INDEX idx_merges_into ON memory_merges(into_id)")
+    # Merges made before the ledger moved the merged memory's counts as they still are.
+    db.execute(
+        "INSERT INTO memory_merges(memory_id, into_id, recalled, succeeded, failed, created_at) "
+        "SELECT id, merged_into, recalled, succeeded, failed, coalesce(retired_at, created_at) FROM memories "
+        "WHERE merged_into IS NOT NULL AND status = 'retired'"
+    )

@@ -142,11 +142,22 @@ def plan_store(
 ) -> tuple[list[Retirement], int]:
     """Return the plan for the active memories of `scopes` (None: all) and how many there are; carry it out on `apply`.
 
-    A memory's duplicates are looked for in its own scope only.
+    A memory's duplicates are looked for in its own scope only. Applied, the plan is made and carried out in one
+    write transaction: the memories it decides on are read under the write lock, so prunes running at once each plan
+    from what the one before left (a second prune finds nothing left to merge) and no merge goes into a memory
+    another process has retired.
     """
-    memories = store.memories.list(status="active", scopes=scopes)
-    retirements = plan(memories, rules, lambda m: store.vectors.nearest(store.vectors.vector(m.id), 10, scopes=[m.scope]))
-    if apply:
+    if not apply:
+        return _plan_now(store, rules, scopes)
+    with store.write():
+        retirements, active = _plan_now(store, rules, scopes)
         for r in retirements:
             store.memories.retire(r.memory_id, f"{r.rule}: {r.reason}", r.merge_into)
-    return retirements, len(memories)
+    return retirements, active
+
+
+def _plan_now(store: Store, rules: Rules, scopes: Sequence[str] | None) -> tuple[list[Retirement], int]:
+    """Return the plan for the active memories of `scopes` and how many there are."""
+    memories = store.memories.list(status="active", scopes=scopes)
+    nearest = lambda m: store.vectors.nearest(store.vectors.vector(m.id), 10, scopes=[m.scope])  # noqa: E731
+    return plan(memories, rules, nearest), len(memories)

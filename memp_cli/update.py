@@ -212,9 +212,7 @@ def report(
     result = UpdateReport(outcome_id, decided, used, chosen)
     pending = store.log.pending_outcomes()
     if len(pending) >= batch:
-        for item in pending:
-            _apply(store, item, model, build, warn, result)
-            store.log.mark_applied(item["id"])
+        _apply_all(store, pending, model, build, warn, result)
         pending = []
     result.pending = len(pending)
     return result
@@ -226,49 +224,147 @@ def flush(
     """Apply every pending outcome's policy now."""
     warn = warn or (lambda msg: print(f"memp: {msg}", file=sys.stderr))
     result = UpdateReport(0, "", [], "flush")
-    for item in store.log.pending_outcomes():
-        _apply(store, item, model, build, warn, result)
-        store.log.mark_applied(item["id"])
+    _apply_all(store, store.log.pending_outcomes(), model, build, warn, result)
     return result
 
 
-def _apply(
-    store: Store, item: dict[str, Any], model: str | None, build: str, warn: Callable[[str], None],
+# How many times a model revision is made again from the memory's new version when another process revised it
+# meanwhile; after that the revision is made offline inside the write, from the version it then finds.
+REVISION_ATTEMPTS = 3
+
+
+@dataclass
+class _Draft:
+    """A revision of one memory, made from `memory` as it was then (its version is what the write compares)."""
+
+    memory: Memory
+    script: str
+    model: str
+    prompt_version: str
+    flag: str | None
+
+
+class _Stale(Exception):
+    """A model revision was made from a version another process has since replaced."""
+
+
+def _apply_all(
+    store: Store, pending: Sequence[dict[str, Any]], model: str | None, build: str, warn: Callable[[str], None],
     result: UpdateReport,
 ) -> None:
-    """Carry out one outcome's policy: add the new run as a memory, and revise what led to a failure."""
+    """Apply each pending outcome exactly once, whatever other processes apply at the same time."""
+    reviser: Reviser | None = None
+    for item in pending:
+        if store.log.is_applied(item["id"]):
+            continue  # another process applied it since the list was read: no model call, no run embedded for it
+        if reviser is None and _revises(item):
+            reviser = Reviser(model, warn)
+        _apply(store, item, reviser, model, build, warn, result)
+    if reviser is not None:
+        result.offline_revisions += reviser.offline
+
+
+def _revises(item: dict[str, Any]) -> bool:
+    """Return whether an outcome's policy revises the memories it names (adjustment after a failure, with a run)."""
+    return bool(item["policy"] == "adjustment" and item["outcome"] == "failure" and item["memory_ids"]
+                and item["trajectory"])
+
+
+def _apply(
+    store: Store, item: dict[str, Any], reviser: Reviser | None, model: str | None, build: str,
+    warn: Callable[[str], None], result: UpdateReport,
+) -> None:
+    """Carry out one outcome's policy: add the new run as a memory, and revise what led to a failure.
+
+    The run is added first (a memory per trajectory id, so adding it again is a no-op); the revisions and the mark
+    that the outcome is applied then land in one write, which claims the outcome: a process that finds it applied
+    already writes nothing, and one killed before its commit leaves it pending for the next `--flush`. Revisions
+    are compare-and-set on each memory's version: one made from a version another process has replaced is made
+    again from the new one, never written over it.
+    """
     from .ingest import IngestOptions, store_trajectories
 
     policy, outcome = item["policy"], item["outcome"]
     run = _trajectory_from_json(item["trajectory"]) if item["trajectory"] else None
-    if policy == "adjustment" and outcome == "failure" and item["memory_ids"] and run is not None:
-        reviser = Reviser(model, warn)
-        for memory in store.memories.get_many(item["memory_ids"]):
-            if memory.status != "active":
-                continue
-            answer, used_model, version = reviser.revise(memory, run)
-            checked = boundary.check_text(answer, boundary.Redactor())
-            script = checked.text
-            if script == (memory.script or ""):
-                continue
-            tokens = count_tokens(render_memory(script, memory.trajectory))
-            reason = f"failed in recall {item['recall_id']}" if item["recall_id"] else f"failed (outcome {item['id']})"
-            held = checked.flag
-            result.revised[memory.id] = store.memories.revise(
-                memory.id, script, memory.trajectory, used_model, version, tokens, "revised", reason, held
-            )
-            result.held += bool(held)
-        result.offline_revisions += reviser.offline
-    add = run is not None and (policy == "vanilla" or outcome == "success")
-    if add and run is not None:
-        options = IngestOptions(build=build, model=model, scope=_run_scope(item["trajectory"]))
-        added = store_trajectories(store, [run], options, warn)
-        result.added.extend(added)
+    if run is not None and (policy == "vanilla" or outcome == "success"):
+        result.added.extend(store_trajectories(store, [run], IngestOptions(build=build, model=model, scope=_run_scope(item["trajectory"])), warn))
+    if reviser is None or run is None or not _revises(item):
+        with store.write():
+            store.log.mark_applied(item["id"])
+        return
+    for attempt in range(REVISION_ATTEMPTS + 1):
+        # The last attempt makes every revision inside the write, offline, from the version it finds there.
+        last = attempt == REVISION_ATTEMPTS
+        drafts = [] if last else [_draft(reviser, m, run) for m in store.memories.get_many(item["memory_ids"])
+                                  if m.status == "active"]
+        try:
+            with store.write():
+                if not store.log.mark_applied(item["id"]):
+                    return  # another process applied it meanwhile
+                if last:
+                    drafts = [_offline_draft(m, run) for m in store.memories.get_many(item["memory_ids"])
+                              if m.status == "active"]
+                revised = _write_revisions(store, item, drafts, run)
+        except _Stale:
+            warn(f"a memory outcome {item['id']} revises was revised by another process meanwhile; revising again")
+            continue
+        for memory_id, (version, held) in revised.items():
+            result.revised[memory_id] = version
+            result.held += held
+        return
+
+
+def _draft(reviser: Reviser, memory: Memory, run: Trajectory) -> _Draft:
+    """Return a revision of `memory` from the failed run, past the boundary (outside any write: it may ask a model)."""
+    answer, used_model, version = reviser.revise(memory, run)
+    checked = boundary.check_text(answer, boundary.Redactor())
+    return _Draft(memory, checked.text, used_model, version, checked.flag)
+
+
+def _offline_draft(memory: Memory, run: Trajectory) -> _Draft:
+    """Return the offline revision of `memory`, past the boundary (cheap enough to make inside a write)."""
+    checked = boundary.check_text(offline_revision(memory, run), boundary.Redactor())
+    return _Draft(memory, checked.text, OFFLINE_MODEL, OFFLINE_REVISE, checked.flag)
+
+
+def _write_revisions(
+    store: Store, item: dict[str, Any], drafts: Sequence[_Draft], run: Trajectory
+) -> dict[int, tuple[int, bool]]:
+    """Write the drafts inside the open write; return memory id -> (new version, held). _Stale when one is outdated."""
+    out: dict[int, tuple[int, bool]] = {}
+    current = {m.id: m for m in store.memories.get_many([d.memory.id for d in drafts])}
+    for draft in drafts:
+        now = current.get(draft.memory.id)
+        if now is None or now.status != "active":
+            continue  # retired or held meanwhile: a revision would go unseen, or unreviewed
+        if now.version != draft.memory.version:
+            if draft.model != OFFLINE_MODEL:
+                raise _Stale
+            draft = _offline_draft(now, run)  # rebased: made again from the version there is now
+        if draft.script == (now.script or ""):
+            continue
+        tokens = count_tokens(render_memory(draft.script, now.trajectory))
+        reason = f"failed in recall {item['recall_id']}" if item["recall_id"] else f"failed (outcome {item['id']})"
+        version = store.memories.revise(
+            now.id, draft.script, now.trajectory, draft.model, draft.prompt_version, tokens, "revised", reason,
+            draft.flag, expected_version=now.version, outcome_id=item["id"],
+        )
+        out[now.id] = (version, bool(draft.flag))
+    return out
 
 
 def revert(store: Store, memory_id: int, version: int) -> int:
-    """Restore a memory's content as it was at `version`, as a new version; return that version number."""
-    script, trajectory, model = store.memories.version_content(memory_id, version)
-    tokens = count_tokens(render_memory(script, trajectory))
-    return store.memories.revise(memory_id, script, trajectory, model, None, tokens, "reverted", f"reverted to v{version}")
+    """Restore a memory's content as it was at `version`, as a new version; return that version number.
 
+    The guard's verdict travels with the text: restored text that differs from what the memory holds now (and was
+    approved, if it was held) is checked again, and held back from recall when it reads like an instruction.
+    """
+    with store.write():
+        current = store.memories.get(memory_id)
+        script, trajectory, model = store.memories.version_content(memory_id, version)
+        changed = [text for text, now in ((script, current.script), (trajectory, current.trajectory))
+                   if text and text != now]
+        held = next((f for f in (boundary.check_text(t, None).flag for t in changed) if f), None)
+        tokens = count_tokens(render_memory(script, trajectory))
+        return store.memories.revise(memory_id, script, trajectory, model, None, tokens, "reverted",
+                                     f"reverted to v{version}", held, expected_version=current.version)

@@ -64,7 +64,7 @@ def stats(db: DbOpt = None, fmt: FormatOpt = None) -> None:
 
 @handle_errors
 def check(db: DbOpt = None, fmt: FormatOpt = None) -> None:
-    """Verify the store: SQLite integrity, and that every memory has its trajectory, vector and history."""
+    """Verify the store: SQLite integrity, every memory's trajectory, vector and history, merges and outcome credit."""
     from .. import output
 
     shown = output_format(fmt)

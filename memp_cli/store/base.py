@@ -128,19 +128,28 @@ class Memories(Protocol):
     def set_script(
         self, memory_id: int, trajectory_id: str, script: Script, tokens: int, flag: str | None = None
     ) -> None:
-        """Replace a memory's script (a rebuild) as a new version, caching the new one."""
+        """Replace a memory's script (a rebuild) as a new version, caching the new one; the same script: no version."""
 
     def revise(
         self, memory_id: int, script: str | None, trajectory: str | None, model: str | None,
         prompt_version: str | None, tokens: int, event: str, reason: str, flag: str | None = None,
+        expected_version: int | None = None, outcome_id: int | None = None,
     ) -> int:
-        """Store a new version of a memory (the old one stays in its history); return the version number."""
+        """Store a new version of a memory (the old one stays in its history); return the version number.
 
-    def retire(self, memory_id: int, reason: str, merged_into: int | None = None) -> None:
-        """Keep a memory out of recall (restorable), merging its statistics into another when given."""
+        `expected_version`: compare-and-set, ConflictError when the memory is at another version. `outcome_id`: at
+        most one revision per (memory, outcome); a second returns the first one's version.
+        """
+
+    def retire(self, memory_id: int, reason: str, merged_into: int | None = None) -> bool:
+        """Keep an active memory out of recall (restorable); False when it was not active.
+
+        A merge moves its counts into `merged_into`, which must be another active memory (else StoreError), with a
+        ledger row; memories merged into this one before are merged on into `merged_into` (no chains, no cycles).
+        """
 
     def restore(self, memory_id: int) -> None:
-        """Bring a retired memory back into recall."""
+        """Bring a retired memory back into recall, taking back the counts a merge moved."""
 
     def approve(self, memory_id: int) -> str | None:
         """Let a held memory into recall; return the flag it was held for (None if it was not held)."""
@@ -182,8 +191,11 @@ class Log(Protocol):
     def pending_outcomes(self) -> list[dict[str, Any]]:
         """Return outcomes whose update policy has not been applied yet, oldest first."""
 
-    def mark_applied(self, outcome_id: int) -> None:
-        """Mark an outcome's update policy as carried out."""
+    def is_applied(self, outcome_id: int) -> bool:
+        """Return whether an outcome's policy was carried out by any process (a missing outcome counts as applied)."""
+
+    def mark_applied(self, outcome_id: int) -> bool:
+        """Claim an outcome (inside the write applying it): mark it applied; False when it was marked already."""
 
 
 class Keywords(Protocol):

@@ -1,4 +1,6 @@
-"""`memp check`: SQLite's own integrity checks, and the rows of a store that should match and do not."""
+"""`memp check`: SQLite's own integrity checks, the rows of a store that should match and do not, and the lifecycle's
+invariants: merges that cycle, chain or point nowhere, tasks that merges left without an active memory, outcomes
+applied twice or credited more than reported, and pending outcomes already applied."""
 
 from __future__ import annotations
 
@@ -40,7 +42,10 @@ def consistency(
         "recalls": one("SELECT count(*) FROM recalls"),
         "outcomes": one("SELECT count(*) FROM outcomes"),
         "pending_outcomes": one("SELECT count(*) FROM outcomes WHERE applied = 0"),
+        "merges": one("SELECT count(*) FROM memories WHERE merged_into IS NOT NULL"),
     }
+    problems.extend(merge_problems(conn))
+    problems.extend(outcome_problems(conn))
     orphans = one(
         "SELECT count(*) FROM trajectories t WHERE NOT EXISTS (SELECT 1 FROM memories m WHERE m.trajectory_id = t.id)"
     )
@@ -104,4 +109,97 @@ def _bit_page_problems(conn: Any, vectors: int) -> list[str]:
         problems.append(f"the bit pages hold {unknown} memories that have no vector")
     if wrong:
         problems.append(f"{wrong} memories' sign bits in the bit pages do not match their vectors")
+    return problems
+
+
+CYCLE = -1  # where a walk along merges that go round ends (no memory has a negative id)
+
+
+def merge_problems(conn: Any) -> list[str]:
+    """Return what is wrong with the merges: cycles, chains, targets missing, tasks merges left with no memory."""
+    rows = conn.execute("SELECT id, status, merged_into, lower(trim(task)) FROM memories").fetchall()
+    status = {int(r[0]): str(r[1]) for r in rows}
+    into = {int(r[0]): int(r[2]) for r in rows if r[2] is not None}
+    problems = []
+    active_merged = sorted(i for i in into if status[i] == "active")
+    if active_merged:
+        problems.append(f"{len(active_merged)} active memories are marked merged into another (first {active_merged[0]})")
+    missing = sorted(i for i, t in into.items() if t not in status)
+    if missing:
+        problems.append(f"{len(missing)} memories are merged into a memory that does not exist (first {missing[0]})")
+
+    def end(memory_id: int) -> int:
+        """Return where following merges from a memory ends: CYCLE when they go round, else a memory id."""
+        seen = set()
+        while memory_id in into:
+            if memory_id in seen:
+                return CYCLE
+            seen.add(memory_id)
+            memory_id = into[memory_id]
+        return memory_id
+
+    cycles = sorted(i for i in into if end(i) == CYCLE)
+    if cycles:
+        problems.append(f"{len(cycles)} memories are in a merge cycle (first {cycles[0]} -> {into[cycles[0]]})")
+    chained = sorted(i for i, t in into.items() if t in into and i not in cycles)
+    if chained:
+        problems.append(f"{len(chained)} memories are merged into a memory that is itself merged (first "
+                        f"{chained[0]} -> {into[chained[0]]} -> {into[into[chained[0]]]})")
+    # A task is covered by an active memory of its own, or by the one its merged memories went into. Merged into a
+    # memory that was retired by another rule, the task went with it (restorable); through a cycle or into nothing,
+    # the merges lost it.
+    tasks: dict[str, list[int]] = {}
+    for r in rows:
+        tasks.setdefault(str(r[3]), []).append(int(r[0]))
+    lost = 0
+    for ids in tasks.values():
+        if any(status[i] == "active" for i in ids):
+            continue
+        ends = [end(i) for i in ids if i in into]
+        if ends and all(status.get(e) != "active" for e in ends) and any(e not in status for e in ends):
+            lost += 1
+    if lost:
+        problems.append(f"{lost} tasks have no active memory because their memories were merged away")
+    return problems
+
+
+def outcome_problems(conn: Any) -> list[str]:
+    """Return outcomes applied twice, memories credited with more than was reported, pending outcomes applied."""
+    problems = []
+    twice = conn.execute(
+        "SELECT count(*), min(memory_id) FROM (SELECT memory_id FROM memory_history WHERE event = 'revised' "
+        "GROUP BY memory_id, coalesce(outcome_id, reason) HAVING count(*) > 1)"
+    ).fetchone()
+    if twice[0]:
+        problems.append(f"{twice[0]} (memory, outcome) pairs were revised more than once (first memory {twice[1]})")
+    early = conn.execute(
+        "SELECT count(DISTINCT o.id), min(o.id) FROM outcomes o JOIN memory_history h ON h.outcome_id = o.id "
+        "WHERE o.applied = 0"
+    ).fetchone()
+    if early[0]:
+        problems.append(f"{early[0]} pending outcomes were applied already (first outcome {early[1]})")
+    # Each memory's credit is the outcomes that name it, plus what merges moved into it.
+    allowed: dict[int, list[int]] = {}
+    for memory_id, outcome, n in conn.execute(
+        "SELECT oi.memory_id, o.outcome, count(*) FROM outcome_items oi JOIN outcomes o ON o.id = oi.outcome_id "
+        "GROUP BY 1, 2"
+    ):
+        allowed.setdefault(int(memory_id), [0, 0])[0 if outcome == "success" else 1] += int(n)
+    moved = conn.execute(
+        "SELECT into_id, sum(succeeded), sum(failed) FROM memory_merges GROUP BY into_id UNION ALL "
+        # Merges the ledger does not know (memories imported from another store): the merged memory's counts.
+        "SELECT s.merged_into, sum(s.succeeded), sum(s.failed) FROM memories s WHERE s.merged_into IS NOT NULL "
+        "AND NOT EXISTS (SELECT 1 FROM memory_merges g WHERE g.memory_id = s.id) GROUP BY s.merged_into"
+    ).fetchall()
+    for memory_id, succeeded, failed in moved:
+        credit = allowed.setdefault(int(memory_id), [0, 0])
+        credit[0] += int(succeeded)
+        credit[1] += int(failed)
+    over = [
+        int(r[0]) for r in conn.execute("SELECT id, succeeded, failed FROM memories WHERE succeeded + failed > 0")
+        if r[1] > allowed.get(int(r[0]), [0, 0])[0] or r[2] > allowed.get(int(r[0]), [0, 0])[1]
+    ]
+    if over:
+        problems.append(f"{len(over)} memories have more credit than the outcomes reported for them and the "
+                        f"memories merged into them (first {over[0]})")
     return problems

@@ -86,7 +86,17 @@ class SqliteLog:
             ]
         return result
 
-    def mark_applied(self, outcome_id: int) -> None:
-        """Mark an outcome's update policy as carried out."""
+    def is_applied(self, outcome_id: int) -> bool:
+        """Return whether an outcome's policy was carried out (by any process); a missing outcome counts as applied."""
+        row = self._conn.execute("SELECT applied FROM outcomes WHERE id = ?", [outcome_id]).fetchone()
+        return row is None or bool(row[0])
+
+    def mark_applied(self, outcome_id: int) -> bool:
+        """Claim an outcome: mark its update policy carried out; return False when it was marked already.
+
+        Called inside the write that carries the policy out, it is the claim: of any number of processes applying
+        one outcome, exactly one sees True, and a process killed before its commit leaves the outcome pending.
+        """
         with write(self._conn):
-            self._conn.execute("UPDATE outcomes SET applied = 1 WHERE id = ?", [outcome_id])
+            cur = self._conn.execute("UPDATE outcomes SET applied = 1 WHERE id = ? AND applied = 0", [outcome_id])
+        return cur.rowcount == 1

@@ -8,8 +8,9 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from ..errors import NotFoundError
+from ..errors import ConflictError, NotFoundError
 from ..records import Memory, Script, Trajectory
+from . import merges
 from .base import NewMemory
 from .db import now, scope_filter, write
 from .settings import SqliteSettings
@@ -130,9 +131,20 @@ class SqliteMemories:
     def set_script(
         self, memory_id: int, trajectory_id: str, script: Script, tokens: int, flag: str | None = None
     ) -> None:
-        """Replace a memory's script (a rebuild) as a new version, caching the new one; a `flag` holds it."""
+        """Replace a memory's script (a rebuild) as a new version, caching the new one; a `flag` holds it.
+
+        A rebuild that gives the script the memory holds already adds no version (rebuilding twice is one rebuild),
+        and neither does one that lost a race: when another process cached a script of this trajectory by this model
+        and prompt version first, it wrote that script in the same transaction, and this one is not written over it.
+        """
         with write(self._conn):
+            cached = self.cached_script(trajectory_id, script.model, script.prompt_version)
+            if cached is not None and cached.text != script.text:
+                return
             self._cache_script(trajectory_id, script)
+            row = self._conn.execute("SELECT script FROM memories WHERE id = ?", [memory_id]).fetchone()
+            if row is not None and row["script"] == script.text:
+                return
             self._revise(memory_id, script.text, None, script.model, script.prompt_version, tokens, "rebuilt",
                          f"script rebuilt with {script.model}", keep_trajectory=True, flag=flag)
 
@@ -141,24 +153,41 @@ class SqliteMemories:
     def _history(
         self, memory_id: int, version: int, event: str, old_script: str | None, old_trajectory: str | None,
         new_script: str | None, new_trajectory: str | None, model: str | None, reason: str, stamp: str,
+        outcome_id: int | None = None,
     ) -> None:
         self._conn.execute(
             "INSERT INTO memory_history(memory_id, version, event, old_script, new_script, old_trajectory, "
-            "new_trajectory, model, reason, created_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
-            [memory_id, version, event, old_script, new_script, old_trajectory, new_trajectory, model, reason, stamp],
+            "new_trajectory, model, reason, created_at, outcome_id) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+            [memory_id, version, event, old_script, new_script, old_trajectory, new_trajectory, model, reason, stamp,
+             outcome_id],
         )
 
     def _revise(
         self, memory_id: int, script: str | None, trajectory: str | None, model: str | None,
         prompt_version: str | None, tokens: int, event: str, reason: str, keep_trajectory: bool = False,
-        flag: str | None = None,
+        flag: str | None = None, expected_version: int | None = None, outcome_id: int | None = None,
     ) -> int:
-        """Write a new version of a memory inside an open write; return the version number."""
+        """Write a new version of a memory inside an open write; return the version number.
+
+        With `expected_version`, refuse (ConflictError) when the memory is at another version: the revision was made
+        from a text another process has changed since. With `outcome_id`, a memory revised for that outcome already
+        is left as it is (its version returned): one revision per (memory, outcome).
+        """
         row = self._conn.execute(
             "SELECT version, script, trajectory FROM memories WHERE id = ?", [memory_id]
         ).fetchone()
         if row is None:
             raise NotFoundError(f"no memory with id {memory_id}")
+        if outcome_id is not None:
+            done = self._conn.execute(
+                "SELECT version FROM memory_history WHERE memory_id = ? AND outcome_id = ?", [memory_id, outcome_id]
+            ).fetchone()
+            if done is not None:
+                return int(done[0])
+        if expected_version is not None and int(row["version"]) != expected_version:
+            raise ConflictError(
+                f"memory {memory_id} is at v{row['version']}, not v{expected_version}: another process changed it"
+            )
         version, old_script, old_trajectory = int(row["version"]) + 1, row["script"], row["trajectory"]
         if keep_trajectory:
             trajectory = old_trajectory
@@ -170,20 +199,23 @@ class SqliteMemories:
         )
         if flag:
             self._conn.execute("UPDATE memories SET status = 'held', flag = ? WHERE id = ?", [flag, memory_id])
-        self._history(memory_id, version, event, old_script, old_trajectory, script, trajectory, model, reason, stamp)
+        self._history(memory_id, version, event, old_script, old_trajectory, script, trajectory, model, reason, stamp,
+                      outcome_id)
         return version
 
     def revise(
         self, memory_id: int, script: str | None, trajectory: str | None, model: str | None,
         prompt_version: str | None, tokens: int, event: str, reason: str, flag: str | None = None,
+        expected_version: int | None = None, outcome_id: int | None = None,
     ) -> int:
         """Store a new version of a memory (the old one stays in its history); return the version number.
 
-        A `flag` holds the memory back from recall until approved.
+        A `flag` holds the memory back from recall until approved. `expected_version` makes it a compare-and-set
+        (ConflictError when the memory moved on); `outcome_id` makes it once per (memory, outcome).
         """
         with write(self._conn):
             return self._revise(memory_id, script, trajectory, model, prompt_version, tokens, event, reason,
-                                flag=flag)
+                                flag=flag, expected_version=expected_version, outcome_id=outcome_id)
 
     def history(self, memory_id: int) -> builtins.list[dict[str, Any]]:
         """Return every change to a memory, oldest first."""
@@ -206,8 +238,13 @@ class SqliteMemories:
 
     # -- retirement -----------------------------------------------------------------------------------------------
 
-    def retire(self, memory_id: int, reason: str, merged_into: int | None = None) -> None:
-        """Keep a memory out of recall (restorable), merging its statistics into another when given."""
+    def retire(self, memory_id: int, reason: str, merged_into: int | None = None) -> bool:
+        """Keep a memory out of recall (restorable), merging its statistics into another when given.
+
+        Return False when the memory was not active (retired or held already: nothing to do). A merge goes only into
+        an active memory other than itself (else StoreError), so merges never cycle and never retire both sides;
+        memories merged into this one before are merged on into `merged_into`, so merges never chain either.
+        """
         stamp = now()
         with write(self._conn):
             row = self._conn.execute(
@@ -217,19 +254,9 @@ class SqliteMemories:
             if row is None:
                 raise NotFoundError(f"no memory with id {memory_id}")
             if row["status"] != "active":
-                return
-            if merged_into is not None and self._conn.execute(
-                "SELECT 1 FROM memories WHERE id = ? AND status = 'active'", [merged_into]
-            ).fetchone() is None:
-                # Another prune retired the one to keep meanwhile (perhaps merging it into this one): merging into
-                # it would close a cycle or leave a chain. This memory stays; a later prune plans afresh.
-                return
+                return False
             if merged_into is not None:
-                self._conn.execute(
-                    "UPDATE memories SET recalled = recalled + ?, succeeded = succeeded + ?, failed = failed + ? "
-                    "WHERE id = ?",
-                    [row["recalled"], row["succeeded"], row["failed"], merged_into],
-                )
+                merges.merge(self._conn, memory_id, merged_into, row, stamp)
             self._conn.execute(
                 "UPDATE memories SET status = 'retired', retired_reason = ?, retired_at = ?, merged_into = ? "
                 "WHERE id = ?",
@@ -238,10 +265,13 @@ class SqliteMemories:
             event = "merged" if merged_into is not None else "retired"
             script, trajectory = row["script"], row["trajectory"]
             self._history(memory_id, row["version"], event, script, trajectory, script, trajectory, None, reason, stamp)
+        return True
 
     def restore(self, memory_id: int) -> None:
-        """Bring a retired memory back into recall."""
-        self._reactivate(memory_id, "retired", "restored")
+        """Bring a retired memory back into recall, taking back the counts a merge gave another memory."""
+        with write(self._conn):
+            if self._reactivate(memory_id, "retired", "restored") is not None:
+                merges.take_back(self._conn, memory_id)
 
     def approve(self, memory_id: int) -> str | None:
         """Let a held memory into recall; return the flag it was held for (None if it was not held)."""
@@ -279,6 +309,7 @@ class SqliteMemories:
             for table in ("memory_keywords", "memory_history", "recall_items", "outcome_items"):
                 self._conn.executemany(f"DELETE FROM {table} WHERE memory_id = ?", ids)
             self._conn.executemany("DELETE FROM memories WHERE id = ?", ids)
+            merges.forget(self._conn, [r["id"] for r in rows])
             self._conn.executemany("DELETE FROM script_cache WHERE trajectory_id = ?", trajectories)
             self._conn.executemany("DELETE FROM trajectories WHERE id = ?", trajectories)
         return len(rows)
