@@ -159,5 +159,5 @@ def plan_store(
 def _plan_now(store: Store, rules: Rules, scopes: Sequence[str] | None) -> tuple[list[Retirement], int]:
     """Return the plan for the active memories of `scopes` and how many there are."""
     memories = store.memories.list(status="active", scopes=scopes)
-    nearest = lambda m: store.vectors.nearest(store.vectors.vector(m.id), 10, scopes=[m.scope])  # noqa: E731
+    nearest = lambda m: store.vectors.nearest(store.vectors.vector(m.id), 10, scopes=[m.scope])
     return plan(memories, rules, nearest), len(memories)
