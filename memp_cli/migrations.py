@@ -262,6 +262,9 @@ def m012_scopes(db: Database) -> None:
     """
     db.execute("ALTER TABLE memories ADD COLUMN scope TEXT NOT NULL DEFAULT 'default'")
     db.execute("CREATE INDEX idx_memories_scope_status ON memories(scope, status)")
+
+
+@migrations()
 def m013_lifecycle_keys(db: Database) -> None:
     """The keys that make lifecycle writes happen once: which outcome a revision applied, and a ledger of merges.
 
