@@ -2,17 +2,21 @@
 
 from __future__ import annotations
 
+from collections import OrderedDict
 from collections.abc import Callable, Iterator, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass, field, replace
+from functools import partial
 from itertools import islice
 from pathlib import Path
 
 from . import boundary, formats
 from .boundary import build_memory
-from .distill import Distiller
+from .distill import Distiller, offline_script
 from .embed import DEFAULT_EMBED_MODEL, Embedder, get_embedder, is_default, resolve_embed_model
 from .errors import MempError
 from .judge import Judge
+from .pool import CallPool, resolve_jobs
 from .records import BUILD_POLICIES, OUTCOMES, Script, Trajectory
 from .store import Store
 
@@ -38,6 +42,8 @@ class IngestOptions:
     redact_patterns: list[str] = field(default_factory=list)
     judge: Judge | None = None
     keep_best: int | None = None
+    # Model calls at once (--jobs, else $MEMP_JOBS, else memp_cli.pool.DEFAULT_JOBS); the offline distiller needs none.
+    jobs: int | None = None
 
 
 @dataclass
@@ -173,7 +179,7 @@ def _ingest(
     # Pass 2: store. Each batch is one transaction.
     if redactor:
         redactor.masked = 0
-    scripts = _LazyDistiller(options.model, warn) if options.build != "trajectory" else None
+    scripts = _LazyDistiller(options.model, warn, options.jobs) if options.build != "trajectory" else None
     embedder = get_embedder(None if is_default(embed_id) else embed_id)
     added: list[int] = []
     # Batches run across files: many formats hold one trajectory per file, and embedding is cheaper in bulk.
@@ -187,6 +193,8 @@ def _ingest(
         added.extend(_store_batch(store, batch, options.build, scripts, embedder, embed_id, report, redactor))
         if on_progress:
             on_progress(size)
+    if scripts is not None:
+        report.held += scripts.finish(store, redactor)
     if scripts and scripts.distiller:
         report.offline_scripts = scripts.distiller.fallbacks
         report.model = scripts.distiller.model_name if scripts.distiller.online else None
@@ -214,12 +222,30 @@ def script_for(store: Store, distiller: Distiller, traj: Trajectory) -> Script:
     return store.memories.cached_script(traj.id, distiller.model_name, distiller.version) or distiller.distill(traj)
 
 
-class _LazyDistiller:
-    """Resolves the chat model only when a new trajectory needs a script, so a no-op re-ingest stays quiet."""
+@dataclass
+class _Waiting:
+    """A memory stored with its offline script while the model is asked for the real one."""
 
-    def __init__(self, model: str | None, warn: Callable[[str], None] | None) -> None:
-        self.model, self.warn = model, warn
+    memory_id: int
+    trajectory: Trajectory
+    build: str
+    pending: str | None
+    flag: str | None
+
+
+class _LazyDistiller:
+    """Resolves the chat model only when a new trajectory needs a script, so a no-op re-ingest stays quiet.
+
+    With a model, each new memory is stored first with its offline script, then the model is asked on a pool of
+    `jobs` threads and each answer replaces that script in its own short write as it arrives: a kill leaves every
+    answer so far stored, and the rest offline-built, which `memp build` finishes.
+    """
+
+    def __init__(self, model: str | None, warn: Callable[[str], None] | None, jobs: int | None = None) -> None:
+        self.model, self.warn, self.jobs = model, warn, jobs
         self.distiller: Distiller | None = None
+        self._pool: CallPool[_Waiting, Script | None] | None = None
+        self._held = 0
 
     def get(self) -> Distiller:
         """Return the distiller, resolving the model on first use."""
@@ -227,9 +253,57 @@ class _LazyDistiller:
             self.distiller = Distiller(self.model, warn=self.warn)
         return self.distiller
 
-    def script(self, store: Store, traj: Trajectory) -> Script:
-        """Return the cached script for `traj` under the current model, else a freshly distilled one."""
-        return script_for(store, self.get(), traj)
+    def script(self, store: Store, traj: Trajectory) -> tuple[Script, bool]:
+        """Return the script to store now for `traj`, and whether the model is still to be asked for a better one."""
+        distiller = self.get()
+        cached = store.memories.cached_script(traj.id, distiller.model_name, distiller.version)
+        if cached is not None:
+            return cached, False
+        if distiller.online:
+            return offline_script(traj), True
+        distiller.fallbacks += 1
+        return offline_script(traj), False
+
+    def ask(self, store: Store, waiting: Sequence[_Waiting], redactor: boundary.Redactor | None) -> None:
+        """Ask the model for these memories' scripts on the pool, storing the answers that arrive meanwhile."""
+        if not waiting:
+            return
+        distiller = self.get()
+        if self._pool is None:
+            self._pool = CallPool(resolve_jobs(self.jobs))
+        try:
+            for item in waiting:
+                for done in self._pool.submit(item, partial(distiller.ask, item.trajectory)):
+                    self._store(store, *done, redactor)
+        except BaseException:
+            self.close()
+            raise
+
+    def finish(self, store: Store, redactor: boundary.Redactor | None) -> int:
+        """Store the answers still to come; return how many memories the model's scripts newly held back."""
+        if self._pool is not None:
+            try:
+                for done in self._pool.rest():
+                    self._store(store, *done, redactor)
+            finally:
+                self.close()
+        return self._held
+
+    def close(self) -> None:
+        """Stop the pool: calls not started yet are dropped (their memories stay offline-built, pending)."""
+        if self._pool is not None:
+            self._pool.__exit__(None, None, None)
+            self._pool = None
+
+    def _store(self, store: Store, item: _Waiting, script: Script | None, redactor: boundary.Redactor | None) -> None:
+        if script is None:
+            self.get().fallbacks += 1  # no answer: the offline script stays, for `memp build` to redo
+            return
+        script, flag = boundary.check_script(script, redactor)
+        _, tokens = build_memory(item.trajectory, item.build, script)
+        store.memories.finish_script(item.memory_id, item.trajectory.id, item.pending, script, tokens,
+                                     item.flag or flag)
+        self._held += bool(flag and not item.flag)
 
 
 def store_trajectories(
@@ -238,12 +312,14 @@ def store_trajectories(
     """Store already-read trajectories as memories (as ingest's second pass does); return the new memory ids."""
     embed_id = resolve_embed_model(store, options.embed_model)
     embedder = get_embedder(None if is_default(embed_id) else embed_id)
-    scripts = _LazyDistiller(options.model, warn) if options.build != "trajectory" else None
+    scripts = _LazyDistiller(options.model, warn, options.jobs) if options.build != "trajectory" else None
     redactor = _redactor(options)
     report = IngestReport()
     ids: list[int] = []
     for batch in _batches(iter(runs), BATCH):
         ids.extend(_store_batch(store, batch, options.build, scripts, embedder, embed_id, report, redactor))
+    if scripts is not None:
+        scripts.finish(store, redactor)
     if scripts is not None and ids:
         _contrast(store, ids, scripts, redactor)
     if ids:
@@ -262,8 +338,28 @@ def _contrast(store: Store, added: Sequence[int], scripts: _LazyDistiller, redac
     """Let successes whose task also has failed runs say what they did differently; return how many changed."""
     from .attempts import contrast_groups
 
-    tasks = {m.task for m in store.memories.get_many(list(added))}
-    return contrast_groups(store, tasks, scripts.get(), redactor, scripts.warn)
+    return contrast_groups(store, added, scripts.get(), redactor, scripts.warn, resolve_jobs(scripts.jobs))
+
+
+# Task vectors kept per embedder: the embedded model gives a text the same vector wherever it is embedded, and runs
+# of one task (ALFWorld's trials, retries) share its text, so each task is embedded once. Bounded, oldest dropped.
+_VECTOR_CACHE = 4096
+_vectors: dict[str, OrderedDict[str, list[float]]] = {}
+
+
+def _embed_tasks(embedder: Embedder, tasks: Sequence[str]) -> list[list[float]]:
+    """Return a vector per task, embedding each distinct text not seen lately once."""
+    cache = _vectors.setdefault(embedder.model_id, OrderedDict())
+    missing = list(dict.fromkeys(t for t in tasks if t not in cache))
+    for task, vector in zip(missing, embedder.embed(missing) if missing else []):
+        cache[task] = vector
+    out = []
+    for task in tasks:
+        cache.move_to_end(task)
+        out.append(cache[task])
+    while len(cache) > _VECTOR_CACHE:
+        cache.popitem(last=False)
+    return out
 
 
 def _store_batch(
@@ -271,12 +367,15 @@ def _store_batch(
     batch: list[Trajectory],
     build: str,
     scripts: _LazyDistiller | None,
-    embedder: object,
+    embedder: Embedder,
     embed_id: str,
     report: IngestReport,
     redactor: boundary.Redactor | None,
 ) -> list[int]:
-    """Store the new trajectories of a batch in one transaction; return their memory ids."""
+    """Store the new trajectories of a batch in one transaction; return their memory ids.
+
+    With a model, the memories are stored with offline scripts first and the model's arrive after (_LazyDistiller).
+    """
     # Every path into the store passes the boundary here, whatever it did before (redacting again changes nothing).
     prepared = [boundary.prepare(t, redactor) for t in batch]
     known = store.memories.known([p.trajectory.id for p in prepared])
@@ -288,11 +387,13 @@ def _store_batch(
             fresh[run.trajectory.id] = run
     if not fresh:
         return []
-    items = []
-    vectors = embedder.embed([p.trajectory.task for p in fresh.values()])  # type: ignore[attr-defined]
-    for run, vector in zip(fresh.values(), vectors):
-        script = scripts.script(store, run.trajectory) if scripts is not None else None
-        items.append(boundary.new_memory(run, build, script, vector, redactor))
+    runs = list(fresh.values())
+    # The embedding runs in onnxruntime, off the GIL: it goes on beside the offline distiller's Python.
+    with ThreadPoolExecutor(1) as side:
+        vectors = side.submit(_embed_tasks, embedder, [p.trajectory.task for p in runs])
+        made = [scripts.script(store, run.trajectory) if scripts is not None else (None, False) for run in runs]
+        items = [boundary.new_memory(run, build, script, vector, redactor)
+                 for run, (script, _), vector in zip(runs, made, vectors.result())]
     added = store.memories.add(items, embed_id)
     report.added += len(added)
     report.skipped += len(items) - len(added)
@@ -301,6 +402,12 @@ def _store_batch(
             report.held += bool(item.flag)
             outcome = str(item.trajectory.outcome)
             report.outcomes[outcome] = report.outcomes.get(outcome, 0) + 1
+    if scripts is not None:
+        scripts.ask(store, [
+            _Waiting(added[item.trajectory.id], item.trajectory, build, item.script.text if item.script else None,
+                     item.flag)
+            for item, (_, later) in zip(items, made) if later and item.trajectory.id in added
+        ], redactor)
     return list(added.values())
 
 
@@ -309,24 +416,42 @@ def rebuild_scripts(
     model: str | None = None,
     everything: bool = False,
     warn: Callable[[str], None] | None = None,
+    jobs: int | None = None,
 ) -> dict[str, object]:
-    """Redo scripts with a model (offline-built ones, or all); return counts. Each memory is its own transaction."""
+    """Redo scripts with a model (offline-built ones, or all); return counts. Each memory is its own transaction.
+
+    The model is asked on a pool of `jobs` threads; each answer is stored as it arrives, so a kill leaves the rest
+    as they were, for the next build.
+    """
     distiller = Distiller(model, warn=warn)
     if not distiller.online:
         raise MempError(
             f"no usable model to build scripts with ({distiller.model_name}); pass -m/--model or set a key with "
             "`llm keys set`"
         )
-    rebuilt = failed = held_back = 0
-    for memory_id, trajectory_id, build in store.memories.scripts_to_rebuild(everything):
-        traj = store.memories.trajectory(trajectory_id)
-        script = script_for(store, distiller, traj)
-        if script.model != distiller.model_name:
-            failed += 1  # the model failed on this one; the offline script stays until the next build
-            continue
+    counts = {"rebuilt": 0, "failed": 0, "held": 0}
+
+    def finish(memory_id: int, traj: Trajectory, build: str, script: Script | None) -> None:
+        if script is None:
+            counts["failed"] += 1  # the model failed on this one; the offline script stays until the next build
+            return
         script, held = boundary.check_script(script, boundary.Redactor())
         _, tokens = build_memory(traj, build, script)
-        store.memories.set_script(memory_id, trajectory_id, script, tokens, held)
-        rebuilt += 1
-        held_back += bool(held)
-    return {"model": distiller.model_name, "rebuilt": rebuilt, "failed": failed, "held": held_back}
+        store.memories.set_script(memory_id, traj.id, script, tokens, held)
+        counts["rebuilt"] += 1
+        counts["held"] += bool(held)
+
+    with CallPool[tuple[int, Trajectory, str], Script | None](resolve_jobs(jobs)) as pool:
+        for memory_id, trajectory_id, build in store.memories.scripts_to_rebuild(everything):
+            traj = store.memories.trajectory(trajectory_id)
+            cached = store.memories.cached_script(trajectory_id, distiller.model_name, distiller.version)
+            if cached is not None:
+                finish(memory_id, traj, build, cached)
+                continue
+            for (done_id, done_traj, done_build), script in pool.submit(
+                (memory_id, traj, build), partial(distiller.ask, traj)
+            ):
+                finish(done_id, done_traj, done_build, script)
+        for (done_id, done_traj, done_build), script in pool.rest():
+            finish(done_id, done_traj, done_build, script)
+    return {"model": distiller.model_name, **counts}
