@@ -224,20 +224,22 @@ def script_for(store: Store, distiller: Distiller, traj: Trajectory) -> Script:
 
 @dataclass
 class _Waiting:
-    """A memory stored with its offline script while the model is asked for the real one."""
+    """A run whose script the model is asked for; the memory, stored meanwhile with its offline script, is filled in
+    once stored (`memory_id`), or marked `dropped` when another process stored the run first."""
 
-    memory_id: int
     trajectory: Trajectory
     build: str
-    pending: str | None
-    flag: str | None
+    memory_id: int | None = None
+    pending: str | None = None
+    flag: str | None = None
+    dropped: bool = False
 
 
 class _LazyDistiller:
     """Resolves the chat model only when a new trajectory needs a script, so a no-op re-ingest stays quiet.
 
-    With a model, each new memory is stored first with its offline script, then the model is asked on a pool of
-    `jobs` threads and each answer replaces that script in its own short write as it arrives: a kill leaves every
+    With a model, each new memory is stored first with its offline script while the model is asked on a pool of
+    `jobs` threads; each answer replaces that script in its own short write as it arrives. A kill leaves every
     answer so far stored, and the rest offline-built, which `memp build` finishes.
     """
 
@@ -245,6 +247,7 @@ class _LazyDistiller:
         self.model, self.warn, self.jobs = model, warn, jobs
         self.distiller: Distiller | None = None
         self._pool: CallPool[_Waiting, Script | None] | None = None
+        self._early: list[tuple[_Waiting, Script | None]] = []  # answers that came before their memory was stored
         self._held = 0
 
     def get(self) -> Distiller:
@@ -253,31 +256,45 @@ class _LazyDistiller:
             self.distiller = Distiller(self.model, warn=self.warn)
         return self.distiller
 
-    def script(self, store: Store, traj: Trajectory) -> tuple[Script, bool]:
-        """Return the script to store now for `traj`, and whether the model is still to be asked for a better one."""
+    def cached(self, store: Store, traj: Trajectory) -> tuple[Script | None, bool]:
+        """Return the script cached for `traj` under the current model, and whether the model is to be asked."""
         distiller = self.get()
         cached = store.memories.cached_script(traj.id, distiller.model_name, distiller.version)
-        if cached is not None:
-            return cached, False
-        if distiller.online:
-            return offline_script(traj), True
-        distiller.fallbacks += 1
-        return offline_script(traj), False
+        return cached, cached is None and distiller.online
 
-    def ask(self, store: Store, waiting: Sequence[_Waiting], redactor: boundary.Redactor | None) -> None:
-        """Ask the model for these memories' scripts on the pool, storing the answers that arrive meanwhile."""
+    def offline(self, traj: Trajectory, asked: bool) -> Script:
+        """Return the offline script stored for `traj` now: kept, or (`asked`) replaced when the model answers."""
+        if not asked:
+            self.get().fallbacks += 1
+        return offline_script(traj)
+
+    def ask(self, store: Store, waiting: Sequence[_Waiting], redactor: boundary.Redactor | None,
+            wait: bool = True) -> list[_Waiting]:
+        """Ask the model for these runs' scripts on the pool, storing the answers that arrive meanwhile; return the
+        runs not asked yet (only without `wait`: those the pool had no room for)."""
         if not waiting:
-            return
+            return []
         distiller = self.get()
         if self._pool is None:
             self._pool = CallPool(resolve_jobs(self.jobs))
         try:
-            for item in waiting:
+            take = len(waiting) if wait else min(len(waiting), self._pool.room())
+            for item in waiting[:take]:
                 for done in self._pool.submit(item, partial(distiller.ask, item.trajectory)):
+                    self._store(store, *done, redactor)
+            if wait:
+                for done in self._pool.ready():
                     self._store(store, *done, redactor)
         except BaseException:
             self.close()
             raise
+        return list(waiting[take:])
+
+    def stored(self, store: Store, redactor: boundary.Redactor | None) -> None:
+        """Store the answers that came before their memories were stored, now that they are."""
+        early, self._early = self._early, []
+        for item, script in early:
+            self._store(store, item, script, redactor)
 
     def finish(self, store: Store, redactor: boundary.Redactor | None) -> int:
         """Store the answers still to come; return how many memories the model's scripts newly held back."""
@@ -296,6 +313,11 @@ class _LazyDistiller:
             self._pool = None
 
     def _store(self, store: Store, item: _Waiting, script: Script | None, redactor: boundary.Redactor | None) -> None:
+        if item.dropped:
+            return
+        if item.memory_id is None:
+            self._early.append((item, script))
+            return
         if script is None:
             self.get().fallbacks += 1  # no answer: the offline script stays, for `memp build` to redo
             return
@@ -388,12 +410,17 @@ def _store_batch(
     if not fresh:
         return []
     runs = list(fresh.values())
+    plans = [scripts.cached(store, run.trajectory) if scripts is not None else (None, False) for run in runs]
+    waiting = {run.trajectory.id: _Waiting(run.trajectory, build) for run, (_, ask) in zip(runs, plans) if ask}
+    # The model's first calls go out before this batch is written, so the pool is busy while it is.
+    later = scripts.ask(store, list(waiting.values()), redactor, wait=False) if scripts is not None else []
     # The embedding runs in onnxruntime, off the GIL: it goes on beside the offline distiller's Python.
     with ThreadPoolExecutor(1) as side:
         vectors = side.submit(_embed_tasks, embedder, [p.trajectory.task for p in runs])
-        made = [scripts.script(store, run.trajectory) if scripts is not None else (None, False) for run in runs]
+        made = [None if scripts is None else cached or scripts.offline(run.trajectory, ask)
+                for run, (cached, ask) in zip(runs, plans)]
         items = [boundary.new_memory(run, build, script, vector, redactor)
-                 for run, (script, _), vector in zip(runs, made, vectors.result())]
+                 for run, script, vector in zip(runs, made, vectors.result())]
     added = store.memories.add(items, embed_id)
     report.added += len(added)
     report.skipped += len(items) - len(added)
@@ -402,12 +429,13 @@ def _store_batch(
             report.held += bool(item.flag)
             outcome = str(item.trajectory.outcome)
             report.outcomes[outcome] = report.outcomes.get(outcome, 0) + 1
+        if (wait := waiting.get(item.trajectory.id)) is not None:
+            wait.dropped = item.trajectory.id not in added
+            wait.memory_id = added.get(item.trajectory.id)
+            wait.pending, wait.flag = (item.script.text if item.script else None), item.flag
     if scripts is not None:
-        scripts.ask(store, [
-            _Waiting(added[item.trajectory.id], item.trajectory, build, item.script.text if item.script else None,
-                     item.flag)
-            for item, (_, later) in zip(items, made) if later and item.trajectory.id in added
-        ], redactor)
+        scripts.stored(store, redactor)
+        scripts.ask(store, later, redactor)
     return list(added.values())
 
 

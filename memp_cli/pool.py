@@ -62,6 +62,10 @@ class CallPool(Generic[K, R]):
         self._running[self._executor.submit(call)] = key
         return finished
 
+    def room(self) -> int:
+        """Return how many calls `submit` takes now without waiting."""
+        return max(0, self.jobs * (1 + QUEUED_PER_JOB) - len(self._running))
+
     def ready(self) -> list[tuple[K, R]]:
         """Return the calls finished so far, without waiting."""
         return self._collect(block=False)
