@@ -12,7 +12,9 @@ from pathlib import Path
 
 from . import boundary, formats
 from .boundary import build_memory
-from .distill import Distiller, offline_script
+from .distill import Distiller
+from .distill_pool import LazyDistiller as _LazyDistiller
+from .distill_pool import Waiting as _Waiting
 from .embed import DEFAULT_EMBED_MODEL, Embedder, get_embedder, is_default, resolve_embed_model
 from .errors import MempError
 from .judge import Judge
@@ -222,112 +224,6 @@ def script_for(store: Store, distiller: Distiller, traj: Trajectory) -> Script:
     return store.memories.cached_script(traj.id, distiller.model_name, distiller.version) or distiller.distill(traj)
 
 
-@dataclass
-class _Waiting:
-    """A run whose script the model is asked for; the memory, stored meanwhile with its offline script, is filled in
-    once stored (`memory_id`), or marked `dropped` when another process stored the run first."""
-
-    trajectory: Trajectory
-    build: str
-    memory_id: int | None = None
-    pending: str | None = None
-    flag: str | None = None
-    dropped: bool = False
-
-
-class _LazyDistiller:
-    """Resolves the chat model only when a new trajectory needs a script, so a no-op re-ingest stays quiet.
-
-    With a model, each new memory is stored first with its offline script while the model is asked on a pool of
-    `jobs` threads; each answer replaces that script in its own short write as it arrives. A kill leaves every
-    answer so far stored, and the rest offline-built, which `memp build` finishes.
-    """
-
-    def __init__(self, model: str | None, warn: Callable[[str], None] | None, jobs: int | None = None) -> None:
-        self.model, self.warn, self.jobs = model, warn, jobs
-        self.distiller: Distiller | None = None
-        self._pool: CallPool[_Waiting, Script | None] | None = None
-        self._early: list[tuple[_Waiting, Script | None]] = []  # answers that came before their memory was stored
-        self._held = 0
-
-    def get(self) -> Distiller:
-        """Return the distiller, resolving the model on first use."""
-        if self.distiller is None:
-            self.distiller = Distiller(self.model, warn=self.warn)
-        return self.distiller
-
-    def cached(self, store: Store, traj: Trajectory) -> tuple[Script | None, bool]:
-        """Return the script cached for `traj` under the current model, and whether the model is to be asked."""
-        distiller = self.get()
-        cached = store.memories.cached_script(traj.id, distiller.model_name, distiller.version)
-        return cached, cached is None and distiller.online
-
-    def offline(self, traj: Trajectory, asked: bool) -> Script:
-        """Return the offline script stored for `traj` now: kept, or (`asked`) replaced when the model answers."""
-        if not asked:
-            self.get().fallbacks += 1
-        return offline_script(traj)
-
-    def ask(self, store: Store, waiting: Sequence[_Waiting], redactor: boundary.Redactor | None,
-            wait: bool = True) -> list[_Waiting]:
-        """Ask the model for these runs' scripts on the pool, storing the answers that arrive meanwhile; return the
-        runs not asked yet (only without `wait`: those the pool had no room for)."""
-        if not waiting:
-            return []
-        distiller = self.get()
-        if self._pool is None:
-            self._pool = CallPool(resolve_jobs(self.jobs))
-        try:
-            take = len(waiting) if wait else min(len(waiting), self._pool.room())
-            for item in waiting[:take]:
-                for done in self._pool.submit(item, partial(distiller.ask, item.trajectory)):
-                    self._store(store, *done, redactor)
-            if wait:
-                for done in self._pool.ready():
-                    self._store(store, *done, redactor)
-        except BaseException:
-            self.close()
-            raise
-        return list(waiting[take:])
-
-    def stored(self, store: Store, redactor: boundary.Redactor | None) -> None:
-        """Store the answers that came before their memories were stored, now that they are."""
-        early, self._early = self._early, []
-        for item, script in early:
-            self._store(store, item, script, redactor)
-
-    def finish(self, store: Store, redactor: boundary.Redactor | None) -> int:
-        """Store the answers still to come; return how many memories the model's scripts newly held back."""
-        if self._pool is not None:
-            try:
-                for done in self._pool.rest():
-                    self._store(store, *done, redactor)
-            finally:
-                self.close()
-        return self._held
-
-    def close(self) -> None:
-        """Stop the pool: calls not started yet are dropped (their memories stay offline-built, pending)."""
-        if self._pool is not None:
-            self._pool.__exit__(None, None, None)
-            self._pool = None
-
-    def _store(self, store: Store, item: _Waiting, script: Script | None, redactor: boundary.Redactor | None) -> None:
-        if item.dropped:
-            return
-        if item.memory_id is None:
-            self._early.append((item, script))
-            return
-        if script is None:
-            self.get().fallbacks += 1  # no answer: the offline script stays, for `memp build` to redo
-            return
-        script, flag = boundary.check_script(script, redactor)
-        _, tokens = build_memory(item.trajectory, item.build, script)
-        store.memories.finish_script(item.memory_id, item.trajectory.id, item.pending, script, tokens,
-                                     item.flag or flag)
-        self._held += bool(flag and not item.flag)
-
-
 def store_trajectories(
     store: Store, runs: Sequence[Trajectory], options: IngestOptions, warn: Callable[[str], None] | None = None
 ) -> list[int]:
@@ -414,13 +310,18 @@ def _store_batch(
     waiting = {run.trajectory.id: _Waiting(run.trajectory, build) for run, (_, ask) in zip(runs, plans) if ask}
     # The model's first calls go out before this batch is written, so the pool is busy while it is.
     later = scripts.ask(store, list(waiting.values()), redactor, wait=False) if scripts is not None else []
-    # The embedding runs in onnxruntime, off the GIL: it goes on beside the offline distiller's Python.
-    with ThreadPoolExecutor(1) as side:
-        vectors = side.submit(_embed_tasks, embedder, [p.trajectory.task for p in runs])
-        made = [None if scripts is None else cached or scripts.offline(run.trajectory, ask)
-                for run, (cached, ask) in zip(runs, plans)]
-        items = [boundary.new_memory(run, build, script, vector, redactor)
-                 for run, script, vector in zip(runs, made, vectors.result())]
+    try:
+        # The embedding runs in onnxruntime, off the GIL: it goes on beside the offline distiller's Python.
+        with ThreadPoolExecutor(1) as side:
+            vectors = side.submit(_embed_tasks, embedder, [p.trajectory.task for p in runs])
+            made = [None if scripts is None else cached or scripts.offline(run.trajectory, ask)
+                    for run, (cached, ask) in zip(runs, plans)]
+            items = [boundary.new_memory(run, build, script, vector, redactor)
+                     for run, script, vector in zip(runs, made, vectors.result())]
+    except BaseException:
+        if scripts is not None:
+            scripts.close()  # nothing of this batch is stored: the calls sent for it are not waited for
+        raise
     added = store.memories.add(items, embed_id)
     report.added += len(added)
     report.skipped += len(items) - len(added)
