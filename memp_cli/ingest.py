@@ -311,13 +311,15 @@ def _store_batch(
     # The model's first calls go out before this batch is written, so the pool is busy while it is.
     later = scripts.ask(store, list(waiting.values()), redactor, wait=False) if scripts is not None else []
     try:
-        # The embedding runs in onnxruntime, off the GIL: it goes on beside the offline distiller's Python.
-        with ThreadPoolExecutor(1) as side:
+        # Beside the offline distiller's Python, on the other core: the embedding (onnxruntime) on one thread, and on
+        # another each memory's record as its script is ready (its token count runs in tiktoken, off the GIL too).
+        with ThreadPoolExecutor(2) as side:
             vectors = side.submit(_embed_tasks, embedder, [p.trajectory.task for p in runs])
-            made = [None if scripts is None else cached or scripts.offline(run.trajectory, ask)
-                    for run, (cached, ask) in zip(runs, plans)]
-            items = [boundary.new_memory(run, build, script, vector, redactor)
-                     for run, script, vector in zip(runs, made, vectors.result())]
+            made = []
+            for run, (cached, ask) in zip(runs, plans):
+                script = None if scripts is None else cached or scripts.offline(run.trajectory, ask)
+                made.append(side.submit(boundary.new_memory, run, build, script, [], redactor))
+            items = [replace(item.result(), vector=vector) for item, vector in zip(made, vectors.result())]
     except BaseException:
         if scripts is not None:
             scripts.close()  # nothing of this batch is stored: the calls sent for it are not waited for
