@@ -161,9 +161,18 @@ class Distiller:
 
         `failures` are failed attempts at the same task: the script then says what the success did differently.
         """
-        if self._model is None:
+        script = self.ask(traj, failures)
+        if script is None:
             self.fallbacks += 1
             return offline_script(traj, failures)
+        return script
+
+    def ask(self, traj: Trajectory, failures: Sequence[Trajectory] = ()) -> Script | None:
+        """Return the model's script for `traj`, or None when there is none (no model, it failed, or it answered
+        twice with something that is not a procedure). Safe to call from several threads at once."""
+        model = self._model
+        if model is None:
+            return None
         outcome = OUTCOME_WORDS.get(str(traj.outcome), OUTCOME_WORDS["failure"])
         prompt = PROMPT.format(outcome=outcome, trajectory=traj.render())
         if failures:
@@ -172,15 +181,14 @@ class Distiller:
                                     + "\nAnswer with one JSON object only")
         version = PROMPT_VERSION + (CONTRASTED if failures else "")
         try:
-            answer = models.ask_json(
-                self._model, prompt, system=SYSTEM, schema=SCHEMA, parse=parse_procedure, warn=self.warn
-            )
+            answer = models.ask_json(model, prompt, system=SYSTEM, schema=SCHEMA, parse=parse_procedure, warn=self.warn)
             return Script(answer.value.render(), self.model_name, version, answer.input_tokens, answer.output_tokens)
         except MalformedAnswer as exc:
+            # Asked twice already (models.ask_json re-asks once, without waiting): this run keeps its offline script.
             self.warn(f"{exc}; offline script kept for now")
         except ModelError as exc:
             # Still failing after the retries: stop paying for time-outs; `memp build` redoes these later.
-            self.warn(f"{exc}; using the offline distiller for the rest of this run")
+            if self._model is not None:
+                self.warn(f"{exc}; using the offline distiller for the rest of this run")
             self._model = None
-        self.fallbacks += 1
-        return offline_script(traj, failures)
+        return None

@@ -2,17 +2,23 @@
 
 from __future__ import annotations
 
+from collections import OrderedDict
 from collections.abc import Callable, Iterator, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass, field, replace
+from functools import partial
 from itertools import islice
 from pathlib import Path
 
 from . import boundary, formats
 from .boundary import build_memory
 from .distill import Distiller
+from .distill_pool import LazyDistiller as _LazyDistiller
+from .distill_pool import Waiting as _Waiting
 from .embed import DEFAULT_EMBED_MODEL, Embedder, get_embedder, is_default, resolve_embed_model
 from .errors import MempError
 from .judge import Judge
+from .pool import CallPool, resolve_jobs
 from .records import BUILD_POLICIES, OUTCOMES, Script, Trajectory
 from .scopes import DEFAULT as DEFAULT_SCOPE
 from .scopes import write_scope
@@ -41,6 +47,8 @@ class IngestOptions:
     judge: Judge | None = None
     keep_best: int | None = None
     scope: str | None = None  # the scope new memories go in: else $MEMP_SCOPE, else 'default'
+    # Model calls at once (--jobs, else $MEMP_JOBS, else memp_cli.pool.DEFAULT_JOBS); the offline distiller needs none.
+    jobs: int | None = None
 
 
 @dataclass
@@ -180,7 +188,7 @@ def _ingest(
     # Pass 2: store. Each batch is one transaction.
     if redactor:
         redactor.masked = 0
-    scripts = _LazyDistiller(options.model, warn) if options.build != "trajectory" else None
+    scripts = _LazyDistiller(options.model, warn, options.jobs) if options.build != "trajectory" else None
     embedder = get_embedder(None if is_default(embed_id) else embed_id)
     added: list[int] = []
     # Batches run across files: many formats hold one trajectory per file, and embedding is cheaper in bulk.
@@ -195,6 +203,8 @@ def _ingest(
                                   report.scope))
         if on_progress:
             on_progress(size)
+    if scripts is not None:
+        report.held += scripts.finish(store, redactor)
     if scripts and scripts.distiller:
         report.offline_scripts = scripts.distiller.fallbacks
         report.model = scripts.distiller.model_name if scripts.distiller.online else None
@@ -222,37 +232,21 @@ def script_for(store: Store, distiller: Distiller, traj: Trajectory) -> Script:
     return store.memories.cached_script(traj.id, distiller.model_name, distiller.version) or distiller.distill(traj)
 
 
-class _LazyDistiller:
-    """Resolves the chat model only when a new trajectory needs a script, so a no-op re-ingest stays quiet."""
-
-    def __init__(self, model: str | None, warn: Callable[[str], None] | None) -> None:
-        self.model, self.warn = model, warn
-        self.distiller: Distiller | None = None
-
-    def get(self) -> Distiller:
-        """Return the distiller, resolving the model on first use."""
-        if self.distiller is None:
-            self.distiller = Distiller(self.model, warn=self.warn)
-        return self.distiller
-
-    def script(self, store: Store, traj: Trajectory) -> Script:
-        """Return the cached script for `traj` under the current model, else a freshly distilled one."""
-        return script_for(store, self.get(), traj)
-
-
 def store_trajectories(
     store: Store, runs: Sequence[Trajectory], options: IngestOptions, warn: Callable[[str], None] | None = None
 ) -> list[int]:
     """Store already-read trajectories as memories (as ingest's second pass does); return the new memory ids."""
     embed_id = resolve_embed_model(store, options.embed_model)
     embedder = get_embedder(None if is_default(embed_id) else embed_id)
-    scripts = _LazyDistiller(options.model, warn) if options.build != "trajectory" else None
+    scripts = _LazyDistiller(options.model, warn, options.jobs) if options.build != "trajectory" else None
     redactor = _redactor(options)
     report = IngestReport()
     scope = write_scope(options.scope)
     ids: list[int] = []
     for batch in _batches(iter(runs), BATCH):
         ids.extend(_store_batch(store, batch, options.build, scripts, embedder, embed_id, report, redactor, scope))
+    if scripts is not None:
+        scripts.finish(store, redactor)
     if scripts is not None and ids:
         _contrast(store, ids, scripts, redactor)
     if ids:
@@ -271,8 +265,28 @@ def _contrast(store: Store, added: Sequence[int], scripts: _LazyDistiller, redac
     """Let successes whose task also has failed runs say what they did differently; return how many changed."""
     from .attempts import contrast_groups
 
-    tasks = {m.task for m in store.memories.get_many(list(added))}
-    return contrast_groups(store, tasks, scripts.get(), redactor, scripts.warn)
+    return contrast_groups(store, added, scripts.get(), redactor, scripts.warn, resolve_jobs(scripts.jobs))
+
+
+# Task vectors kept per embedder: the embedded model gives a text the same vector wherever it is embedded, and runs
+# of one task (ALFWorld's trials, retries) share its text, so each task is embedded once. Bounded, oldest dropped.
+_VECTOR_CACHE = 4096
+_vectors: dict[str, OrderedDict[str, list[float]]] = {}
+
+
+def _embed_tasks(embedder: Embedder, tasks: Sequence[str]) -> list[list[float]]:
+    """Return a vector per task, embedding each distinct text not seen lately once."""
+    cache = _vectors.setdefault(embedder.model_id, OrderedDict())
+    missing = list(dict.fromkeys(t for t in tasks if t not in cache))
+    for task, vector in zip(missing, embedder.embed(missing) if missing else []):
+        cache[task] = vector
+    out = []
+    for task in tasks:
+        cache.move_to_end(task)
+        out.append(cache[task])
+    while len(cache) > _VECTOR_CACHE:
+        cache.popitem(last=False)
+    return out
 
 
 def _store_batch(
@@ -280,13 +294,16 @@ def _store_batch(
     batch: list[Trajectory],
     build: str,
     scripts: _LazyDistiller | None,
-    embedder: object,
+    embedder: Embedder,
     embed_id: str,
     report: IngestReport,
     redactor: boundary.Redactor | None,
     scope: str = DEFAULT_SCOPE,
 ) -> list[int]:
-    """Store the new trajectories of a batch in `scope`, in one transaction; return their memory ids."""
+    """Store the new trajectories of a batch in `scope`, in one transaction; return their memory ids.
+
+    With a model, the memories are stored with offline scripts first and the model's arrive after (_LazyDistiller).
+    """
     # Every path into the store passes the boundary here, whatever it did before (redacting again changes nothing).
     prepared = [boundary.prepare(t, redactor) for t in batch]
     known = store.memories.scopes_of([p.trajectory.id for p in prepared])
@@ -302,11 +319,25 @@ def _store_batch(
             fresh[run.trajectory.id] = run
     if not fresh:
         return []
-    items = []
-    vectors = embedder.embed([p.trajectory.task for p in fresh.values()])  # type: ignore[attr-defined]
-    for run, vector in zip(fresh.values(), vectors):
-        script = scripts.script(store, run.trajectory) if scripts is not None else None
-        items.append(replace(boundary.new_memory(run, build, script, vector, redactor), scope=scope))
+    runs = list(fresh.values())
+    plans = [scripts.cached(store, run.trajectory) if scripts is not None else (None, False) for run in runs]
+    waiting = {run.trajectory.id: _Waiting(run.trajectory, build) for run, (_, ask) in zip(runs, plans) if ask}
+    # The model's first calls go out before this batch is written, so the pool is busy while it is.
+    later = scripts.ask(store, list(waiting.values()), redactor, wait=False) if scripts is not None else []
+    try:
+        # Beside the offline distiller's Python, on the other core: the embedding (onnxruntime) on one thread, and on
+        # another each memory's record as its script is ready (its token count runs in tiktoken, off the GIL too).
+        with ThreadPoolExecutor(2) as side:
+            vectors = side.submit(_embed_tasks, embedder, [p.trajectory.task for p in runs])
+            made = []
+            for run, (cached, ask) in zip(runs, plans):
+                script = None if scripts is None else cached or scripts.offline(run.trajectory, ask)
+                made.append(side.submit(boundary.new_memory, run, build, script, [], redactor))
+            items = [replace(item.result(), vector=vector, scope=scope) for item, vector in zip(made, vectors.result())]
+    except BaseException:
+        if scripts is not None:
+            scripts.close()  # nothing of this batch is stored: the calls sent for it are not waited for
+        raise
     added = store.memories.add(items, embed_id)
     report.added += len(added)
     report.skipped += len(items) - len(added)
@@ -315,6 +346,13 @@ def _store_batch(
             report.held += bool(item.flag)
             outcome = str(item.trajectory.outcome)
             report.outcomes[outcome] = report.outcomes.get(outcome, 0) + 1
+        if (wait := waiting.get(item.trajectory.id)) is not None:
+            wait.dropped = item.trajectory.id not in added
+            wait.memory_id = added.get(item.trajectory.id)
+            wait.pending, wait.flag = (item.script.text if item.script else None), item.flag
+    if scripts is not None:
+        scripts.stored(store, redactor)
+        scripts.ask(store, later, redactor)
     return list(added.values())
 
 
@@ -323,24 +361,42 @@ def rebuild_scripts(
     model: str | None = None,
     everything: bool = False,
     warn: Callable[[str], None] | None = None,
+    jobs: int | None = None,
 ) -> dict[str, object]:
-    """Redo scripts with a model (offline-built ones, or all); return counts. Each memory is its own transaction."""
+    """Redo scripts with a model (offline-built ones, or all); return counts. Each memory is its own transaction.
+
+    The model is asked on a pool of `jobs` threads; each answer is stored as it arrives, so a kill leaves the rest
+    as they were, for the next build.
+    """
     distiller = Distiller(model, warn=warn)
     if not distiller.online:
         raise MempError(
             f"no usable model to build scripts with ({distiller.model_name}); pass -m/--model or set a key with "
             "`llm keys set`"
         )
-    rebuilt = failed = held_back = 0
-    for memory_id, trajectory_id, build in store.memories.scripts_to_rebuild(everything):
-        traj = store.memories.trajectory(trajectory_id)
-        script = script_for(store, distiller, traj)
-        if script.model != distiller.model_name:
-            failed += 1  # the model failed on this one; the offline script stays until the next build
-            continue
+    counts = {"rebuilt": 0, "failed": 0, "held": 0}
+
+    def finish(memory_id: int, traj: Trajectory, build: str, script: Script | None) -> None:
+        if script is None:
+            counts["failed"] += 1  # the model failed on this one; the offline script stays until the next build
+            return
         script, held = boundary.check_script(script, boundary.Redactor())
         _, tokens = build_memory(traj, build, script)
-        store.memories.set_script(memory_id, trajectory_id, script, tokens, held)
-        rebuilt += 1
-        held_back += bool(held)
-    return {"model": distiller.model_name, "rebuilt": rebuilt, "failed": failed, "held": held_back}
+        store.memories.set_script(memory_id, traj.id, script, tokens, held)
+        counts["rebuilt"] += 1
+        counts["held"] += bool(held)
+
+    with CallPool[tuple[int, Trajectory, str], Script | None](resolve_jobs(jobs)) as pool:
+        for memory_id, trajectory_id, build in store.memories.scripts_to_rebuild(everything):
+            traj = store.memories.trajectory(trajectory_id)
+            cached = store.memories.cached_script(trajectory_id, distiller.model_name, distiller.version)
+            if cached is not None:
+                finish(memory_id, traj, build, cached)
+                continue
+            for (done_id, done_traj, done_build), script in pool.submit(
+                (memory_id, traj, build), partial(distiller.ask, traj)
+            ):
+                finish(done_id, done_traj, done_build, script)
+        for (done_id, done_traj, done_build), script in pool.rest():
+            finish(done_id, done_traj, done_build, script)
+    return {"model": distiller.model_name, **counts}

@@ -2,6 +2,7 @@
 
 Provider errors (time-outs, rate limits, dropped connections) are retried with exponential backoff; an answer that
 arrives but cannot be parsed is asked for once more, then given up on: asking a third time rarely helps and costs.
+Calls may run on several threads at once (memp_cli/pool.py); a rate limit seen by one pauses them all.
 """
 
 from __future__ import annotations
@@ -9,6 +10,7 @@ from __future__ import annotations
 import json
 import os
 import re
+import threading
 import time
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
@@ -118,14 +120,62 @@ def retry_delay() -> float:
         return 1.0
 
 
+class Pause:
+    """When this process may call a model again: a rate limit seen by any thread holds every thread back."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._until = 0.0
+
+    def hold(self, seconds: float) -> float:
+        """Keep every caller from starting a call for `seconds` from now; return when the hold ends."""
+        with self._lock:
+            self._until = max(self._until, time.monotonic() + seconds)
+            return self._until
+
+    def release(self, until: float) -> None:
+        """End the hold that `hold` returned `until` for, unless another caller held longer meanwhile."""
+        with self._lock:
+            if self._until <= until:
+                self._until = 0.0
+
+    def wait(self) -> float:
+        """Sleep until no other caller's hold is left; return how long this caller slept."""
+        slept = 0.0
+        while True:
+            with self._lock:
+                until = self._until
+            left = until - time.monotonic()
+            if left <= 0:
+                return slept
+            time.sleep(left)
+            slept += left
+            with self._lock:
+                if self._until <= until:  # not held longer meanwhile
+                    return slept
+
+
+# One per process: the provider's limits are per key, not per thread.
+PAUSE = Pause()
+RATE_LIMIT = re.compile(r"\b429\b|rate.?limit|too many requests|quota", re.IGNORECASE)
+
+
+def is_rate_limit(exc: BaseException) -> bool:
+    """Return True when an error reads as the provider's rate limit (HTTP 429, "rate limit", a RateLimitError)."""
+    status = getattr(exc, "status_code", None) or getattr(getattr(exc, "response", None), "status_code", None)
+    return status == 429 or bool(RATE_LIMIT.search(f"{type(exc).__name__} {exc}"))
+
+
 def with_backoff(call: Callable[[], T], what: str, warn: Warn = _quiet, attempts: int = ATTEMPTS) -> T:
     """Return `call()`, retried on any error with exponential backoff; raise ModelError after the last attempt.
 
     The first delay is $MEMP_RETRY_DELAY seconds (default 1), doubling each time. Plugins raise errors of every
-    type for time-outs, rate limits and dropped connections, so none is singled out.
+    type for time-outs, rate limits and dropped connections, so none is singled out for retrying; a rate limit
+    also pauses every other thread's next call (PAUSE) until its wait is over, since they share the key's limit.
     """
     delay = retry_delay()
     for attempt in range(attempts):
+        PAUSE.wait()
         try:
             return call()
         except Exception as exc:  # provider errors come in many types
@@ -133,7 +183,10 @@ def with_backoff(call: Callable[[], T], what: str, warn: Warn = _quiet, attempts
                 raise ModelError(f"{what} failed: {exc} ({attempts} attempts)") from exc
             wait = delay * 2**attempt
             warn(f"{what}: {exc}; retrying in {wait:g}s")
+            until = PAUSE.hold(wait) if is_rate_limit(exc) else None  # every other thread waits it out too
             time.sleep(wait)
+            if until is not None:
+                PAUSE.release(until)
     raise AssertionError("unreachable")
 
 

@@ -17,6 +17,7 @@ from __future__ import annotations
 import itertools
 import re
 from collections.abc import Callable, Iterable, Sequence
+from functools import lru_cache
 from typing import TYPE_CHECKING, Any
 
 from .keywords import STOPWORDS
@@ -69,7 +70,13 @@ _TOKEN = re.compile(r"[A-Za-z0-9]+")
 
 def words(text: str) -> list[str]:
     """Return the lower-cased words of a text."""
-    return [w.lower() for w in _WORD.findall(text)]
+    return list(_words(text))
+
+
+# A store's runs repeat their actions ("go to countertop 1"): the procedure index reads each one's words once.
+@lru_cache(maxsize=65536)
+def _words(text: str) -> tuple[str, ...]:
+    return tuple(w.lower() for w in _WORD.findall(text))
 
 
 def _forms(word: str) -> tuple[str, ...]:

@@ -125,7 +125,8 @@ def test_build_policies_with_a_model(memp, fake_chat, tmp_path: Path, policy: st
 
 def test_script_cache_and_token_usage_recorded(memp, fake_chat, isolated: Path) -> None:
     fake_chat.queue(procedure_json(["a"]), procedure_json(["b"]))
-    memp("ingest", str(EXAMPLES / "coding.jsonl"), "-m", "fake-chat", ok=False)  # runs out of replies at the 3rd
+    # One call at a time, so the replies go in order: the model runs out of them at the 3rd run.
+    memp("ingest", str(EXAMPLES / "coding.jsonl"), "-m", "fake-chat", "--jobs", "1", ok=False)
     conn = open_store().db  # the store's own connection: SQLite's, or PostgreSQL's taking the same SQL
     rows = conn.execute("SELECT model, prompt_version, input_tokens, output_tokens FROM script_cache").fetchall()
     by_model = {}
@@ -133,8 +134,9 @@ def test_script_cache_and_token_usage_recorded(memp, fake_chat, isolated: Path) 
         by_model.setdefault(model, []).append((version, tin, tout))
     assert len(by_model["fake-chat"]) == 2
     assert all(v == "distill-v1" and tin > 100 and tout > 0 for v, tin, tout in by_model["fake-chat"])
-    # The third run was tried 3 times (with backoff); then the rest of the run used the offline distiller.
-    assert len(by_model["offline"]) == 3
+    # The third run was tried 3 times (with backoff); then the rest of the run used the offline distiller. Every run
+    # was stored with its offline script first (cached too), for the model's to replace as it came.
+    assert len(by_model["offline"]) == 5
     assert len(fake_chat.prompts) == 2 + 3
 
 

@@ -24,6 +24,18 @@ from .common import (
     say,
 )
 
+# Model calls at once; `memp_cli.pool.resolve_jobs` reads $MEMP_JOBS when it is not given and checks it is >= 1.
+JobsOpt = Annotated[
+    int | None,
+    typer.Option(
+        "--jobs",
+        "-j",
+        help="Model calls at once (default: $MEMP_JOBS, else 4); a rate limit pauses them all. The offline "
+        "distiller needs none.",
+        show_default=False,
+    ),
+]
+
 
 @handle_errors
 def ingest(
@@ -73,6 +85,7 @@ def ingest(
     model: ModelOpt = None,
     option: ModelOptionsOpt = None,
     log: LogOpt = False,
+    jobs: JobsOpt = None,
     embed_model: EmbedOpt = None,
     scope: ScopeOpt = None,
     db: DbOpt = None,
@@ -102,6 +115,7 @@ def ingest(
         judge=_judge(judge_cmd, judge_model),
         keep_best=keep_best,
         scope=scope,
+        jobs=jobs,
     )
     fmt = output.resolve_format("json" if as_json else None, ("table", "json"))
     store = open_db(db)
@@ -187,6 +201,7 @@ def build(
     model: ModelOpt = None,
     option: ModelOptionsOpt = None,
     log: LogOpt = False,
+    jobs: JobsOpt = None,
     db: DbOpt = None,
     fmt: FormatOpt = None,
 ) -> None:
@@ -196,7 +211,7 @@ def build(
 
     model_calls(log, option)
     shown = output_format(fmt)
-    report = rebuild_scripts(open_db(db), model=model, everything=rebuild, warn=say)
+    report = rebuild_scripts(open_db(db), model=model, everything=rebuild, warn=say, jobs=jobs)
     say(f"{report['rebuilt']} scripts rebuilt with {report['model']}, {report['failed']} left for later")
     if report["held"]:
         say(f"{report['held']} rebuilt scripts read like instructions and are held back; see `memp list --status held`")

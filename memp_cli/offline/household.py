@@ -7,6 +7,7 @@ the run had not gone to implies the walk there, and a checker says which steps a
 from __future__ import annotations
 
 import re
+from functools import lru_cache
 
 from .steps import Entry, Judged, Kind, Verdict
 
@@ -32,7 +33,13 @@ STEP_LINE = re.compile(r"^\d+\.\s+(?P<text>.*)$")
 
 def kinds(actions: list[str]) -> set[str]:
     """Return the kinds of thing the actions name ("mug 2" -> "mug")."""
-    return {w for a in actions for w, _ in ENTITY.findall(a.lower())}
+    return set().union(*map(_kinds_in, actions))
+
+
+# A world's actions repeat across its runs ("go to countertop 1"): what one action names is worked out once.
+@lru_cache(maxsize=16384)
+def _kinds_in(action: str) -> frozenset[str]:
+    return frozenset(w for w, _ in ENTITY.findall(action.lower()))
 
 
 def task_forms(task: str, known: set[str]) -> set[str]:
@@ -52,6 +59,7 @@ def task_forms(task: str, known: set[str]) -> set[str]:
     return forms
 
 
+@lru_cache(maxsize=16384)
 def place_of(action: str) -> str | None:
     """Return the place an action acts at (take from, put in, clean with, open), if it names one."""
     m = TAKE.match(action) or PUT.match(action) or WITH.match(action) or OPEN.match(action)

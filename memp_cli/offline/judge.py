@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import re
+from functools import lru_cache
 
 from ..records import Trajectory
 from .household import GO, HOUSEHOLD
@@ -44,6 +45,10 @@ EDITS = re.compile(r"\bsed\s+(?:-\w+\s+)*-i|^edit\b|\bstr_replace|\bpatch\b|\bgi
 SEGMENTS = re.compile(r"&&|\|\||;|\|")
 # A repeat whose output differs from last time only by a few names the run itself wrote learned nothing new.
 MAX_OWN_NEW_WORDS = 3
+WORDS = re.compile(r"[\w.\-/]+")
+# Observations repeat across runs of one world ("Nothing happens.", what a place holds): the pure functions of one
+# observation below keep their last answers. Only speed depends on this, never a result.
+SEEN = 16384
 
 
 def domain_of(traj: Trajectory) -> Domain:
@@ -56,11 +61,14 @@ def domain_of(traj: Trajectory) -> Domain:
     return Domain.SHELL
 
 
-def _content(observation: str | None) -> list[str]:
+@lru_cache(maxsize=SEEN)
+def _content(observation: str | None) -> tuple[str, ...]:
     # Tool tags (<returncode>) and lone page buttons ("[Back to Search]") say nothing about what happened.
-    return [ln for ln in (observation or "").splitlines() if ln.strip() and not TAG_LINE.match(ln) and not BUTTON.match(ln)]
+    return tuple(ln for ln in (observation or "").splitlines()
+                 if ln.strip() and not TAG_LINE.match(ln) and not BUTTON.match(ln))
 
 
+@lru_cache(maxsize=SEEN)
 def telling_line(observation: str | None) -> str:
     """Return the observation's line that says what happened: a test run's summary, else its first line."""
     lines = _content(observation)
@@ -68,6 +76,7 @@ def telling_line(observation: str | None) -> str:
     return one_line((summary or lines or [""])[-1 if summary else 0].strip(" =-"), RESULT_CHARS)
 
 
+@lru_cache(maxsize=SEEN)
 def failure_line(observation: str | None) -> str:
     """Return why an action failed: a traceback's last error, a test summary, else the first line and its error."""
     lines = _content(observation)
@@ -85,6 +94,7 @@ def failure_line(observation: str | None) -> str:
     return one_line(lines[0], RESULT_CHARS)
 
 
+@lru_cache(maxsize=SEEN)
 def failure_of(action: str, observation: str | None, expects_code: bool = False) -> bool:
     """Return True when the observation says its action failed: a rejection, a non-zero return code, or no run."""
     obs = observation or ""
@@ -143,7 +153,8 @@ def judge(traj: Trajectory, domain: Domain) -> list[Judged]:
             if toggle:
                 undone.discard(action.lower())
                 undone.add(f"{TOGGLES[toggle['verb'].lower()]} {toggle['place']}".lower())
-        written.update(re.findall(r"[\w.\-/]+", action))
+        if domain is Domain.SHELL:  # only a shell run's repeats are judged by the names it wrote (_nothing_new)
+            written.update(WORDS.findall(action))
         out.append(item)
     if traj.outcome != "failure" and domain is Domain.SHELL:
         _mark_reproductions(out)

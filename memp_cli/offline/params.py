@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import re
+from functools import lru_cache
 from urllib.parse import urlsplit
 
 from . import household
@@ -109,9 +110,15 @@ def substitute(text: str, names: dict[str, str], domain: Domain) -> str:
         slot = "{" + names[value] + "}"
         if domain is Domain.WEB:
             text = text.replace(f"[{value}]", f"[{slot}]")
-        elif domain is Domain.HOUSEHOLD:
-            text = re.sub(rf"(?<![\w{{\-]){re.escape(value)}(?![\w}}/\-])", slot, text, flags=re.IGNORECASE)
-        else:
-            # Only whole arguments, path parts and hosts, as shell_values found them.
-            text = re.sub(rf"(?<![^\s'\"=/:@(\[,]){re.escape(value)}(?![^\s'\"/:@)\],;?#&])", slot, text)
+        elif domain is Domain.HOUSEHOLD or value in text:  # a shell value not in the text cannot match
+            text = _value_pattern(value, domain).sub(slot, text)
     return text
+
+
+@lru_cache(maxsize=4096)
+def _value_pattern(value: str, domain: Domain) -> re.Pattern[str]:
+    """Return the pattern of a task value where it stands alone in a household step or a shell command."""
+    if domain is Domain.HOUSEHOLD:
+        return re.compile(rf"(?<![\w{{\-]){re.escape(value)}(?![\w}}/\-])", re.IGNORECASE)
+    # Only whole arguments, path parts and hosts, as shell_values found them.
+    return re.compile(rf"(?<![^\s'\"=/:@(\[,]){re.escape(value)}(?![^\s'\"/:@)\],;?#&])")

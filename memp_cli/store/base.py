@@ -130,6 +130,13 @@ class Memories(Protocol):
     ) -> None:
         """Replace a memory's script (a rebuild) as a new version, caching the new one; the same script: no version."""
 
+    def finish_script(
+        self, memory_id: int, trajectory_id: str, pending: str | None, script: Script, tokens: int,
+        flag: str | None = None,
+    ) -> None:
+        """Put a model's script in place of the offline one stored while waiting for it (still version 1), else
+        store it as a rebuild."""
+
     def revise(
         self, memory_id: int, script: str | None, trajectory: str | None, model: str | None,
         prompt_version: str | None, tokens: int, event: str, reason: str, flag: str | None = None,

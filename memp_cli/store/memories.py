@@ -148,6 +148,32 @@ class SqliteMemories:
             self._revise(memory_id, script.text, None, script.model, script.prompt_version, tokens, "rebuilt",
                          f"script rebuilt with {script.model}", keep_trajectory=True, flag=flag)
 
+    def finish_script(
+        self, memory_id: int, trajectory_id: str, pending: str | None, script: Script, tokens: int,
+        flag: str | None = None,
+    ) -> None:
+        """Put a model's script in place of the offline one an ingest stored while waiting for it (`pending`).
+
+        Still as ingested (version 1, script `pending`), the memory is rewritten in place, as if built so; changed
+        meanwhile, it gets the script as a new version (a rebuild). A `flag` holds it.
+        """
+        with write(self._conn):
+            self._cache_script(trajectory_id, script)
+            cur = self._conn.execute(
+                "UPDATE memories SET script = ?, model = ?, prompt_version = ?, tokens = ?, updated_at = ?, "
+                "status = CASE WHEN ? IS NULL THEN status ELSE 'held' END, flag = coalesce(?, flag) "
+                "WHERE id = ? AND version = 1 AND script IS ?",
+                [script.text, script.model, script.prompt_version, tokens, now(), flag, flag, memory_id, pending],
+            )
+            if cur.rowcount:
+                self._conn.execute(
+                    "UPDATE memory_history SET new_script = ?, model = ? WHERE memory_id = ? AND version = 1",
+                    [script.text, script.model, memory_id],
+                )
+                return
+            self._revise(memory_id, script.text, None, script.model, script.prompt_version, tokens, "rebuilt",
+                         f"script rebuilt with {script.model}", keep_trajectory=True, flag=flag)
+
     # -- history and revision -------------------------------------------------------------------------------------
 
     def _history(
