@@ -9,7 +9,17 @@ import typer
 
 from ..choices import Rank, RecallFormat, RecallPolicy
 from ..errors import InputError
-from .common import DbOpt, EmbedOpt, RecallFormatOpt, handle_errors, open_db, recall_format
+from .common import (
+    AT_LEAST_ONE,
+    FRACTION,
+    DbOpt,
+    EmbedOpt,
+    RecallFormatOpt,
+    handle_errors,
+    open_db,
+    recall_format,
+    utf8_text,
+)
 
 # Most tasks recalled together: enough to keep every core embedding, few enough that answers flow steadily.
 BATCH_LINES = 64
@@ -23,9 +33,12 @@ def recall(
             help='The new task, or - to read tasks from stdin: one a line, plain or as JSON ({"task": ..., "k": ..., '
             '"policy": ...}).',
             metavar="TASK",
+            callback=utf8_text,
         ),
     ],
-    k: Annotated[int, typer.Option("-k", "--top", help="How many memories to return at most.")] = 3,
+    k: Annotated[
+        int, typer.Option("-k", "--top", help="How many memories to return at most.", callback=AT_LEAST_ONE)
+    ] = 3,
     policy: Annotated[
         RecallPolicy,
         typer.Option(
@@ -42,6 +55,7 @@ def recall(
             "--min-score",
             help="Drop matches below this (0 to 1): the task cosine, or procedural's own score. Default: the "
             "policy's calibrated floor (procedural 0.25, query and hybrid 0.5, avefact 0.35); 0 turns it off.",
+            callback=FRACTION,
         ),
     ] = None,
     confident: Annotated[
@@ -55,7 +69,9 @@ def recall(
         ),
     ] = None,
     max_tokens: Annotated[
-        int | None, typer.Option("--max-tokens", help="Return only as many memories as fit in this many tokens.")
+        int | None,
+        typer.Option("--max-tokens", help="Return only as many memories as fit in this many tokens.",
+                     callback=AT_LEAST_ONE),
     ] = None,
     rank: Annotated[
         Rank,
