@@ -116,6 +116,9 @@ FRACTION = number_check(0.0, 1.0)  # a score or cosine threshold, 0 to 1
 ABOVE_ZERO_FRACTION = number_check(0.0, 1.0, above=True)  # a threshold for which 0 means nothing, e.g. --dedupe
 COUNT = number_check(0, whole=True)  # 0 or more
 AT_LEAST_ONE = number_check(1, whole=True)
+# Recall widens its search to a multiple of k before ranking; any k a store could answer stays far inside 64 bits.
+MAX_TOP = 2**31 - 1
+TOP = number_check(1, MAX_TOP, whole=True)
 ID = number_check(1, whole=True)
 
 

@@ -5,7 +5,17 @@ from typing import Annotated
 import typer
 
 from ..choices import BuildPolicy, InputFormat, RecallPolicy
-from .common import ABOVE_ZERO_FRACTION, AT_LEAST_ONE, EmbedOpt, FormatOpt, handle_errors, output_format, say, utf8_text
+from .common import (
+    ABOVE_ZERO_FRACTION,
+    AT_LEAST_ONE,
+    TOP,
+    EmbedOpt,
+    FormatOpt,
+    handle_errors,
+    output_format,
+    say,
+    utf8_text,
+)
 
 
 @handle_errors
@@ -16,7 +26,7 @@ def eval_(
         typer.Option("--label", "-l", help="Metadata field to match, e.g. task_type or repo; or outcome.",
                      callback=utf8_text),
     ] = "task_type",
-    k: Annotated[int, typer.Option("-k", help="hit@k and MRR look at this many matches.", callback=AT_LEAST_ONE)] = 5,
+    k: Annotated[int, typer.Option("-k", help="hit@k and MRR look at this many matches.", callback=TOP)] = 5,
     policy: Annotated[
         list[RecallPolicy] | None,
         typer.Option("--policy", "-p", help="A policy to compare (repeatable). Default: all of them.",

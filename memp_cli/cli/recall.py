@@ -12,6 +12,8 @@ from ..errors import InputError
 from .common import (
     AT_LEAST_ONE,
     FRACTION,
+    MAX_TOP,
+    TOP,
     DbOpt,
     EmbedOpt,
     RecallFormatOpt,
@@ -37,7 +39,7 @@ def recall(
         ),
     ],
     k: Annotated[
-        int, typer.Option("-k", "--top", help="How many memories to return at most.", callback=AT_LEAST_ONE)
+        int, typer.Option("-k", "--top", help="How many memories to return at most.", callback=TOP)
     ] = 3,
     policy: Annotated[
         RecallPolicy,
@@ -155,8 +157,8 @@ def _problem(data: Any) -> str | None:
     if not isinstance(data.get("task"), str) or not data["task"].strip():
         return '"task" must be a non-empty string'
     top = data.get("k", 1)
-    if not isinstance(top, int) or isinstance(top, bool) or top < 1:
-        return '"k" must be a whole number from 1'
+    if not isinstance(top, int) or isinstance(top, bool) or not 1 <= top <= MAX_TOP:
+        return f'"k" must be a whole number from 1 to {MAX_TOP}'
     if "policy" in data and data["policy"] not in {p.value for p in RecallPolicy}:
         return f'"policy" must be one of {", ".join(p.value for p in RecallPolicy)}'
     return None
