@@ -6,6 +6,7 @@ import heapq
 import pickle
 import tempfile
 from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field, replace
 from itertools import islice
 from pathlib import Path
@@ -144,7 +145,7 @@ def _ingest(
     """
     report = IngestReport(embed_model=embed_id)
     redactor = _redactor(options)
-    with tempfile.TemporaryFile(prefix="memp-spool-") as spool:
+    with _spool() as spool:
         keep = _read_pass(store, runs, options, redactor, report, spool)
         if on_total:
             on_total(report.read)
@@ -162,6 +163,18 @@ def _ingest(
                              f"({exc})") from None
     report.redacted = redactor.masked if redactor else 0
     return report
+
+
+@contextmanager
+def _spool() -> Iterator[IO[bytes]]:
+    """Yield a temporary file for the checked runs: owner-only, unlinked at once, so gone however ingest ends."""
+    try:
+        handle = tempfile.TemporaryFile(prefix="memp-spool-")  # noqa: SIM115 - closed by the with below
+    except OSError as exc:
+        raise StoreError(f"cannot make ingest's temporary copy of the input ({exc.strerror}); nothing was "
+                         "stored") from None
+    with handle:
+        yield handle
 
 
 def _read_pass(

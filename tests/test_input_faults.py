@@ -9,6 +9,7 @@ import sqlite3
 import stat
 import subprocess
 import sys
+import tempfile
 import threading
 from pathlib import Path
 
@@ -345,3 +346,23 @@ def test_a_full_disk_says_how_much_was_stored_and_a_rerun_continues(memp, tmp_pa
     assert "run it again" in line
     monkeypatch.setattr(store_db, "migrate", original)
     assert memp.json("ingest", str(src), "--build", "trajectory")["added"] == 400 - stored
+
+
+@pytest.mark.skipif(not Path("/proc/self/fd").is_dir(), reason="needs /proc to look at open files")
+def test_the_spool_is_private_and_has_no_name(tmp_path: Path) -> None:
+    path = write_jsonl(tmp_path / "runs.jsonl", _rows(3))
+    store = open_store(tmp_path / "s.db")
+    seen: list[tuple[str, int]] = []
+
+    def look(total: int) -> None:
+        for fd in Path("/proc/self/fd").iterdir():
+            try:
+                target = os.readlink(fd)
+            except OSError:
+                continue
+            if target.startswith(tempfile.gettempdir()) and target.endswith("(deleted)"):
+                seen.append((target, stat.S_IMODE(os.fstat(int(fd.name)).st_mode)))
+
+    ingest(store, [str(path)], IngestOptions(build="trajectory"), on_total=look)
+    store.close()
+    assert seen and all(mode == 0o600 for _, mode in seen), seen

@@ -132,7 +132,7 @@ def utf8_text(value: Any) -> Any:
             try:
                 item.encode("utf-8")
             except UnicodeEncodeError:
-                raise typer.BadParameter(f"{printable(item)!r} is not UTF-8 text") from None
+                raise typer.BadParameter(f"'{printable(item)}' is not UTF-8 text") from None
     return value
 
 
@@ -199,7 +199,7 @@ def handle_errors(fn: F) -> F:
             raise typer.Exit(130) from None
         except UnicodeEncodeError as exc:
             # Text that is not UTF-8 (a file name, an argument, an environment variable) met the store or a stream.
-            print(f"memp: error: {printable(str(exc.object[exc.start:exc.end]))!r} is not UTF-8 text "
+            print(f"memp: error: '{printable(str(exc.object[exc.start:exc.end]))}' is not UTF-8 text "
                   f"({exc.reason})", file=sys.stderr)
             raise typer.Exit(1) from None
         except BrokenPipeError:

@@ -156,6 +156,10 @@ def _problem(data: Any) -> str | None:
         return f"unknown keys {', '.join(unknown)} (a line takes task, k and policy)"
     if not isinstance(data.get("task"), str) or not data["task"].strip():
         return '"task" must be a non-empty string'
+    try:
+        data["task"].encode("utf-8")
+    except UnicodeEncodeError:
+        return '"task" holds a lone surrogate (\\ud800-\\udfff), which is not text'
     top = data.get("k", 1)
     if not isinstance(top, int) or isinstance(top, bool) or not 1 <= top <= MAX_TOP:
         return f'"k" must be a whole number from 1 to {MAX_TOP}'

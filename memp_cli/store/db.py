@@ -132,7 +132,8 @@ def _recognise(conn: Any, path: Path) -> None:
         return  # new: an empty database (or one whose first migration has not committed yet)
     if len(others) < len(objects) and _memp_rows(conn):
         return
-    raise StoreError(f"{printable(str(path))}: not a memp store (it holds other tables: {', '.join(others[:3])})")
+    what = "tables" if all(kind == "table" for kind, _ in objects) else "objects"
+    raise StoreError(f"{printable(str(path))}: not a memp store (it holds other {what}: {', '.join(others[:3])})")
 
 
 def _memp_rows(conn: Any) -> bool:
