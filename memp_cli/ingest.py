@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import heapq
+import json
 import pickle
 import tempfile
 from collections.abc import Callable, Iterator, Sequence
@@ -16,7 +17,7 @@ from . import boundary, formats
 from .boundary import build_memory
 from .distill import Distiller
 from .embed import DEFAULT_EMBED_MODEL, Embedder, get_embedder, is_default, resolve_embed_model
-from .errors import MempError, StoreError, printable, sqlite_message
+from .errors import InputError, MempError, StoreError, printable, sqlite_message
 from .judge import Judge
 from .records import BUILD_POLICIES, OUTCOMES, Script, Trajectory
 from .store import Store
@@ -125,7 +126,18 @@ def ingest_runs(
     _check(options)
     embed_id = resolve_embed_model(store, options.embed_model)
     read_options = options.read
-    return _ingest(store, (read_options.settle(t) for t in runs), embed_id, options, None, None, warn)
+    return _ingest(store, (read_options.settle(_storable(t)) for t in runs), embed_id, options, None, None, warn)
+
+
+def _storable(traj: Trajectory) -> Trajectory:
+    """Return a run given in memory once its text is all UTF-8 (files are checked as they are decoded)."""
+    try:
+        json.dumps([traj.task, [s.to_dict() for s in traj.steps], traj.metadata, traj.source_id],
+                   ensure_ascii=False, default=str).encode("utf-8")
+    except UnicodeEncodeError as exc:
+        raise InputError(traj.source_file or "<runs>", traj.source_line,
+                         f"holds {printable(exc.object[exc.start:exc.end])}, a lone surrogate, not UTF-8 text") from None
+    return traj
 
 
 def _ingest(

@@ -366,3 +366,17 @@ def test_the_spool_is_private_and_has_no_name(tmp_path: Path) -> None:
     ingest(store, [str(path)], IngestOptions(build="trajectory"), on_total=look)
     store.close()
     assert seen and all(mode == 0o600 for _, mode in seen), seen
+
+
+def test_runs_given_to_the_api_with_a_lone_surrogate_store_nothing(tmp_path: Path) -> None:
+    from memp_cli import Memp
+    from memp_cli.errors import InputError
+
+    memp = Memp(tmp_path / "api.db")
+    good = traj("water the plants")
+    bad = {**traj("feed the cat"), "metadata": {"note": "x\udcff"}}
+    with pytest.raises(InputError, match=r"<api>:2: holds \\xff, a lone surrogate"):
+        memp.ingest(good, bad, build="trajectory")
+    assert memp.store.memories.stats()["trajectories"] == 0
+    with pytest.raises(InputError, match="'score' is too large"):
+        memp.ingest({**good, "score": float("inf")}, build="trajectory")

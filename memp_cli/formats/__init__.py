@@ -182,7 +182,7 @@ def _no_lone_surrogate(data: Any, text: str, label: str, line: int | None) -> No
     except UnicodeEncodeError:
         found = _LONE_SURROGATE.search(text)
         at = line if line is not None else (text.count("\n", 0, found.start()) + 1 if found else None)
-        escape = found.group(0) if found else "\\ud800"
+        escape = found.group(0) if found else "(\\ud800-\\udfff)"
         raise InputError(label, at, f"a lone surrogate {escape} is not a character UTF-8 can hold") from None
 
 

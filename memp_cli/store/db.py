@@ -201,13 +201,9 @@ def _migrate_slowly(conn: Any, path: Path) -> None:
         raise StoreError(f"{path}: written by a newer memp (schema change {newer[-1]}); upgrade memp to open it")
     if not migrations.pending(db):
         return
-    others = [
-        r[0] for r in conn.execute("SELECT name FROM sqlite_master ORDER BY type != 'table', name")
-        if not r[0].startswith(("_sqlite", "sqlite_"))
-    ]
-    if not applied and others:
-        raise StoreError(f"{path}: not a memp store (it holds other tables: {', '.join(others[:3])})")
     # One process migrates; the others wait on the lock, then find nothing pending. Each migration runs in a
     # savepoint inside this transaction, so a failure leaves no migration half-applied.
     with write(conn):
+        # Checked again under the lock (connect checked before any write): another memp may have migrated meanwhile.
+        _recognise(conn, path)
         migrations.apply(db)
