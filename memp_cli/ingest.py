@@ -201,7 +201,7 @@ def _read_pass(
     import hashlib
 
     judged: dict[str, tuple[float, str | None]] = {}
-    # Per task (by a digest of its text), the best runs so far as (-score, order, id): at most keep_best each.
+    # Per task (by a digest of its text), a min-heap of its best runs so far as (score, -order, id), keep_best at most.
     ranked: dict[bytes, list[tuple[float, int, str]]] = {}
     # Redacted before anything reads it (the judge's prompt, keep-best's ids, the distiller); the guard's verdict
     # comes at the store (_store_batch), once.
