@@ -9,15 +9,34 @@ class MempError(Exception):
     exit_code = 1
 
 
+def printable(text: str) -> str:
+    """Return text fit for one line of a message: control characters escaped, undecodable bytes as \\xNN."""
+    if text.isprintable():
+        return text
+    # A file name may hold bytes that are not UTF-8 (Python keeps them as lone surrogates) and newlines: neither may
+    # reach the terminal or the store as they are.
+    return "".join(_printable_char(c) for c in text)
+
+
+def _printable_char(c: str) -> str:
+    if c.isprintable():
+        return c
+    if "\udc80" <= c <= "\udcff":
+        return f"\\x{ord(c) - 0xDC00:02x}"
+    if "\ud800" <= c <= "\udfff":
+        return f"\\u{ord(c):04x}"
+    return c.encode("unicode_escape").decode("ascii")
+
+
 class InputError(MempError):
     """A trajectory file that cannot be read, with the file and line at fault."""
 
     def __init__(self, path: str, line: int | None, message: str) -> None:
-        self.path = path
+        self.path = printable(path)
         self.line = line
-        self.message = message
-        where = f"{path}:{line}" if line is not None else path
-        super().__init__(f"{where}: {message}")
+        self.message = printable(message)
+        where = f"{self.path}:{line}" if line is not None else self.path
+        super().__init__(f"{where}: {self.message}")
 
 
 class StoreError(MempError):

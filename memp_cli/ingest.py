@@ -2,13 +2,19 @@
 
 from __future__ import annotations
 
+import heapq
+import json
+import pickle
+import tempfile
 from collections import OrderedDict
 from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
+from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field, replace
 from functools import partial
 from itertools import islice
 from pathlib import Path
+from typing import IO
 
 from . import boundary, formats
 from .boundary import build_memory
@@ -16,7 +22,7 @@ from .distill import Distiller
 from .distill_pool import LazyDistiller as _LazyDistiller
 from .distill_pool import Waiting as _Waiting
 from .embed import DEFAULT_EMBED_MODEL, Embedder, get_embedder, is_default, resolve_embed_model
-from .errors import MempError
+from .errors import InputError, MempError, StoreError, printable, sqlite_message
 from .judge import Judge
 from .pool import CallPool, resolve_jobs
 from .records import BUILD_POLICIES, OUTCOMES, Script, Trajectory
@@ -116,16 +122,12 @@ def ingest(
     _check(options)
     embed_id = resolve_embed_model(store, options.embed_model)
     for path in options.outcomes_files:
-        options.read.outcomes.update(formats.read_outcomes(formats.Source(Path(path), path)))
+        options.read.outcomes.update(formats.read_outcomes(formats.Source(Path(path), printable(path))))
     with formats.sources(paths) as (found, outcome_files):
         for src in outcome_files:
             options.read.outcomes.update(formats.read_outcomes(src))
-
-        def read() -> Iterator[Trajectory]:
-            for src in found:
-                yield from formats.read(src, options.fmt, options.read)
-
-        report = _ingest(store, read, embed_id, options, on_total, on_progress, warn)
+        runs = (traj for src in found for traj in formats.read(src, options.fmt, options.read))
+        report = _ingest(store, runs, embed_id, options, on_total, on_progress, warn)
         report.files = len(found)
     return report
 
@@ -139,66 +141,142 @@ def ingest_runs(
     _check(options)
     embed_id = resolve_embed_model(store, options.embed_model)
     read_options = options.read
-    return _ingest(store, lambda: (read_options.settle(t) for t in runs), embed_id, options, None, None, warn)
+    return _ingest(store, (read_options.settle(_storable(t)) for t in runs), embed_id, options, None, None, warn)
+
+
+def _storable(traj: Trajectory) -> Trajectory:
+    """Return a run given in memory once its text is all UTF-8 (files are checked as they are decoded)."""
+    try:
+        json.dumps([traj.task, [s.to_dict() for s in traj.steps], traj.metadata, traj.source_id],
+                   ensure_ascii=False, default=str).encode("utf-8")
+    except UnicodeEncodeError as exc:
+        raise InputError(traj.source_file or "<runs>", traj.source_line,
+                         f"holds {printable(exc.object[exc.start:exc.end])}, a lone surrogate, not UTF-8 text") from None
+    return traj
 
 
 def _ingest(
     store: Store,
-    read: Callable[[], Iterator[Trajectory]],
+    runs: Iterator[Trajectory],
     embed_id: str,
     options: IngestOptions,
     on_total: Callable[[int], None] | None,
     on_progress: Progress | None,
     warn: Callable[[str], None] | None,
 ) -> IngestReport:
-    """Run ingest's two passes over what `read` yields (called once per pass)."""
+    """Read `runs` once, checking, redacting and judging each into a private spool; then store what the spool holds.
+
+    Every input is read whole before anything is stored, so bad input anywhere stores nothing, and it is read once:
+    a file that changes meanwhile (appended to, or a pipe) cannot store anything pass 1 did not check. The spool keeps
+    memory bounded at any input size; it is a temporary file readable by this process's owner only, gone afterwards.
+    """
     report = IngestReport(embed_model=embed_id, scope=write_scope(options.scope))
     redactor = _redactor(options)
+    with _spool() as spool:
+        keep = _read_pass(store, runs, options, redactor, report, spool)
+        if on_total:
+            on_total(report.read)
+        if report.read == 0:
+            return report
+        spool.seek(0)
+        try:
+            _store_pass(store, _spooled(spool), keep, embed_id, options, on_progress, warn, report, redactor)
+        except Exception as exc:
+            if not _disk_full(exc):
+                raise
+            done = (f"{report.added} memories from this command were stored before it filled" if report.added
+                    else "nothing from this command was stored")
+            raise StoreError(f"the disk is full: {done}; free some space and run it again, which stores the rest "
+                             f"({exc})") from None
+    report.redacted = redactor.masked if redactor else 0
+    return report
 
-    def stream() -> Iterator[Trajectory]:
-        for traj in read():
-            # Redacted before anything reads it (the judge's prompt, keep-best's ids, the distiller); the guard's
-            # verdict comes at the store (_store_batch), once.
-            yield redactor.trajectory(traj) if redactor is not None else traj
 
-    # Pass 1: validate everything, judge what is new, and rank for keep-best. Nothing is written.
+@contextmanager
+def _spool() -> Iterator[IO[bytes]]:
+    """Yield a temporary file for the checked runs: owner-only, unlinked at once, so gone however ingest ends."""
+    try:
+        handle = tempfile.TemporaryFile(prefix="memp-spool-")  # noqa: SIM115 - closed by the with below
+    except OSError as exc:
+        raise StoreError(f"cannot make ingest's temporary copy of the input ({exc.strerror}); nothing was "
+                         "stored") from None
+    with handle:
+        yield handle
+
+
+def _read_pass(
+    store: Store,
+    runs: Iterator[Trajectory],
+    options: IngestOptions,
+    redactor: boundary.Redactor | None,
+    report: IngestReport,
+    spool: IO[bytes],
+) -> set[str] | None:
+    """Check, redact and judge every run into `spool` (batches, pickled); return the ids keep-best keeps, else None."""
+    import hashlib
+
     judged: dict[str, tuple[float, str | None]] = {}
-    ranked: dict[str, list[tuple[float, int, str]]] = {}
-    for batch in _batches(stream(), BATCH):
+    # Per task (by a digest of its text), a min-heap of its best runs so far as (score, -order, id), keep_best at most.
+    ranked: dict[bytes, list[tuple[float, int, str]]] = {}
+    # Redacted before anything reads it (the judge's prompt, keep-best's ids, the distiller); the guard's verdict
+    # comes at the store (_store_batch), once.
+    stream = (redactor.trajectory(t) if redactor is not None else t for t in runs)
+    for batch in _batches(stream, BATCH):
         if options.judge is not None:
             known = store.memories.known([t.id for t in batch])
             for traj in batch:
                 if traj.id not in known and traj.id not in judged:
                     judged[traj.id] = options.judge.score(traj)
+            batch = [_with_judgement(t, judged.get(t.id), options) for t in batch]
         for traj in batch:
             if options.keep_best is not None:
-                score = judged[traj.id][0] if traj.id in judged else _rank_score(traj)
-                ranked.setdefault(traj.task.strip().lower(), []).append((-score, report.read, traj.id))
+                key = hashlib.blake2b(traj.task.strip().lower().encode("utf-8"), digest_size=16).digest()
+                best = ranked.setdefault(key, [])
+                heapq.heappush(best, (_rank_score(traj), -report.read, traj.id))
+                if len(best) > options.keep_best:
+                    heapq.heappop(best)  # the lowest score, the latest of equals: as a stable sort would drop it
             report.read += 1
-    keep: set[str] | None = None
-    if options.keep_best is not None:
-        keep = {tid for runs in ranked.values() for _, _, tid in sorted(runs)[: options.keep_best]}
-    ranked.clear()
+        try:
+            pickle.dump(batch, spool, protocol=pickle.HIGHEST_PROTOCOL)
+        except OSError as exc:
+            raise StoreError(f"cannot write ingest's temporary copy of the input ({exc.strerror}); nothing was "
+                             "stored") from None
     report.judged = len(judged)
-    if on_total:
-        on_total(report.read)
-    if report.read == 0:
-        return report
+    if options.keep_best is None:
+        return None
+    return {tid for best in ranked.values() for _, _, tid in best}
 
-    # Pass 2: store. Each batch is one transaction.
-    if redactor:
-        redactor.masked = 0
+
+def _spooled(spool: IO[bytes]) -> Iterator[list[Trajectory]]:
+    """Yield the batches `_read_pass` wrote to the spool, in order."""
+    while True:
+        try:
+            yield pickle.load(spool)  # this process wrote it, to a file only its owner can read
+        except EOFError:
+            return
+
+
+def _store_pass(
+    store: Store,
+    batches: Iterator[list[Trajectory]],
+    keep: set[str] | None,
+    embed_id: str,
+    options: IngestOptions,
+    on_progress: Progress | None,
+    warn: Callable[[str], None] | None,
+    report: IngestReport,
+    redactor: boundary.Redactor | None,
+) -> None:
+    """Store the spooled runs, each batch one transaction, then contrast and index what was added."""
     scripts = _LazyDistiller(options.model, warn, options.jobs) if options.build != "trajectory" else None
     embedder = get_embedder(None if is_default(embed_id) else embed_id)
     added: list[int] = []
     # Batches run across files: many formats hold one trajectory per file, and embedding is cheaper in bulk.
-    for batch in _batches(stream(), BATCH):
+    for batch in batches:
         size = len(batch)
         if keep is not None:
             batch = [t for t in batch if t.id in keep]
             report.dropped += size - len(batch)
-        if options.judge is not None:
-            batch = [_with_judgement(t, judged.get(t.id), options) for t in batch]
         added.extend(_store_batch(store, batch, options.build, scripts, embedder, embed_id, report, redactor,
                                   report.scope))
         if on_progress:
@@ -212,8 +290,11 @@ def _ingest(
         report.contrasted = _contrast(store, added, scripts, redactor)
     if added:
         _index_procedures(store, embedder, embed_id)
-    report.redacted = redactor.masked if redactor else 0
-    return report
+
+
+def _disk_full(exc: BaseException) -> bool:
+    """Return True when `exc` is SQLite saying the disk (or the store's size limit) is full."""
+    return sqlite_message(exc) is not None and "disk is full" in str(exc)
 
 
 def _with_judgement(traj: Trajectory, judgement: tuple[float, str | None] | None, options: IngestOptions) -> Trajectory:

@@ -3,6 +3,7 @@
 # No `from __future__ import annotations` in the CLI: Typer would compile and eval every string annotation twice per
 # command (inspect.signature, then get_type_hints), ~30 ms of each `memp --help`.
 import functools
+import math
 import os
 import sys
 from collections.abc import Callable
@@ -13,7 +14,7 @@ import typer.core
 import typer.main
 
 from ..choices import OutputFormat, RecallFormat, values
-from ..errors import MempError, sqlite_message
+from ..errors import MempError, printable, sqlite_message
 
 F = TypeVar("F", bound=Callable[..., Any])
 
@@ -118,7 +119,70 @@ def model_calls(log: bool, options: list[Any] | None) -> None:
     models.configure(log=log, options=[(str(k), str(v)) for k, v in options or []])
 
 
-MemoryIdArg = Annotated[int, typer.Argument(help="Memory id, as list and recall print it.", metavar="MEMORY_ID", show_default=False)]
+# -- validating option values (a bad one is a usage error: exit 2 with the usage line) --------------------------------
+
+# SQLite keeps integers in 64 bits: a larger id or count cannot be looked up, only refused.
+MAX_INT = 2**63 - 1
+
+
+def number_check(
+    low: float | None = None, high: float | None = None, *, above: bool = False, whole: bool = False
+) -> Callable[[Any], Any]:
+    """Return a Typer callback refusing NaN, infinities and values outside [low, high] (above: low itself too).
+
+    Whole numbers are held to 64 bits as well. It takes a value, None (an option not given) or a list of values.
+    """
+    def shown(bound: float) -> str:
+        return str(int(bound)) if whole else f"{bound:g}"
+
+    lowest = low if low is not None else (-MAX_INT - 1 if whole else None)
+    highest = high if high is not None else (MAX_INT if whole else None)
+
+    def check(value: Any) -> Any:
+        for item in value if isinstance(value, (list, tuple)) else [value]:
+            if item is None:
+                continue
+            if not math.isfinite(item):
+                raise typer.BadParameter(f"{item} is not a number")
+            if lowest is not None and (item < lowest or above and item == lowest):
+                raise typer.BadParameter(f"{item} is not {'above' if above else 'at least'} {shown(lowest)}")
+            if highest is not None and item > highest:
+                raise typer.BadParameter(f"{item} is above {shown(highest)}")
+        return value
+
+    return check
+
+
+FINITE = number_check()
+FRACTION = number_check(0.0, 1.0)  # a score or cosine threshold, 0 to 1
+ABOVE_ZERO_FRACTION = number_check(0.0, 1.0, above=True)  # a threshold for which 0 means nothing, e.g. --dedupe
+COUNT = number_check(0, whole=True)  # 0 or more
+AT_LEAST_ONE = number_check(1, whole=True)
+# Recall widens its search to a multiple of k before ranking; any k a store could answer stays far inside 64 bits.
+MAX_TOP = 2**31 - 1
+TOP = number_check(1, MAX_TOP, whole=True)
+ID = number_check(1, whole=True)
+
+
+def utf8_text(value: Any) -> Any:
+    """Return the value (a string or a list of them) once it is UTF-8 text, else a usage error.
+
+    Arguments that are not UTF-8 reach Python as lone surrogates, which the store cannot hold.
+    """
+    for item in value if isinstance(value, (list, tuple)) else [value]:
+        if isinstance(item, str):
+            try:
+                item.encode("utf-8")
+            except UnicodeEncodeError:
+                raise typer.BadParameter(f"'{printable(item)}' is not UTF-8 text") from None
+    return value
+
+
+MemoryIdArg = Annotated[
+    int,
+    typer.Argument(help="Memory id, as list and recall print it.", metavar="MEMORY_ID", show_default=False,
+                   callback=ID),
+]
 
 
 def say(message: str) -> None:
@@ -201,6 +265,11 @@ def handle_errors(fn: F) -> F:
         except KeyboardInterrupt:
             print("memp: interrupted", file=sys.stderr)
             raise typer.Exit(130) from None
+        except UnicodeEncodeError as exc:
+            # Text that is not UTF-8 (a file name, an argument, an environment variable) met the store or a stream.
+            print(f"memp: error: '{printable(str(exc.object[exc.start:exc.end]))}' is not UTF-8 text "
+                  f"({exc.reason})", file=sys.stderr)
+            raise typer.Exit(1) from None
         except BrokenPipeError:
             # A reader such as `head` closed the pipe: not an error of ours (Python's own advice for SIGPIPE).
             _quiet_stdout()

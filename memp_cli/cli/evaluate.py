@@ -5,7 +5,17 @@ from typing import Annotated
 import typer
 
 from ..choices import BuildPolicy, InputFormat, RecallPolicy
-from .common import EmbedOpt, FormatOpt, handle_errors, output_format, say
+from .common import (
+    ABOVE_ZERO_FRACTION,
+    AT_LEAST_ONE,
+    TOP,
+    EmbedOpt,
+    FormatOpt,
+    handle_errors,
+    output_format,
+    say,
+    utf8_text,
+)
 
 
 @handle_errors
@@ -13,20 +23,23 @@ def eval_(
     paths: Annotated[list[str], typer.Argument(help="Labelled trajectory files or folders.", metavar="PATH...", show_default=False)],
     label: Annotated[
         str,
-        typer.Option("--label", "-l", help="Metadata field to match, e.g. task_type or repo; or outcome."),
+        typer.Option("--label", "-l", help="Metadata field to match, e.g. task_type or repo; or outcome.",
+                     callback=utf8_text),
     ] = "task_type",
-    k: Annotated[int, typer.Option("-k", help="hit@k and MRR look at this many matches.")] = 5,
+    k: Annotated[int, typer.Option("-k", help="hit@k and MRR look at this many matches.", callback=TOP)] = 5,
     policy: Annotated[
         list[RecallPolicy] | None,
         typer.Option("--policy", "-p", help="A policy to compare (repeatable). Default: all of them.",
                      show_default=False),
     ] = None,
-    test_share: Annotated[float, typer.Option(help="Share of groups held out as test tasks.")] = 0.2,
+    test_share: Annotated[
+        float, typer.Option(help="Share of groups held out as test tasks.", callback=ABOVE_ZERO_FRACTION)
+    ] = 0.2,
     group: Annotated[
         str | None,
         typer.Option(help="Metadata field whose groups stay on one side of the split (default: the task text)."),
     ] = None,
-    max_test: Annotated[int | None, typer.Option(help="Test at most this many tasks.")] = None,
+    max_test: Annotated[int | None, typer.Option(help="Test at most this many tasks.", callback=AT_LEAST_ONE)] = None,
     build: Annotated[
         BuildPolicy,
         typer.Option("--build", "-b", help="How the memories are built (fidelity follows the script, else the run)."),

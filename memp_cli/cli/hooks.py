@@ -8,7 +8,7 @@ import typer
 
 from ..choices import HookEvent, HookHost, Outcome
 from ..errors import MempError
-from .common import DbOpt, ModelOpt, handle_errors, plain, say
+from .common import TOP, DbOpt, ModelOpt, handle_errors, plain, say
 
 app = typer.Typer(
     name="hooks",
@@ -94,7 +94,9 @@ def uninstall(host: HostArg, project: ProjectOpt = False, user: UserOpt = False,
 @app.command()
 def run(
     event: Annotated[HookEvent, typer.Argument(help="The hook event, as the host names it.", show_default=False)],
-    k: Annotated[int, typer.Option("-k", "--top", help="How many memories to hand the agent at most.")] = 3,
+    k: Annotated[
+        int, typer.Option("-k", "--top", help="How many memories to hand the agent at most.", callback=TOP)
+    ] = 3,
     judge_model: JudgeOpt = None,
     outcome: OutcomeOpt = None,
     model: ModelOpt = None,

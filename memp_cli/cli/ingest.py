@@ -9,6 +9,8 @@ import typer
 from ..choices import BuildPolicy, InputFormat, Outcome
 from ..errors import MempError
 from .common import (
+    AT_LEAST_ONE,
+    FINITE,
     DbOpt,
     EmbedOpt,
     FormatOpt,
@@ -22,6 +24,7 @@ from .common import (
     output_format,
     plain,
     say,
+    utf8_text,
 )
 
 # Model calls at once; `memp_cli.pool.resolve_jobs` reads $MEMP_JOBS when it is not given and checks it is >= 1.
@@ -57,7 +60,7 @@ def ingest(
         Outcome | None,
         typer.Option(help="Outcome for runs with none recorded and no score. [default: success]", show_default=False),
     ] = None,
-    score: Annotated[float | None, typer.Option(help="Score for runs with none recorded.")] = None,
+    score: Annotated[float | None, typer.Option(help="Score for runs with none recorded.", callback=FINITE)] = None,
     outcomes_file: Annotated[
         list[Path] | None,
         typer.Option(
@@ -67,7 +70,8 @@ def ingest(
         ),
     ] = None,
     success_threshold: Annotated[
-        float, typer.Option(help="A score counts as success from this value up (WebShop: 1.0 is success).")
+        float, typer.Option(help="A score counts as success from this value up (WebShop: 1.0 is success).",
+                            callback=FINITE)
     ] = 1.0,
     judge_cmd: Annotated[
         str | None,
@@ -76,10 +80,12 @@ def ingest(
     judge_model: Annotated[
         str | None, typer.Option(help="llm model that scores each new run against a rubric.")
     ] = None,
-    keep_best: Annotated[int | None, typer.Option(help="Keep only the N best-scoring runs of each task.")] = None,
+    keep_best: Annotated[
+        int | None, typer.Option(help="Keep only the N best-scoring runs of each task.", callback=AT_LEAST_ONE)
+    ] = None,
     redact: Annotated[
         list[str] | None,
-        typer.Option(help="Extra regex of secrets to mask (repeatable); built-in patterns always apply."),
+        typer.Option(help="Extra regex of secrets to mask (repeatable); built-in patterns always apply.", callback=utf8_text),
     ] = None,
     no_redact: Annotated[bool, typer.Option("--no-redact", help="Store text as it is, secrets included.")] = False,
     model: ModelOpt = None,

@@ -5,7 +5,21 @@ from typing import Annotated
 import typer
 
 from ..choices import BuildPolicy, Outcome, Setting, Status, UpdatePolicy, values
-from .common import DbOpt, FormatOpt, MemoryIdArg, ScopesOpt, handle_errors, open_db, output_format, plain, say
+from .common import (
+    ABOVE_ZERO_FRACTION,
+    COUNT,
+    FRACTION,
+    MAX_INT,
+    DbOpt,
+    FormatOpt,
+    MemoryIdArg,
+    ScopesOpt,
+    handle_errors,
+    open_db,
+    output_format,
+    plain,
+    say,
+)
 
 # How many memories `memp list` shows on a terminal at a time.
 PAGE = 50
@@ -21,9 +35,11 @@ def list_(
     limit: Annotated[
         int | None,
         typer.Option("--limit", "-n", help=f"At most this many, newest first. Default: {PAGE} as a table, all when "
-                     "printing JSON.", show_default=False),
+                     "printing JSON.", show_default=False, callback=COUNT),
     ] = None,
-    offset: Annotated[int, typer.Option("--offset", help="Skip this many of the newest first (the next page).")] = 0,
+    offset: Annotated[
+        int, typer.Option("--offset", help="Skip this many of the newest first (the next page).", callback=COUNT)
+    ] = 0,
     scope: ScopesOpt = None,
     db: DbOpt = None,
     fmt: FormatOpt = None,
@@ -83,13 +99,20 @@ def prune(
         bool, typer.Option(help="The paper's preset: recalled 3+ times and succeeded under half the time.")
     ] = True,
     confident_below: Annotated[
-        float | None, typer.Option(help="Retire when the success rate is below this with 95% confidence.")
+        float | None,
+        typer.Option(help="Retire when the success rate is below this with 95% confidence.", callback=FRACTION),
     ] = None,
-    stale_days: Annotated[int | None, typer.Option(help="Retire memories not recalled for this many days.")] = None,
+    stale_days: Annotated[
+        int | None, typer.Option(help="Retire memories not recalled for this many days.", callback=COUNT)
+    ] = None,
     dedupe: Annotated[
-        float | None, typer.Option(help="Merge memories whose tasks have at least this cosine (e.g. 0.95).")
+        float | None,
+        typer.Option(help="Merge memories whose tasks have at least this cosine (e.g. 0.95).",
+                     callback=ABOVE_ZERO_FRACTION),
     ] = None,
-    max_memories: Annotated[int | None, typer.Option(help="Keep at most this many, the most useful.")] = None,
+    max_memories: Annotated[
+        int | None, typer.Option(help="Keep at most this many, the most useful.", callback=COUNT)
+    ] = None,
     purge: Annotated[
         bool, typer.Option("--purge", help="Delete retired memories for good (of every scope).")
     ] = False,
@@ -140,7 +163,7 @@ def _setting_value(ctx: typer.Context, raw: str | None) -> str | None:
         return raw
     if key == Setting.UPDATE_POLICY and raw not in values(UpdatePolicy):
         raise typer.BadParameter(f"update_policy must be one of {', '.join(values(UpdatePolicy))}, not {raw!r}")
-    if key == Setting.UPDATE_EVERY and (not raw.isdigit() or int(raw) < 1):
+    if key == Setting.UPDATE_EVERY and not (raw.isascii() and raw.isdigit() and 1 <= int(raw) <= MAX_INT):
         raise typer.BadParameter(f"update_every must be a whole number from 1, not {raw!r}")
     return raw
 

@@ -4,7 +4,7 @@ from typing import Annotated
 
 import typer
 
-from .common import DbOpt, EmbedOpt, ModelOpt, ScopeOpt, handle_errors
+from .common import DbOpt, EmbedOpt, ModelOpt, ScopeOpt, handle_errors, number_check
 
 
 @handle_errors
@@ -15,6 +15,7 @@ def mcp(
             "--http", metavar="PORT",
             help="Serve Streamable HTTP on 127.0.0.1:PORT (path /mcp) instead of stdio; needs a bearer token.",
             show_default=False,
+            callback=number_check(1, 65535, whole=True),
         ),
     ] = None,
     token: Annotated[

@@ -9,7 +9,20 @@ import typer
 
 from ..choices import Rank, RecallFormat, RecallPolicy
 from ..errors import InputError
-from .common import DbOpt, EmbedOpt, RecallFormatOpt, ScopesOpt, handle_errors, open_db, recall_format
+from .common import (
+    AT_LEAST_ONE,
+    FRACTION,
+    MAX_TOP,
+    TOP,
+    DbOpt,
+    EmbedOpt,
+    RecallFormatOpt,
+    ScopesOpt,
+    handle_errors,
+    open_db,
+    recall_format,
+    utf8_text,
+)
 
 # Most tasks recalled together: enough to keep every core embedding, few enough that answers flow steadily.
 BATCH_LINES = 64
@@ -23,9 +36,12 @@ def recall(
             help='The new task, or - to read tasks from stdin: one a line, plain or as JSON ({"task": ..., "k": ..., '
             '"policy": ...}).',
             metavar="TASK",
+            callback=utf8_text,
         ),
     ],
-    k: Annotated[int, typer.Option("-k", "--top", help="How many memories to return at most.")] = 3,
+    k: Annotated[
+        int, typer.Option("-k", "--top", help="How many memories to return at most.", callback=TOP)
+    ] = 3,
     policy: Annotated[
         RecallPolicy,
         typer.Option(
@@ -42,6 +58,7 @@ def recall(
             "--min-score",
             help="Drop matches below this (0 to 1): the task cosine, or procedural's own score. Default: the "
             "policy's calibrated floor (procedural 0.25, query and hybrid 0.5, avefact 0.35); 0 turns it off.",
+            callback=FRACTION,
         ),
     ] = None,
     confident: Annotated[
@@ -55,7 +72,9 @@ def recall(
         ),
     ] = None,
     max_tokens: Annotated[
-        int | None, typer.Option("--max-tokens", help="Return only as many memories as fit in this many tokens.")
+        int | None,
+        typer.Option("--max-tokens", help="Return only as many memories as fit in this many tokens.",
+                     callback=AT_LEAST_ONE),
     ] = None,
     rank: Annotated[
         Rank,
@@ -142,9 +161,13 @@ def _problem(data: Any) -> str | None:
         return f"unknown keys {', '.join(unknown)} (a line takes task, k and policy)"
     if not isinstance(data.get("task"), str) or not data["task"].strip():
         return '"task" must be a non-empty string'
+    try:
+        data["task"].encode("utf-8")
+    except UnicodeEncodeError:
+        return '"task" holds a lone surrogate (\\ud800-\\udfff), which is not text'
     top = data.get("k", 1)
-    if not isinstance(top, int) or isinstance(top, bool) or top < 1:
-        return '"k" must be a whole number from 1'
+    if not isinstance(top, int) or isinstance(top, bool) or not 1 <= top <= MAX_TOP:
+        return f'"k" must be a whole number from 1 to {MAX_TOP}'
     if "policy" in data and data["policy"] not in {p.value for p in RecallPolicy}:
         return f'"policy" must be one of {", ".join(p.value for p in RecallPolicy)}'
     return None

@@ -9,7 +9,20 @@ import typer
 
 from ..choices import BuildPolicy, Outcome, Status
 from ..errors import MempError
-from .common import DbOpt, EmbedOpt, FormatOpt, ScopesOpt, handle_errors, open_db, output_format, plain, say, scope_name
+from .common import (
+    FRACTION,
+    DbOpt,
+    EmbedOpt,
+    FormatOpt,
+    ScopesOpt,
+    handle_errors,
+    open_db,
+    output_format,
+    plain,
+    say,
+    scope_name,
+    utf8_text,
+)
 
 # Not $MEMP_SCOPE: an export file says which scope each memory is in, and only an explicit --scope overrides it.
 ImportScopeOpt = Annotated[
@@ -31,7 +44,9 @@ def export(
     status: Annotated[Status | None, typer.Option(help="Only memories with this status.")] = None,
     outcome: Annotated[Outcome | None, typer.Option(help="Only memories of runs that ended this way.")] = None,
     build: Annotated[BuildPolicy | None, typer.Option(help="Only memories built this way.")] = None,
-    task_type: Annotated[str | None, typer.Option(help="Only memories whose metadata.task_type is this.")] = None,
+    task_type: Annotated[
+        str | None, typer.Option(help="Only memories whose metadata.task_type is this.", callback=utf8_text)
+    ] = None,
     since: Annotated[
         str | None, typer.Option(help="Only memories created at or after this ISO date or time (e.g. 2026-11-01).")
     ] = None,
@@ -41,7 +56,9 @@ def export(
                      "earned it, in this folder."),
     ] = None,
     min_success: Annotated[
-        float, typer.Option(help="With --skills: the least success estimate (Beta posterior mean) a procedure needs.")
+        float,
+        typer.Option(help="With --skills: the least success estimate (Beta posterior mean) a procedure needs.",
+                     callback=FRACTION),
     ] = 0.6,
     sqlite: Annotated[
         Path | None,

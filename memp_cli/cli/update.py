@@ -6,6 +6,9 @@ import typer
 
 from ..choices import BuildPolicy, Report, UpdatePolicy
 from .common import (
+    AT_LEAST_ONE,
+    FINITE,
+    ID,
     DbOpt,
     FormatOpt,
     LogOpt,
@@ -19,6 +22,7 @@ from .common import (
     plain,
     say,
     scope_name,
+    utf8_text,
 )
 
 UpdateScopeOpt = Annotated[
@@ -32,16 +36,20 @@ UpdateScopeOpt = Annotated[
 @handle_errors
 def update(
     recall_id: Annotated[
-        str | None, typer.Option("--recall", "-r", help="The recall id memp recall printed.")
+        str | None, typer.Option("--recall", "-r", help="The recall id memp recall printed.", callback=utf8_text)
     ] = None,
     memory: Annotated[
-        list[int] | None, typer.Option("--memory", help="Memory ids used, instead of a recall id (repeatable).")
+        list[int] | None,
+        typer.Option("--memory", help="Memory ids used, instead of a recall id (repeatable; each counts once).",
+                     callback=ID),
     ] = None,
     outcome: Annotated[Report | None, typer.Option("--outcome", "-o", help="How the run went.")] = None,
     score: Annotated[
-        float | None, typer.Option(help="A score instead of an outcome (see --success-threshold).")
+        float | None, typer.Option(help="A score instead of an outcome (see --success-threshold).", callback=FINITE)
     ] = None,
-    success_threshold: Annotated[float, typer.Option(help="A score counts as success from this value up.")] = 1.0,
+    success_threshold: Annotated[
+        float, typer.Option(help="A score counts as success from this value up.", callback=FINITE)
+    ] = 1.0,
     trajectory: Annotated[
         str | None, typer.Option("--trajectory", "-t", help="The new run, in any format ingest reads.")
     ] = None,
@@ -56,7 +64,8 @@ def update(
         ),
     ] = None,
     every: Annotated[
-        int | None, typer.Option(help="Apply the policy once every N outcomes (the paper's batched update).")
+        int | None,
+        typer.Option(help="Apply the policy once every N outcomes (the paper's batched update).", callback=AT_LEAST_ONE),
     ] = None,
     flush: Annotated[bool, typer.Option("--flush", help="Apply the policy to every pending outcome now.")] = False,
     build: Annotated[
@@ -81,7 +90,7 @@ def update(
     else:
         run = updates.read_one_trajectory(trajectory) if trajectory else None
         result = updates.report(
-            store, recall_id=recall_id, memory_ids=memory or [], outcome=plain(outcome), score=score,
+            store, recall_id=recall_id, memory_ids=list(dict.fromkeys(memory or [])), outcome=plain(outcome), score=score,
             success_threshold=success_threshold, trajectory=run, policy=plain(policy), model=model, every=every,
             build=build.value, warn=say, scope=scope,
         )
@@ -107,7 +116,7 @@ def history(memory_id: MemoryIdArg, db: DbOpt = None, fmt: FormatOpt = None) -> 
 @handle_errors
 def revert(
     memory_id: MemoryIdArg,
-    to: Annotated[int, typer.Option("--to", help="The version to restore, as memp history lists it.")],
+    to: Annotated[int, typer.Option("--to", help="The version to restore, as memp history lists it.", callback=ID)],
     db: DbOpt = None,
 ) -> None:
     """Restore a memory's content as it was at an earlier version (kept as a new version)."""

@@ -8,7 +8,11 @@ in one place: the record's own, else an outcomes file, else a score against the 
 from __future__ import annotations
 
 import json
+import math
+import os
+import re
 import shutil
+import stat
 import sys
 import tempfile
 from collections.abc import Iterator, Sequence
@@ -18,7 +22,7 @@ from pathlib import Path
 from typing import Any
 
 from ..choices import InputFormat, values
-from ..errors import InputError, MempError
+from ..errors import InputError, MempError, printable
 from ..records import OUTCOMES, Trajectory
 
 # Folder walks pick these up; a file named explicitly is read whatever its name.
@@ -72,31 +76,51 @@ class ReadOptions:
 def sources(paths: Sequence[str]) -> Iterator[tuple[list[Source], list[Source]]]:
     """Yield (trajectory files, outcome files) named by `paths`: files, folders (walked), or '-' for stdin.
 
-    Standard input is spooled to a temporary file, because ingest reads each source twice: once to validate it
-    whole, once to store it. Files named outcomes.json(l) are outcome tables, not trajectories.
+    Standard input, a pipe (a FIFO, or bash's `<(...)`) and a device are copied to a private temporary file first:
+    they can be read only once, and detecting a format looks at the start before reading the whole. Files named
+    outcomes.json(l) are outcome tables, not trajectories. Names are kept printable (see `errors.printable`).
     """
     found: list[Source] = []
     outcome_files: list[Source] = []
     with tempfile.TemporaryDirectory(prefix="memp-") as tmp:
         for raw in paths:
             if raw == "-":
-                spool = Path(tmp) / f"stdin-{len(found)}"
-                with spool.open("wb") as out:
-                    shutil.copyfileobj(sys.stdin.buffer, out)
-                found.append(Source(spool, "<stdin>"))
+                found.append(_spooled(sys.stdin.buffer, Path(tmp) / f"in-{len(found)}", "<stdin>"))
                 continue
-            path = Path(raw)
-            if path.is_dir():
+            path, label = Path(raw), printable(raw)
+            try:
+                mode = path.stat().st_mode
+            except FileNotFoundError:
+                raise InputError(label, None, "no such file or folder") from None
+            except OSError as exc:
+                raise InputError(label, None, f"cannot read: {exc.strerror}") from None
+            if stat.S_ISDIR(mode):
                 files = sorted(p for p in path.rglob("*") if p.is_file() and p.suffix in SUFFIXES)
                 for p in files:
-                    (outcome_files if p.name in OUTCOME_FILES else found).append(Source(p, str(p)))
+                    (outcome_files if p.name in OUTCOME_FILES else found).append(Source(p, printable(str(p))))
                 if not any(s.path.is_relative_to(path) for s in found):
-                    raise InputError(raw, None, f"no trajectory files ({', '.join(SUFFIXES)}) in this folder")
-            elif path.is_file():
-                (outcome_files if path.name in OUTCOME_FILES else found).append(Source(path, raw))
+                    raise InputError(label, None, f"no trajectory files ({', '.join(SUFFIXES)}) in this folder")
+                continue
+            if stat.S_ISREG(mode):
+                source = Source(path, label)
             else:
-                raise InputError(raw, None, "no such file or folder")
+                try:
+                    with path.open("rb") as handle:
+                        source = _spooled(handle, Path(tmp) / f"in-{len(found)}", label)
+                except OSError as exc:
+                    raise InputError(label, None, f"cannot read: {exc.strerror}") from None
+            (outcome_files if path.name in OUTCOME_FILES else found).append(source)
         yield found, outcome_files
+
+
+def _spooled(stream: Any, spool: Path, label: str) -> Source:
+    """Return a Source for a copy of `stream` (read to its end) in `spool`, readable by its owner only."""
+    try:
+        with os.fdopen(os.open(spool, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o600), "wb") as out:
+            shutil.copyfileobj(stream, out)
+    except OSError as exc:
+        raise InputError(label, None, f"cannot copy it to a temporary file: {exc.strerror}") from None
+    return Source(spool, label)
 
 
 # -- reading helpers shared by the format modules --------------------------------------------------------------------
@@ -130,7 +154,7 @@ def load_json(source: Source) -> Any:
 def _decode(text: str, label: str, line: int | None) -> Any:
     """Return decoded JSON, or raise InputError naming the line (of the file, or within a document)."""
     try:
-        return json.loads(text, parse_constant=_no_constant)
+        data = json.loads(text, parse_constant=_no_constant, parse_float=_finite)
     except json.JSONDecodeError as exc:
         at = line if line is not None else exc.lineno
         raise InputError(label, at, f"invalid JSON: {exc.msg} (column {exc.colno})") from None
@@ -138,10 +162,55 @@ def _decode(text: str, label: str, line: int | None) -> Any:
         raise InputError(label, line, "JSON nested too deeply") from None
     except ValueError as exc:
         raise InputError(label, line, str(exc)) from None
+    if "\\u" in text and _SURROGATE_ESCAPE.search(text):
+        _no_lone_surrogate(data, text, label, line)
+    return data
+
+
+# A \uD800-\uDFFF escape: JSON allows one alone, UTF-8 (and so the store) cannot hold it.
+_SURROGATE_ESCAPE = re.compile(r"\\u[dD][89a-fA-F][0-9a-fA-F]{2}")
+_LONE_SURROGATE = re.compile(
+    r"\\u[dD][89abAB][0-9a-fA-F]{2}(?!\\u[dD][c-fC-F][0-9a-fA-F]{2})"
+    r"|(?<!\\u[dD][89abAB][0-9a-fA-F]{2})\\u[dD][c-fC-F][0-9a-fA-F]{2}"
+)
+
+
+def _no_lone_surrogate(data: Any, text: str, label: str, line: int | None) -> None:
+    """Raise InputError when decoded JSON holds a lone surrogate (an escape with no partner), naming its line."""
+    try:
+        json.dumps(data, ensure_ascii=False).encode("utf-8")
+    except UnicodeEncodeError:
+        found = _LONE_SURROGATE.search(text)
+        at = line if line is not None else (text.count("\n", 0, found.start()) + 1 if found else None)
+        escape = found.group(0) if found else "(\\ud800-\\udfff)"
+        raise InputError(label, at, f"a lone surrogate {escape} is not a character UTF-8 can hold") from None
 
 
 def _no_constant(name: str) -> Any:
     raise ValueError(f"{name} is not a number JSON allows")
+
+
+def _finite(literal: str) -> float:
+    """Return a JSON number as a float, refusing one too large for a float (1e999 would be infinity)."""
+    value = float(literal)
+    if not math.isfinite(value):
+        raise ValueError(f"{literal[:20]} is too large a number")
+    return value
+
+
+def number(value: Any, what: str, label: str, line: int | None) -> float | None:
+    """Return a score-like JSON value as a finite float (None stays None), or raise InputError saying what is wrong."""
+    if value is None:
+        return None
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        raise InputError(label, line, f"{what} must be a number")
+    try:
+        result = float(value)
+    except OverflowError:
+        result = math.inf
+    if not math.isfinite(result):
+        raise InputError(label, line, f"{what} is too large a number")
+    return result
 
 
 def read_text(source: Source) -> str:
@@ -156,6 +225,11 @@ def read_text(source: Source) -> str:
         return raw.decode("utf-8-sig")
     except UnicodeDecodeError as exc:
         raise InputError(source.label, raw[: exc.start].count(b"\n") + 1, "not UTF-8 text") from None
+
+
+def call_key(value: Any) -> Any:
+    """Return a tool-call id as a dict key: a string or number as it is, any other JSON value as its text."""
+    return value if value is None or isinstance(value, (str, int, float)) else json.dumps(value, sort_keys=True)
 
 
 def text(value: Any) -> str:
@@ -286,11 +360,10 @@ def _outcome_of(record: dict[str, Any], label: str, line: int | None) -> tuple[s
         outcome = record["outcome"]
         if outcome not in OUTCOMES:
             raise InputError(label, line, f"'outcome' must be one of {', '.join(OUTCOMES)}")
-    if score is not None and (isinstance(score, bool) or not isinstance(score, (int, float))):
-        raise InputError(label, line, "'score' must be a number")
-    if outcome is None and score is None:
+    value = number(score, "'score'", label, line)
+    if outcome is None and value is None:
         raise InputError(label, line, f"outcome record {key!r} has no resolved, success, outcome or score")
-    return str(key), (outcome, float(score) if score is not None else None)
+    return str(key), (outcome, value)
 
 
 def read_outcomes(source: Source) -> dict[str, tuple[str | None, float | None]]:

@@ -27,7 +27,7 @@ def task_from_prompt(text: str) -> str:
     """Return the task in an opening message: ALFWorld's sentence, a PR description, an issue, else the message."""
     match = ALFWORLD_TASK.search(text)
     if match:
-        return match.group(1).strip().splitlines()[0].strip().rstrip(".")
+        return (match.group(1).strip().splitlines() or [""])[0].strip().rstrip(".")
     match = PR_DESCRIPTION.search(text)
     if match:
         body = re.sub(r"^Consider the following PR description:\s*", "", match.group(1), flags=re.IGNORECASE)

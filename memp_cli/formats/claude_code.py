@@ -20,7 +20,7 @@ from typing import Any
 
 from ..errors import InputError
 from ..records import Step, Trajectory
-from . import Source, json_lines, text
+from . import Source, call_key, json_lines, text
 from .chat import MAX_TASK_CHARS
 
 NAME = "claude-code"
@@ -179,9 +179,9 @@ class _Session:
                     "thought": " ".join(self.thoughts[side]) or None, "observation": None}
             self.thoughts[side] = []
             self.steps.append(step)
-            self.pending[block.get("id")] = step
+            self.pending[call_key(block.get("id"))] = step
         elif kind == "tool_result":
-            done = self.pending.pop(block.get("tool_use_id"), None)
+            done = self.pending.pop(call_key(block.get("tool_use_id")), None)
             if done is None:
                 return
             done["observation"] = _observation(done["name"], block)

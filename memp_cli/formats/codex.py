@@ -16,7 +16,7 @@ from typing import Any
 
 from ..errors import InputError
 from ..records import Step, Trajectory
-from . import Source, json_lines, text
+from . import Source, call_key, json_lines, text
 from .chat import MAX_TASK_CHARS
 
 NAME = "codex"
@@ -147,9 +147,9 @@ def read(source: Source) -> Iterator[Trajectory]:
             step = {"action": call_action(payload), "thought": " ".join(thoughts) or None, "observation": None}
             thoughts = []
             steps.append(step)
-            pending[payload.get("call_id") or payload.get("id")] = step
-        elif item in OUTPUTS and payload.get("call_id") in pending:
-            pending.pop(payload["call_id"])["observation"] = _observation(payload)
+            pending[call_key(payload.get("call_id") or payload.get("id"))] = step
+        elif item in OUTPUTS and call_key(payload.get("call_id")) in pending:
+            pending.pop(call_key(payload["call_id"]))["observation"] = _observation(payload)
     if not task or not steps:
         raise InputError(source.label, None, "Codex session has no user task or no tool call")
     cwd = metadata.pop("cwd", None)

@@ -7,7 +7,7 @@ from typing import Any
 
 from ..errors import InputError
 from ..records import OUTCOMES, Step, Trajectory
-from . import Source, json_lines
+from . import Source, json_lines, number
 
 NAME = "native"
 
@@ -47,9 +47,7 @@ def parse_line(obj: Any, path: str, line: int) -> Trajectory:
     outcome = obj.get("outcome")
     if outcome is not None and outcome not in OUTCOMES:
         raise InputError(path, line, f"'outcome' must be one of {', '.join(OUTCOMES)}, not {outcome!r}")
-    score = obj.get("score")
-    if score is not None and (isinstance(score, bool) or not isinstance(score, (int, float))):
-        raise InputError(path, line, "'score' must be a number")
+    score = number(obj.get("score"), "'score'", path, line)
     source_id = obj.get("id")
     if source_id is not None and not isinstance(source_id, (str, int)):
         raise InputError(path, line, "'id' must be a string or integer")
@@ -60,7 +58,7 @@ def parse_line(obj: Any, path: str, line: int) -> Trajectory:
         task=(task or "").strip(),
         steps=steps,
         outcome=outcome,
-        score=float(score) if score is not None else None,
+        score=score,
         source_id=str(source_id) if source_id is not None else None,
         metadata=metadata,
         source_file=path,
@@ -70,5 +68,5 @@ def parse_line(obj: Any, path: str, line: int) -> Trajectory:
 
 def read(source: Source) -> Iterator[Trajectory]:
     """Yield the trajectories of a JSONL file, one line at a time."""
-    for number, obj in json_lines(source):
-        yield parse_line(obj, source.label, number)
+    for line, obj in json_lines(source):
+        yield parse_line(obj, source.label, line)

@@ -58,6 +58,8 @@ def turns_of(messages: list[Any], label: str, line: int | None) -> list[tuple[st
             continue
         if role == "assistant":
             calls = msg.get("tool_calls") or []
+            if not isinstance(calls, list):
+                raise InputError(label, line, f"messages[{i}].tool_calls must be a list")
             if calls:
                 for call in calls:
                     action = tool_call_action(call if isinstance(call, dict) else {})

@@ -21,7 +21,8 @@ from .chat import task_from_prompt
 NAME = "react"
 EPISODE_SPLIT = re.compile(r"^-{5,}\s*$", re.MULTILINE)
 BLOCK = re.compile(r"^Action:\s?(.*?)\nObservation:\s?(.*?)(?=^Action:|\Z)", re.DOTALL | re.MULTILINE)
-SCORE = re.compile(r"Your score \(min [\d.]+, max [\d.]+\):\s*([\d.]+)")
+# The number only: a sentence may end right after it ("...: 0.5.").
+SCORE = re.compile(r"Your score \(min [\d.]+, max [\d.]+\):\s*(\d+(?:\.\d+)?|\.\d+)")
 INSTRUCTION = re.compile(r"Instruction:\s*\n?\s*(.+?)\s*(?:\n\s*\[|\Z)", re.DOTALL)
 THINK = re.compile(r"^think\[(.*)\]\s*$", re.DOTALL)
 

@@ -41,6 +41,8 @@ def read(source: Source) -> Iterator[Trajectory]:
     if not sniff(data):
         raise InputError(source.label, 1, 'expected a SWE-agent trajectory with "trajectory" or "history"')
     history = data.get("history") or []
+    if not isinstance(history, list):
+        raise InputError(source.label, None, "'history' must be a list of messages")
     metadata = _label(source)
     info = data.get("info") if isinstance(data.get("info"), dict) else {}
     if info.get("exit_status"):

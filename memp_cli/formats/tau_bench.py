@@ -12,7 +12,7 @@ from typing import Any
 
 from ..errors import InputError
 from ..records import Trajectory
-from . import Source, load_json
+from . import Source, load_json, number
 from .chat import trajectory_from_turns
 from .openai_chat import turns_of
 
@@ -34,8 +34,8 @@ def _run(run: Any, i: int, label: str) -> Trajectory:
     where = f"runs[{i}]"
     if not isinstance(run, dict):
         raise InputError(label, None, f"{where} must be an object with 'reward' and 'traj'")
-    reward = run.get("reward")
-    if isinstance(reward, bool) or not isinstance(reward, (int, float)):
+    reward = number(run.get("reward"), f"{where}: 'reward'", label, None)
+    if reward is None:
         raise InputError(label, None, f"{where}: 'reward' must be a number")
     messages = _messages(run)
     if not isinstance(messages, list):
@@ -49,7 +49,7 @@ def _run(run: Any, i: int, label: str) -> Trajectory:
         metadata["user_id"] = task["user_id"]
     try:
         return trajectory_from_turns(turns_of(messages, label, None), label, metadata, source_id=run_id,
-                                     score=float(reward))
+                                     score=reward)
     except InputError as exc:
         raise InputError(label, None, f"{where}: {exc.message}") from None
 

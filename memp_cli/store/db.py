@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import stat
 import struct
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
@@ -10,7 +11,7 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
-from ..errors import StoreError, sqlite_message
+from ..errors import StoreError, printable, sqlite_message
 
 BUSY_TIMEOUT_MS = 30_000
 DB_FILENAME = "memp.db"
@@ -55,15 +56,23 @@ def _vec_extension() -> str:
 
 
 def connect(path: Path) -> Any:
-    """Return a connection to the store file at `path` (created readable by its owner only), sqlite-vec loaded."""
+    """Return a connection to the store file at `path` (created readable by its owner only), sqlite-vec loaded.
+
+    A file that is not a memp store, an empty SQLite database or an empty file is refused before anything is written
+    to it or beside it: no pragma, no journal, no migration touches another program's file.
+    """
     import sqlean
 
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
-        if not path.exists():
-            # The store holds whatever agents saw, secrets included: readable by its owner only.
-            os.close(os.open(path, os.O_CREAT | os.O_WRONLY, 0o600))
+        _claim(path)
         conn = sqlean.connect(str(path), timeout=BUSY_TIMEOUT_MS / 1000)
+    except sqlean.DatabaseError as exc:
+        raise StoreError(f"{printable(str(path))}: cannot open store: {sqlite_message(exc)}") from exc
+    except OSError as exc:
+        raise StoreError(f"{printable(str(path))}: cannot create store: {exc.strerror}") from exc
+    try:
+        _recognise(conn, path)
         conn.enable_load_extension(True)
         conn.load_extension(_vec_extension())
         conn.enable_load_extension(False)
@@ -76,10 +85,60 @@ def connect(path: Path) -> Any:
         conn.execute("PRAGMA synchronous = NORMAL")
         conn.execute("PRAGMA foreign_keys = ON")
     except sqlean.DatabaseError as exc:
-        raise StoreError(f"{path}: cannot open store: {sqlite_message(exc)}") from exc
-    except OSError as exc:
-        raise StoreError(f"{path}: cannot create store: {exc.strerror}") from exc
+        conn.close()
+        raise StoreError(f"{printable(str(path))}: cannot open store: {sqlite_message(exc)}") from exc
+    except BaseException:
+        conn.close()
+        raise
     return conn
+
+
+SQLITE_HEADER = b"SQLite format 3\x00"
+
+
+def _claim(path: Path) -> None:
+    """Create the store file owner-only, or check that the file there is a regular file memp may use as its store.
+
+    SQLite gives the -wal and -shm files the store's own permissions, so an owner-only store keeps them so too.
+    """
+    try:
+        # The store holds whatever agents saw, secrets included: readable by its owner only.
+        os.close(os.open(path, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o600))
+        return
+    except FileExistsError:
+        pass
+    info = path.stat()
+    if not stat.S_ISREG(info.st_mode):
+        raise StoreError(f"{printable(str(path))}: not a memp store (not a regular file)")
+    if info.st_size == 0:
+        if stat.S_IMODE(info.st_mode) & 0o077:
+            os.chmod(path, 0o600)  # an empty file becomes the store: as private as one memp creates
+        return
+    with path.open("rb") as handle:
+        header = handle.read(len(SQLITE_HEADER))
+    if header != SQLITE_HEADER:
+        raise StoreError(f"{printable(str(path))}: this file is not a memp store (not SQLite, or encrypted)")
+
+
+def _recognise(conn: Any, path: Path) -> None:
+    """Raise StoreError unless the SQLite file is a memp store or holds nothing yet (read only: nothing is written)."""
+    objects = [
+        (str(kind), str(name)) for kind, name in
+        conn.execute("SELECT type, name FROM sqlite_master WHERE name NOT LIKE 'sqlite\\_%' ESCAPE '\\' "
+                     "ORDER BY type != 'table', name")
+    ]
+    others = [name if kind == "table" else f"{kind} {name}" for kind, name in objects if name != "_sqlite_migrations"]
+    if not others:
+        return  # new: an empty database (or one whose first migration has not committed yet)
+    if len(others) < len(objects) and _memp_rows(conn):
+        return
+    what = "tables" if all(kind == "table" for kind, _ in objects) else "objects"
+    raise StoreError(f"{printable(str(path))}: not a memp store (it holds other {what}: {', '.join(others[:3])})")
+
+
+def _memp_rows(conn: Any) -> bool:
+    """Return True when the migrations table records a memp migration."""
+    return conn.execute("SELECT 1 FROM _sqlite_migrations WHERE migration_set = 'memp' LIMIT 1").fetchone() is not None
 
 
 @contextmanager
@@ -146,15 +205,11 @@ def _migrate_slowly(conn: Any, path: Path) -> None:
         raise StoreError(f"{path}: written by a newer memp (schema change {newer[-1]}); upgrade memp to open it")
     if not migrations.pending(db):
         return
-    others = [
-        r[0] for r in conn.execute("SELECT name FROM sqlite_master WHERE type = 'table' ORDER BY name")
-        if not r[0].startswith(("_sqlite", "sqlite_"))
-    ]
-    if not applied and others:
-        raise StoreError(f"{path}: not a memp store (it holds other tables: {', '.join(others[:3])})")
     # One process migrates; the others wait on the lock, then find nothing pending. Each migration runs in a
     # savepoint inside this transaction, so a failure leaves no migration half-applied.
     with write(conn):
+        # Checked again under the lock (connect checked before any write): another memp may have migrated meanwhile.
+        _recognise(conn, path)
         migrations.apply(db)
 
 
