@@ -136,6 +136,7 @@ def test_avefact_keywords_follow_new_and_retired_memories(memp, tmp_path: Path) 
     assert _top(memp, "fix my bicycle", "avefact", "-k", "5", "--min-score", "0")[-1] == "water the garden"
 
 
+@pytest.mark.sqlite_only  # eval holds out runs in a store of its own, a temporary SQLite file
 def test_eval_command_reports_every_policy(memp) -> None:
     rows = memp.json("eval", str(EXAMPLES), "--label", "env", "--test-share", "0.4", "-k", "3")
     assert [r["policy"] for r in rows] == ["procedural", "query", "avefact", "hybrid", "random"]
@@ -153,6 +154,7 @@ def test_eval_command_reports_every_policy(memp) -> None:
 
 
 @pytest.mark.skipif(not SHARED.exists(), reason=f"real data folder {SHARED} is absent")
+@pytest.mark.sqlite_only  # eval holds out runs in a store of its own, a temporary SQLite file
 def test_eval_on_alfworld_expert(memp) -> None:
     folders = sorted(p for p in (SHARED / "alfworld-expert/train").iterdir())[::3]
     rows = memp.json("eval", *map(str, folders), "--group", "task_dir", "--max-test", "120", "--test-share", "0.25")

@@ -141,6 +141,11 @@ class PgConnection:
                 yield
             finally:
                 self._depth = 0
+            # The generation counter (see migrations.py), moved once when the block changed memories.
+            self.raw.execute(
+                "UPDATE meta SET value = (value::bigint + 1)::text WHERE key = 'generation' "
+                "AND current_setting('memp.memories_changed', true) = 'yes'"
+            )
 
     def close(self) -> None:
         """Close the connection."""

@@ -61,12 +61,14 @@ BEGIN
 END $$;
 CREATE TRIGGER memories_fts BEFORE INSERT OR UPDATE OF task, script ON memories
     FOR EACH ROW EXECUTE FUNCTION memories_fts_update();
--- Bumped by every change to what memories say or whether they are recalled: side files built from the store
--- (the procedure index) are stale when it moved. Writers go one at a time (the write lock), so it never waits.
+-- Moved once by every write transaction that changed what memories say or whether they are recalled: side files
+-- built from the store (the procedure index) are stale when it moved. The trigger only marks the transaction;
+-- pg/db.py's write() moves the counter once before it commits (one UPDATE of `meta` per statement made an ingest
+-- of 1,000 memories update one row 1,000 times).
 INSERT INTO meta(key, value) VALUES ('generation', '0'), ('store_id', gen_random_uuid()::text);
 CREATE FUNCTION memories_generation() RETURNS trigger LANGUAGE plpgsql AS $$
 BEGIN
-    UPDATE meta SET value = (value::bigint + 1)::text WHERE key = 'generation';
+    PERFORM set_config('memp.memories_changed', 'yes', true);
     RETURN NULL;
 END $$;
 CREATE TRIGGER memories_generation AFTER INSERT OR DELETE OR UPDATE OF task, script, status, build, scope
