@@ -181,7 +181,11 @@ def recall_many(
             candidates(store, task, vector, policy, pool, embedder, seed, keywords_model)
             for task, vector in zip(tasks, vectors)
         ]
-    found = {m.id: m for m in store.memories.get_many(sorted({i for hits in all_hits for i, _ in hits}))}
+    # The chosen memories read again by id, as they are now: one another process held or retired since this one's
+    # indexes and preloaded vectors were read is never served.
+    found = {
+        m.id: m for m in store.memories.get_many(sorted({i for hits in all_hits for i, _ in hits})) if m.status == "active"
+    }
     results = []
     for n, (task, vector, hits) in enumerate(zip(tasks, vectors, all_hits)):
         hits = [(i, score) for i, score in hits if i in found]

@@ -24,13 +24,14 @@ from typing import Any
 
 # Every detect-secrets token holds a run this long of these characters (AWS key ids are 20; the rest are longer).
 # Its rules run on each such run with CONTEXT_BEFORE characters before it (keys: `aws_secret = "..."`, `cloudant
-# password: ...`) and CONTEXT_AFTER after (a closing quote).
+# password: ...`) and CONTEXT_AFTER after (a closing quote, the rest of a dotted token).
 LONG_RUN_ALL = re.compile(r"[A-Za-z0-9_\-+/=]{20,}")
-CONTEXT_BEFORE, CONTEXT_AFTER = 80, 8
+CONTEXT_BEFORE, CONTEXT_AFTER = 80, 40
 # What a detect-secrets match is extended over: its patterns fix a token's length ("ghp_" and 36), longer ones
 # would keep their tail.
 _TAIL = re.compile(r"[A-Za-z0-9_\-]*")
 MARK = "[REDACTED:"
+_SECRET_GROUP = -1  # a detect-secrets rule's group: its first, when that is the secret (see `spans`)
 # Assignment keys that name a secret: a word ending in one of these ("DB_PASSWORD", "aws_secret_access_key").
 _SECRET_WORDS = (
     r"password|passwd|passphrase|pwd|secret|secret[_-]?key|api[_-]?key|apikey|access[_-]?key|private[_-]?key|"
@@ -141,7 +142,7 @@ _DETECTOR_HINTS: dict[str, tuple[str, ...]] = {
     "PypiTokenDetector": ("pypi-",),
     "SendGridDetector": ("SG.",),
     "SlackDetector": ("xox", "hooks.slack.com"),
-    "SoftlayerDetector": ("sl",),
+    "SoftlayerDetector": ("sl", "softlayer"),
     "SquareOAuthDetector": ("sq0csp-",),
     "StripeDetector": ("k_live_",),
     "TelegramBotTokenDetector": (":",),
@@ -159,7 +160,7 @@ class Rule:
     group: int
     hints: tuple[str, ...]
     anycase: bool = True  # whether the hints are compared with the text lower-cased
-    extend: bool = False
+    extend: bool = False  # whether a whole-match mask grows to the end of its token
 
 
 def _slug(secret_type: str) -> str:
@@ -192,10 +193,9 @@ def detector_rules() -> tuple[Rule, ...]:
                 continue
             kind = _slug(str(cls.secret_type))
             for pattern in cls().denylist:
-                group = 1 if pattern.groups else 0
                 anycase = bool(pattern.flags & re.IGNORECASE)
                 hints = tuple(h.lower() if anycase else h for h in _DETECTOR_HINTS.get(name, ()))
-                rules.append(Rule(kind, pattern, group, hints, anycase=anycase, extend=not group))
+                rules.append(Rule(kind, pattern, _SECRET_GROUP if pattern.groups else 0, hints, anycase, extend=True))
     return tuple(rules)
 
 
@@ -237,10 +237,16 @@ def spans(text: str, extra: tuple[Rule, ...] = ()) -> list[tuple[int, int, str]]
     def run(rule: Rule, start: int = 0, end: int | None = None) -> None:
         covered = -1  # where this rule's last match, grown to its token's end, ends
         for m in rule.pattern.finditer(text, start, len(text) if end is None else end):
-            a, b = m.span(rule.group)
+            group = rule.group
+            if group == _SECRET_GROUP:
+                # detect-secrets' first group is the secret after a key (`aws_secret = "..."`) or a token's prefix
+                # ("ghp" of "ghp_..."): a prefix is short, and then the whole match is the secret.
+                a, b = m.span(1)
+                group = 1 if b - a >= 8 else 0
+            a, b = m.span(group)
             if a < 0 or a == b or a < covered or text.startswith(MARK, a):
                 continue  # (a match inside the last one's grown tail would grow over the same run again)
-            if rule.extend:
+            if rule.extend and group == 0:
                 b = covered = _TAIL.match(text, b).end()  # type: ignore[union-attr]
             found.append((a, b, rule.name))
 

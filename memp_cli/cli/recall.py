@@ -55,7 +55,13 @@ def recall(
         ),
     ] = None,
     max_tokens: Annotated[
-        int | None, typer.Option("--max-tokens", help="Return only as many memories as fit in this many tokens.")
+        int | None,
+        typer.Option(
+            "--max-tokens",
+            help="Return only as many memories as fit in this many tokens, and cap the prompt block at it. Default: "
+            "no limit on the memories; the prompt block capped at 4,000 (lowest-ranked memories left out first, then "
+            "the end of a long one cut, said in the block); 0: no cap.",
+        ),
     ] = None,
     rank: Annotated[
         Rank,
@@ -79,6 +85,8 @@ def recall(
     from ..recall import recall_many
 
     store = open_db(db)
+    cap = output.DEFAULT_PROMPT_TOKENS if max_tokens is None else max_tokens or None
+    max_tokens = max_tokens or None  # 0: no cap, so no limit on what recall returns either
 
     def answer(tasks: list[str], top: int = k, chosen: str = policy.value) -> list[Any]:
         return recall_many(
@@ -95,12 +103,12 @@ def recall(
             asks, error = parse_lines(lines, k, policy.value)
             for (top, chosen), tasks in runs_of(asks):
                 for result in answer(tasks, top, chosen):
-                    output.show_recall(result, shown)
+                    output.show_recall(result, shown, cap)
             sys.stdout.flush()
             if error is not None:
                 raise error
         return
-    output.show_recall(answer([task])[0], recall_format(fmt))
+    output.show_recall(answer([task])[0], recall_format(fmt), cap)
 
 
 def parse_lines(
