@@ -31,6 +31,7 @@ CONTEXT_BEFORE, CONTEXT_AFTER = 80, 40
 # would keep their tail.
 _TAIL = re.compile(r"[A-Za-z0-9_\-]*")
 MARK = "[REDACTED:"
+_GENERIC = {"password", "password-option", "authorization", "bearer-token", "url-credentials", "basic-auth-credentials", "custom"}
 _SECRET_GROUP = -1  # a detect-secrets rule's group: its first, when that is the secret (see `spans`)
 # Assignment keys that name a secret: a word ending in one of these ("DB_PASSWORD", "aws_secret_access_key").
 _SECRET_WORDS = (
@@ -78,8 +79,8 @@ OWN_RULES: list[tuple[str, str, int, tuple[str, ...]]] = [
         ("secret",),
     ),
     (
-        "authorization",  # Authorization: Basic|Bearer|Token ... headers, in curl -H or a request dump
-        (r"(?i)(?<![a-z0-9-])(?:proxy-)?authorization[\"']?\s*[:=]\s*[\"']?(?:basic|bearer|token|digest)\s+"
+        "authorization",  # Authorization: Basic|Token|Digest ... headers (Bearer: the rule below), in curl -H or a dump
+        (r"(?i)(?<![a-z0-9-])(?:proxy-)?authorization[\"']?\s*[:=]\s*[\"']?(?:basic|token|digest)\s+"
         r"(?!\[REDACTED)([A-Za-z0-9+/._~=-]{6,})"),
         1,
         ("authorization",),
@@ -260,7 +261,8 @@ def spans(text: str, extra: tuple[Rule, ...] = ()) -> list[tuple[int, int, str]]
         for rule in detector_rules():
             if hinted(window_low, rule.hints) if rule.anycase else any(h in window for h in rule.hints):
                 run(rule, start, end)
-    found.sort(key=lambda s: (s[0], -s[1]))
+    # Where two rules mark the same secret, the provider's name wins over an assignment's ("TOKEN=AKIA...").
+    found.sort(key=lambda s: (s[0], -s[1], s[2] in _GENERIC))
     merged: list[tuple[int, int, str]] = []
     for start, end, name in found:
         if merged and start < merged[-1][1]:
