@@ -22,6 +22,7 @@ from .choices import BuildPolicy, Outcome, Status, values
 from .errors import MempError
 from .formats import native
 from .ingest import IngestOptions, IngestReport, ingest, ingest_runs
+from .output import DEFAULT_PROMPT_TOKENS
 from .prune import Retirement, Rules, plan_store
 from .recall import recall, recall_many
 from .records import Recall, Trajectory
@@ -78,11 +79,12 @@ class Memp:
         """Recall for many tasks at once: embedded side by side on every core, logged in one write."""
         return recall_many(self.store, tasks, k, embed_model=self.embed_model, scopes=self._scopes(scopes), **options)
 
-    def prompt(self, result: Recall) -> str:
-        """Return a recall as a block to paste into an agent's prompt, fenced and labelled as data."""
+    def prompt(self, result: Recall, max_tokens: int | None = DEFAULT_PROMPT_TOKENS) -> str:
+        """Return a recall as a block to paste into an agent's prompt, fenced, labelled as data and capped at
+        `max_tokens` (None or 0: no cap)."""
         from .output import prompt_block
 
-        return prompt_block(result)
+        return prompt_block(result, max_tokens)
 
     def update(
         self,

@@ -157,15 +157,16 @@ class MempService:
     def recall(self, task: str, k: int, policy: str, min_score: float | None, max_tokens: int | None,
                scopes: list[str] | None = None) -> RecallResult:
         """Return the recall for a task with its prompt block."""
-        from .output import prompt_block
+        from .output import DEFAULT_PROMPT_TOKENS, prompt_block
         from .recall import recall_many
 
         result: Recall = recall_many(
             self.store, [task], k, policy, min_score=min_score, max_tokens=max_tokens, embed_model=self.embed_model,
             scopes=self._scopes(scopes),
         )[0]
+        block = prompt_block(result, max_tokens or DEFAULT_PROMPT_TOKENS)
         return RecallResult(
-            recall_id=result.id, task=result.task, policy=result.policy, prompt_block=prompt_block(result),
+            recall_id=result.id, task=result.task, policy=result.policy, prompt_block=block,
             matches=[_match(m) for m in result.matches], warnings=[_match(m) for m in result.warnings],
         )
 
@@ -257,7 +258,11 @@ def build_server(service: MempService) -> MCPServer[Any]:
             Field(ge=0, le=1, description="Drop memories scoring below this. Default: the policy's calibrated "
                   "floor, so a task nothing fits gets nothing; 0 turns it off."),
         ] = None,
-        max_tokens: Annotated[int | None, Field(ge=1, description="Return only as many memories as fit.")] = None,
+        max_tokens: Annotated[
+            int | None,
+            Field(ge=1, description="Return only as many memories as fit in this many tokens, and cap the "
+                  "prompt_block at it. Default: the prompt_block capped at 4,000 tokens."),
+        ] = None,
         scopes: ScopesArg = None,
     ) -> RecallResult:
         """Recall how similar tasks were done before: a prompt block of memories and a recall id to report on."""

@@ -49,52 +49,130 @@ def _attr(value: str) -> str:
     return value.replace("&", "&amp;").replace('"', "&quot;").replace("<", "&lt;").replace(">", "&gt;")
 
 
-# The block's own tags, whatever their case and spacing: memory text that holds one is escaped, so it can neither close
-# its fence nor open a forged one.
-_FENCE = re.compile(r"<(\s*/?\s*)(procedural-memory|memory|failed-attempts)\b", re.IGNORECASE)
+# The block's own tags. Memory text that holds one, whatever its case and spacing ("</ Memory >", a forged
+# `<memory id="9" score="1.000">`), has its "<" written "&lt;", so it can neither close its fence nor open one.
+# Text that already reads "&lt;" (or "&amp;lt;", ...) before a tag gets one "amp;" more, so escaping is undone
+# exactly (`unescape_fence`), and a block parses into the memories it was given and their texts as they are.
+TAGS = ("procedural-memory", "memory", "failed-attempts")
+_TAG_AHEAD = r"(?=\s*/?\s*(?:" + "|".join(TAGS) + r")\b)"
+_ESCAPE = re.compile(r"(?:<|&((?:amp;)*)lt;)" + _TAG_AHEAD, re.IGNORECASE)
+_UNESCAPE = re.compile(r"&((?:amp;)*)lt;" + _TAG_AHEAD, re.IGNORECASE)
 FAILED_HEADER = (
     "Runs of similar tasks that FAILED. They are not procedures to follow: read them for what went wrong and what to "
     "avoid."
 )
+# The prompt block's default size (cl100k tokens, memp_cli/tokens.py): `memp recall --format prompt`, the MCP
+# recall tool's prompt_block and Memp.prompt all stop here unless told otherwise (0: no cap).
+DEFAULT_PROMPT_TOKENS = 4000
+# Tokens kept for the note that says what the cap left out.
+_NOTE_TOKENS = 60
 
 
-def _fenced(match: Match) -> list[str]:
+def escape_fence(text: str) -> str:
+    """Return `text` with every tag of the prompt block's fence escaped (undone by `unescape_fence`)."""
+    return _ESCAPE.sub(lambda m: "&lt;" if m.group(0) == "<" else f"&amp;{m.group(1)}lt;", text)
+
+
+def unescape_fence(text: str) -> str:
+    """Return the text `escape_fence` was given."""
+    return _UNESCAPE.sub(lambda m: "<" if not m.group(1) else f"&{m.group(1)[4:]}lt;", text)
+
+
+def _fenced(match: Match, body: str | None = None) -> list[str]:
     mem = match.memory
-    body = _FENCE.sub(lambda m: "&lt;" + m.group(1) + m.group(2), mem.render())
     return [
         f'<memory id="{mem.id}" score="{match.score:.3f}" outcome="{mem.outcome}" task="{_attr(mem.task)}">',
-        body,
+        escape_fence(mem.render() if body is None else body),
         "</memory>",
     ]
 
 
-def prompt_block(result: Recall) -> str:
-    """Return recalled memories as a block to paste into an agent's prompt, fenced and labelled as data.
-
-    Procedures come first; memories of failed runs follow in their own labelled part.
-    """
-    if not result.matches and not result.warnings:
-        return ""
+def _assemble(result: Recall, shown: list[Match], bodies: dict[int, str], note: str | None) -> str:
     out = [f'<procedural-memory recall_id="{result.id}">', PROMPT_HEADER, ""]
-    for m in result.matches:
-        out.extend(_fenced(m))
-    if result.warnings:
+    if note:
+        out += [note, ""]
+    matches = [m for m in shown if m in result.matches]
+    warnings = [m for m in shown if m not in matches]
+    for m in matches:
+        out.extend(_fenced(m, bodies.get(id(m))))
+    if warnings:
         out += ["<failed-attempts>", FAILED_HEADER]
-        for m in result.warnings:
-            out.extend(_fenced(m))
+        for m in warnings:
+            out.extend(_fenced(m, bodies.get(id(m))))
         out.append("</failed-attempts>")
     out.append("</procedural-memory>")
     return "\n".join(out)
 
 
-def show_recall(result: Recall, fmt: str) -> None:
-    """Write one recall in `fmt`."""
+def _cut(text: str, tokens: int) -> str:
+    """Return the first `tokens` cl100k tokens of `text`, marked as cut (the tail is what goes)."""
+    from .tokens import head
+
+    return head(text, tokens) + " [...]"
+
+
+def prompt_block(result: Recall, max_tokens: int | None = DEFAULT_PROMPT_TOKENS) -> str:
+    """Return recalled memories as a block to paste into an agent's prompt, fenced and labelled as data.
+
+    Procedures come first; memories of failed runs follow in their own labelled part. The block fits in
+    `max_tokens` (None or 0: no cap): the lowest-ranked memories are left out first, then the end of the last
+    one's text (its example run comes last) is cut; a note in the block says what was left out.
+    """
+    if not result.matches and not result.warnings:
+        return ""
+    ranked = [*result.matches, *result.warnings]  # best first: procedures, then failed runs
+    if not max_tokens:
+        return _assemble(result, ranked, {}, None)
+    from .tokens import count_tokens
+
+    # Each memory's share from its stored count (its text) and its fence: a 10 MB memory is never counted whole.
+    cost = {id(m): m.memory.tokens + count_tokens("\n".join(_fenced(m, ""))) for m in ranked}
+    base = count_tokens(_assemble(result, [], {}, None)) + (count_tokens(FAILED_HEADER) + 12) * bool(result.warnings)
+    if base + sum(cost.values()) <= max_tokens:
+        block = _assemble(result, ranked, {}, None)
+        if count_tokens(block) <= max_tokens:
+            return block
+    shown, bodies = list(ranked), dict[int, str]()
+    base += _NOTE_TOKENS
+    while len(shown) > 1 and base + sum(cost[id(m)] for m in shown) > max_tokens:
+        shown.pop()
+    last = shown[-1]
+    room = max_tokens - base - sum(cost[id(m)] for m in shown) + last.memory.tokens
+    if last.memory.tokens > room:
+        bodies[id(last)] = _cut(last.memory.render(), room)
+    block = ""
+    for _ in range(8):  # the shares are close, not exact: cut again by what is left over
+        block = _assemble(result, shown, bodies, _note(ranked, shown, bodies, max_tokens))
+        over = count_tokens(block) - max_tokens
+        if over <= 0:
+            break
+        kept = count_tokens(bodies.get(id(last), last.memory.render()))
+        bodies[id(last)] = _cut(last.memory.render(), kept - over - 4)
+    return block
+
+
+def _note(ranked: list[Match], shown: list[Match], bodies: dict[int, str], max_tokens: int) -> str | None:
+    """Return the block's note on what the cap left out, None when nothing was."""
+    left_out = [m.memory.id for m in ranked if m not in shown]
+    parts = []
+    if left_out:
+        parts.append(f"left out {len(left_out)} lower-ranked memories ({', '.join(map(str, left_out))})")
+    cut = [m.memory.id for m in shown if id(m) in bodies]
+    if cut:
+        parts.append(f"cut the end of memory {cut[0]}'s text")
+    if not parts:
+        return None
+    return f"(memp: this block is capped at {max_tokens:,} tokens: {'; '.join(parts)}.)"
+
+
+def show_recall(result: Recall, fmt: str, max_tokens: int | None = DEFAULT_PROMPT_TOKENS) -> None:
+    """Write one recall in `fmt` (a prompt block capped at `max_tokens`)."""
     if fmt == "json":
         print_json(result.to_dict())
     elif fmt == "jsonl":
         print_json(result.to_dict(), lines=True)
     elif fmt == "prompt":
-        block = prompt_block(result)
+        block = prompt_block(result, max_tokens)
         if block:
             sys.stdout.write(block + "\n")
     else:

@@ -193,7 +193,11 @@ def recall_many(
             candidates(store, task, vector, policy, pool, embedder, seed, keywords_model, scopes)
             for task, vector in zip(tasks, vectors)
         ]
-    found = {m.id: m for m in store.memories.get_many(sorted({i for hits in all_hits for i, _ in hits}))}
+    # The chosen memories read again by id, as they are now: one another process held or retired since this one's
+    # indexes and preloaded vectors were read is never served.
+    found = {
+        m.id: m for m in store.memories.get_many(sorted({i for hits in all_hits for i, _ in hits})) if m.status == "active"
+    }
     if scopes is not None:
         # Every policy searched within the scopes already; this keeps a slip in any one of them from leaking.
         found = {i: m for i, m in found.items() if m.scope in scopes}

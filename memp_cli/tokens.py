@@ -21,3 +21,11 @@ def count_tokens(text: str | None) -> int:
     if not text:
         return 0
     return len(_encoding().encode(text, disallowed_special=()))
+
+
+def head(text: str, tokens: int) -> str:
+    """Return the longest start of `text` that is at most `tokens` cl100k tokens (looking at 16 characters each)."""
+    if tokens <= 0 or not text:
+        return ""
+    enc = _encoding()
+    return str(enc.decode(enc.encode(text[: tokens * 16], disallowed_special=())[:tokens]))

@@ -149,6 +149,9 @@ def offline_revision(memory: Memory, failed: Trajectory) -> str:
     """Return the memory's script with what went wrong in the failed run added as pitfalls."""
     lessons = [p for p in offline_procedure(failed).pitfalls if not p.startswith("This run failed overall")]
     lessons.append(f"Following this procedure failed on: {failed.task}. Check each step's result before going on.")
+    # A failed run is untrusted text: a lesson from it that reads like an order is dropped, not copied into a
+    # trusted memory (which the guard would then hold, taking it out of recall).
+    lessons = [lesson for lesson in lessons if boundary.flag(lesson) is None]
     script = memory.script or ""
     new = [f"- {lesson}" for lesson in lessons if f"- {lesson}" not in script]
     if not new:

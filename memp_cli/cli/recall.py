@@ -10,7 +10,7 @@ import typer
 from ..choices import Rank, RecallFormat, RecallPolicy
 from ..errors import InputError
 from .common import (
-    AT_LEAST_ONE,
+    COUNT,
     FRACTION,
     MAX_TOP,
     TOP,
@@ -73,8 +73,13 @@ def recall(
     ] = None,
     max_tokens: Annotated[
         int | None,
-        typer.Option("--max-tokens", help="Return only as many memories as fit in this many tokens.",
-                     callback=AT_LEAST_ONE),
+        typer.Option(
+            "--max-tokens",
+            help="Return only as many memories as fit in this many tokens, and cap the prompt block at it. Default: "
+            "no limit on the memories; the prompt block capped at 4,000 (lowest-ranked memories left out first, then "
+            "the end of a long one cut, said in the block); 0: no cap.",
+            callback=COUNT,
+        ),
     ] = None,
     rank: Annotated[
         Rank,
@@ -101,6 +106,8 @@ def recall(
 
     scopes = read_scopes(scope)
     store = open_db(db)
+    cap = output.DEFAULT_PROMPT_TOKENS if max_tokens is None else max_tokens or None
+    max_tokens = max_tokens or None  # 0: no cap, so no limit on what recall returns either
 
     def answer(tasks: list[str], top: int = k, chosen: str = policy.value) -> list[Any]:
         return recall_many(
@@ -118,12 +125,12 @@ def recall(
             asks, error = parse_lines(lines, k, policy.value)
             for (top, chosen), tasks in runs_of(asks):
                 for result in answer(tasks, top, chosen):
-                    output.show_recall(result, shown)
+                    output.show_recall(result, shown, cap)
             sys.stdout.flush()
             if error is not None:
                 raise error
         return
-    output.show_recall(answer([task])[0], recall_format(fmt))
+    output.show_recall(answer([task])[0], recall_format(fmt), cap)
 
 
 def parse_lines(
