@@ -16,6 +16,7 @@ import pytest
 from conftest import EXAMPLES, traj, write_jsonl
 from pg import drop_schema, new_schema
 
+from memp_cli.errors import StoreError
 from memp_cli.store import open_store
 from memp_cli.store.copy import TABLE_NAMES
 
@@ -128,7 +129,9 @@ def test_schema_name_migrations_and_foreign_schemas(memp, pg, pg_url: str) -> No
         assert refused.exit_code == 1 and "not a memp store" in refused.stderr and "invoices" in refused.stderr
     finally:
         drop_schema(url, foreign)
-    assert [r[0] for r in applied] == ["p001_initial"]
+    from memp_cli.store.pg.migrations import MIGRATIONS
+
+    assert [r[0] for r in applied] == [name for name, _ in MIGRATIONS]  # each once, in order
 
 
 OPEN = """
@@ -146,7 +149,10 @@ def test_processes_starting_at_once_migrate_once(pg_url: str) -> None:
         import psycopg
 
         with psycopg.connect(pg_url, autocommit=True) as conn:
-            assert conn.execute(f'SELECT count(*) FROM "{schema}".memp_migrations').fetchone() == (1,)
+            from memp_cli.store.pg.migrations import MIGRATIONS
+
+            rows = conn.execute(f'SELECT count(*), count(DISTINCT name) FROM "{schema}".memp_migrations').fetchone()
+            assert rows == (len(MIGRATIONS), len(MIGRATIONS))
     finally:
         drop_schema(pg_url, schema)
 
@@ -294,10 +300,12 @@ def test_two_prunes_planned_apart_never_merge_into_each_other(memp, tmp_path: Pa
     rows = [traj("water the garden plants"), traj("water the garden plants", actions=("look around", "act now"))]
     memp("ingest", str(write_jsonl(tmp_path / "d.jsonl", rows)), "--build", "trajectory")
     store = open_store()
-    # Two prunes that planned from different counts: one keeps 1, the other keeps 2. Whichever lands second finds
-    # the memory it would keep retired, and leaves its own alone.
+    # Two merges decided from different counts: one keeps 1, the other keeps 2. Whichever lands second finds the
+    # memory it would keep retired and is refused, leaving its own memory alone (prune plans under the write lock,
+    # so two prunes never decide apart; this holds the store's own rule).
     store.memories.retire(2, "duplicate", merged_into=1)
-    store.memories.retire(1, "duplicate", merged_into=2)
+    with pytest.raises(StoreError, match="retired"):
+        store.memories.retire(1, "duplicate", merged_into=2)
     assert [m.status for m in store.memories.get_many([1, 2])] == ["active", "retired"]
     assert store.check()["ok"]
 

@@ -168,7 +168,7 @@ def outcome_problems(conn: Any) -> list[str]:
     problems = []
     twice = conn.execute(
         "SELECT count(*), min(memory_id) FROM (SELECT memory_id FROM memory_history WHERE event = 'revised' "
-        "GROUP BY memory_id, coalesce(outcome_id, reason) HAVING count(*) > 1)"
+        "GROUP BY memory_id, coalesce(CAST(outcome_id AS TEXT), reason) HAVING count(*) > 1)"
     ).fetchone()
     if twice[0]:
         problems.append(f"{twice[0]} (memory, outcome) pairs were revised more than once (first memory {twice[1]})")

@@ -19,8 +19,8 @@ from .memories import HISTORY_FIELDS
 from .vectors import FLOAT_TABLE
 
 # The tables in an order where every row's references are copied before it.
-TABLE_NAMES = ("meta", "trajectories", "memories", "memory_history", "script_cache", "recalls", "recall_items",
-               "outcomes", "outcome_items", "keywords", "memory_keywords", FLOAT_TABLE)
+TABLE_NAMES = ("meta", "trajectories", "memories", "memory_history", "memory_merges", "script_cache", "recalls",
+               "recall_items", "outcomes", "outcome_items", "keywords", "memory_keywords", FLOAT_TABLE)
 
 
 @cache
@@ -33,7 +33,8 @@ def specs() -> dict[str, tuple[tuple[str, ...], tuple[str, ...]]]:
         "meta": (("key",), ("key", "value")),
         "trajectories": (("id",), TRAJECTORY_COLUMNS),
         "memories": (("id",), ("id", "trajectory_id", *MEMORY_COLUMNS, "merged_into")),
-        "memory_history": (("id",), ("id", "memory_id", *HISTORY_FIELDS)),
+        "memory_history": (("id",), ("id", "memory_id", *HISTORY_FIELDS, "outcome_id")),
+        "memory_merges": (("id",), ("id", "memory_id", "into_id", "recalled", "succeeded", "failed", "created_at")),
         "script_cache": (("trajectory_id", "model", "prompt_version"),
                          ("trajectory_id", "model", "prompt_version", "script", "input_tokens", "output_tokens",
                           "created_at")),

@@ -161,8 +161,8 @@ class SqliteMemories:
             self._cache_script(trajectory_id, script)
             cur = self._conn.execute(
                 "UPDATE memories SET script = ?, model = ?, prompt_version = ?, tokens = ?, updated_at = ?, "
-                "status = CASE WHEN ? IS NULL THEN status ELSE 'held' END, flag = coalesce(?, flag) "
-                "WHERE id = ? AND version = 1 AND script IS ?",
+                "status = CASE WHEN CAST(? AS TEXT) IS NULL THEN status ELSE 'held' END, flag = coalesce(?, flag) "
+                "WHERE id = ? AND version = 1 AND script IS NOT DISTINCT FROM ?",
                 [script.text, script.model, script.prompt_version, tokens, now(), flag, flag, memory_id, pending],
             )
             if cur.rowcount:

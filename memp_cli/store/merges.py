@@ -48,9 +48,12 @@ def take_back(conn: Any, memory_id: int) -> None:
     if moved is None:
         return
     conn.execute(
-        "UPDATE memories SET recalled = max(recalled - ?, 0), succeeded = max(succeeded - ?, 0), "
-        "failed = max(failed - ?, 0) WHERE id = ?",
-        [moved["recalled"], moved["succeeded"], moved["failed"], moved["into_id"]],
+        # CASE, not max()/greatest(): one spelling both engines run.
+        "UPDATE memories SET recalled = CASE WHEN recalled > ? THEN recalled - ? ELSE 0 END, "
+        "succeeded = CASE WHEN succeeded > ? THEN succeeded - ? ELSE 0 END, "
+        "failed = CASE WHEN failed > ? THEN failed - ? ELSE 0 END WHERE id = ?",
+        [moved["recalled"], moved["recalled"], moved["succeeded"], moved["succeeded"], moved["failed"],
+         moved["failed"], moved["into_id"]],
     )
     conn.execute("DELETE FROM memory_merges WHERE memory_id = ?", [memory_id])
 
