@@ -6,86 +6,38 @@ import heapq
 import json
 import pickle
 import tempfile
-from collections import OrderedDict
 from collections.abc import Callable, Iterator, Sequence
-from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
-from dataclasses import asdict, dataclass, field, replace
-from functools import partial
-from itertools import islice
+from dataclasses import replace
 from pathlib import Path
 from typing import IO
 
 from . import boundary, formats
 from .boundary import build_memory
-from .distill import Distiller
-from .distill_pool import LazyDistiller as _LazyDistiller
-from .distill_pool import Waiting as _Waiting
-from .embed import DEFAULT_EMBED_MODEL, Embedder, get_embedder, is_default, resolve_embed_model
+from .distill_pool import LazyDistiller
+from .embed import get_embedder, is_default, resolve_embed_model
 from .errors import InputError, MempError, StoreError, printable, sqlite_message
-from .judge import Judge
-from .pool import CallPool, resolve_jobs
-from .records import BUILD_POLICIES, OUTCOMES, Script, Trajectory
-from .scopes import DEFAULT as DEFAULT_SCOPE
+from .ingest_records import IngestOptions, IngestReport
+from .records import BUILD_POLICIES, OUTCOMES, Trajectory
+from .remember import (
+    BATCH,
+    batches,
+    contrast,
+    index_procedures,
+    rebuild_scripts,
+    redactor_for,
+    store_batch,
+    store_trajectories,
+)
 from .scopes import write_scope
 from .store import Store
 
-__all__ = ["IngestOptions", "IngestReport", "build_memory", "ingest", "ingest_runs", "store_trajectories"]
+__all__ = [
+    "IngestOptions", "IngestReport", "build_memory", "ingest", "ingest_runs", "rebuild_scripts", "store_trajectories",
+]
 
-# Each batch is one short write transaction: a kill loses at most the batch in flight, and a re-run redoes it.
-BATCH = 64
 
 Progress = Callable[[int], None]
-
-
-@dataclass
-class IngestOptions:
-    """How to read, judge, filter and build."""
-
-    build: str = "proceduralization"
-    model: str | None = None
-    embed_model: str | None = None
-    fmt: str = "auto"
-    read: formats.ReadOptions = field(default_factory=formats.ReadOptions)
-    outcomes_files: list[str] = field(default_factory=list)
-    redact: bool = True
-    redact_patterns: list[str] = field(default_factory=list)
-    judge: Judge | None = None
-    keep_best: int | None = None
-    scope: str | None = None  # the scope new memories go in: else $MEMP_SCOPE, else 'default'
-    # Model calls at once (--jobs, else $MEMP_JOBS, else memp_cli.pool.DEFAULT_JOBS); the offline distiller needs none.
-    jobs: int | None = None
-
-
-@dataclass
-class IngestReport:
-    """What an ingest did."""
-
-    files: int = 0
-    read: int = 0
-    added: int = 0
-    skipped: int = 0
-    dropped: int = 0
-    judged: int = 0
-    redacted: int = 0
-    offline_scripts: int = 0
-    held: int = 0
-    contrasted: int = 0
-    outcomes: dict[str, int] = field(default_factory=dict)
-    model: str | None = None
-    embed_model: str = DEFAULT_EMBED_MODEL
-    scope: str = DEFAULT_SCOPE
-    # Trajectories skipped because they are stored already in another scope (a run is stored once): scope -> count.
-    other_scopes: dict[str, int] = field(default_factory=dict)
-
-    def to_dict(self) -> dict[str, object]:
-        """Return the report as a JSON-ready dict."""
-        return asdict(self)
-
-
-def _batches(items: Iterator[Trajectory], size: int) -> Iterator[list[Trajectory]]:
-    while batch := list(islice(items, size)):
-        yield batch
 
 
 def _check(options: IngestOptions) -> None:
@@ -97,11 +49,6 @@ def _check(options: IngestOptions) -> None:
         raise MempError("--keep-best must be at least 1")
     formats.check_format(options.fmt)
     options.scope = write_scope(options.scope)
-
-
-def _redactor(options: IngestOptions) -> boundary.Redactor | None:
-    """Return the redactor the options ask for: the built-in rules and --redact patterns, or None for --no-redact."""
-    return boundary.Redactor(options.redact_patterns) if options.redact else None
 
 
 def _rank_score(traj: Trajectory) -> float:
@@ -171,7 +118,7 @@ def _ingest(
     memory bounded at any input size; it is a temporary file readable by this process's owner only, gone afterwards.
     """
     report = IngestReport(embed_model=embed_id, scope=write_scope(options.scope))
-    redactor = _redactor(options)
+    redactor = redactor_for(options)
     with _spool() as spool:
         keep = _read_pass(store, runs, options, redactor, report, spool)
         if on_total:
@@ -221,7 +168,7 @@ def _read_pass(
     # Redacted before anything reads it (the judge's prompt, keep-best's ids, the distiller); the guard's verdict
     # comes at the store (_store_batch), once.
     stream = (redactor.trajectory(t) if redactor is not None else t for t in runs)
-    for batch in _batches(stream, BATCH):
+    for batch in batches(stream, BATCH):
         if options.judge is not None:
             known = store.memories.known([t.id for t in batch])
             for traj in batch:
@@ -268,7 +215,7 @@ def _store_pass(
     redactor: boundary.Redactor | None,
 ) -> None:
     """Store the spooled runs, each batch one transaction, then contrast and index what was added."""
-    scripts = _LazyDistiller(options.model, warn, options.jobs) if options.build != "trajectory" else None
+    scripts = LazyDistiller(options.model, warn, options.jobs) if options.build != "trajectory" else None
     embedder = get_embedder(None if is_default(embed_id) else embed_id)
     added: list[int] = []
     # Batches run across files: many formats hold one trajectory per file, and embedding is cheaper in bulk.
@@ -277,7 +224,7 @@ def _store_pass(
         if keep is not None:
             batch = [t for t in batch if t.id in keep]
             report.dropped += size - len(batch)
-        added.extend(_store_batch(store, batch, options.build, scripts, embedder, embed_id, report, redactor,
+        added.extend(store_batch(store, batch, options.build, scripts, embedder, embed_id, report, redactor,
                                   report.scope))
         if on_progress:
             on_progress(size)
@@ -287,9 +234,9 @@ def _store_pass(
         report.offline_scripts = scripts.distiller.fallbacks
         report.model = scripts.distiller.model_name if scripts.distiller.online else None
     if scripts is not None and added:
-        report.contrasted = _contrast(store, added, scripts, redactor)
+        report.contrasted = contrast(store, added, scripts, redactor)
     if added:
-        _index_procedures(store, embedder, embed_id)
+        index_procedures(store, embedder, embed_id)
 
 
 def _disk_full(exc: BaseException) -> bool:
@@ -306,178 +253,3 @@ def _with_judgement(traj: Trajectory, judgement: tuple[float, str | None] | None
     metadata = {**traj.metadata, "judge": options.judge.name, **({"judge_reason": reason} if reason else {})}
     outcome = "success" if score >= options.read.success_threshold else "failure"
     return replace(traj, score=score, outcome=outcome, metadata=metadata)
-
-
-def script_for(store: Store, distiller: Distiller, traj: Trajectory) -> Script:
-    """Return the script cached for this trajectory, model and prompt version, else a newly distilled one."""
-    return store.memories.cached_script(traj.id, distiller.model_name, distiller.version) or distiller.distill(traj)
-
-
-def store_trajectories(
-    store: Store, runs: Sequence[Trajectory], options: IngestOptions, warn: Callable[[str], None] | None = None
-) -> list[int]:
-    """Store already-read trajectories as memories (as ingest's second pass does); return the new memory ids."""
-    embed_id = resolve_embed_model(store, options.embed_model)
-    embedder = get_embedder(None if is_default(embed_id) else embed_id)
-    scripts = _LazyDistiller(options.model, warn, options.jobs) if options.build != "trajectory" else None
-    redactor = _redactor(options)
-    report = IngestReport()
-    scope = write_scope(options.scope)
-    ids: list[int] = []
-    for batch in _batches(iter(runs), BATCH):
-        ids.extend(_store_batch(store, batch, options.build, scripts, embedder, embed_id, report, redactor, scope))
-    if scripts is not None:
-        scripts.finish(store, redactor)
-    if scripts is not None and ids:
-        _contrast(store, ids, scripts, redactor)
-    if ids:
-        _index_procedures(store, embedder, embed_id)
-    return ids
-
-
-def _index_procedures(store: Store, embedder: Embedder, embed_id: str) -> None:
-    """Bring the procedure index (the default recall policy's) up to date now, so the next recall does not wait."""
-    from .procedure_index import index_for
-
-    index_for(store, embedder, embed_id)
-
-
-def _contrast(store: Store, added: Sequence[int], scripts: _LazyDistiller, redactor: boundary.Redactor | None) -> int:
-    """Let successes whose task also has failed runs say what they did differently; return how many changed."""
-    from .attempts import contrast_groups
-
-    return contrast_groups(store, added, scripts.get(), redactor, scripts.warn, resolve_jobs(scripts.jobs))
-
-
-# Task vectors kept per embedder: the embedded model gives a text the same vector wherever it is embedded, and runs
-# of one task (ALFWorld's trials, retries) share its text, so each task is embedded once. Bounded, oldest dropped.
-_VECTOR_CACHE = 4096
-_vectors: dict[str, OrderedDict[str, list[float]]] = {}
-
-
-def _embed_tasks(embedder: Embedder, tasks: Sequence[str]) -> list[list[float]]:
-    """Return a vector per task, embedding each distinct text not seen lately once."""
-    cache = _vectors.setdefault(embedder.model_id, OrderedDict())
-    missing = list(dict.fromkeys(t for t in tasks if t not in cache))
-    for task, vector in zip(missing, embedder.embed(missing) if missing else []):
-        cache[task] = vector
-    out = []
-    for task in tasks:
-        cache.move_to_end(task)
-        out.append(cache[task])
-    while len(cache) > _VECTOR_CACHE:
-        cache.popitem(last=False)
-    return out
-
-
-def _store_batch(
-    store: Store,
-    batch: list[Trajectory],
-    build: str,
-    scripts: _LazyDistiller | None,
-    embedder: Embedder,
-    embed_id: str,
-    report: IngestReport,
-    redactor: boundary.Redactor | None,
-    scope: str = DEFAULT_SCOPE,
-) -> list[int]:
-    """Store the new trajectories of a batch in `scope`, in one transaction; return their memory ids.
-
-    With a model, the memories are stored with offline scripts first and the model's arrive after (_LazyDistiller).
-    """
-    # Every path into the store passes the boundary here, whatever it did before (redacting again changes nothing).
-    prepared = [boundary.prepare(t, redactor) for t in batch]
-    known = store.memories.scopes_of([p.trajectory.id for p in prepared])
-    fresh: dict[str, boundary.Prepared] = {}
-    for run in prepared:
-        if run.trajectory.id in known or run.trajectory.id in fresh:
-            report.skipped += 1
-            # A run is stored once (its id is a hash of it): not copied into a second scope, but said so.
-            elsewhere = known.get(run.trajectory.id, scope)
-            if elsewhere != scope:
-                report.other_scopes[elsewhere] = report.other_scopes.get(elsewhere, 0) + 1
-        else:
-            fresh[run.trajectory.id] = run
-    if not fresh:
-        return []
-    runs = list(fresh.values())
-    plans = [scripts.cached(store, run.trajectory) if scripts is not None else (None, False) for run in runs]
-    waiting = {run.trajectory.id: _Waiting(run.trajectory, build) for run, (_, ask) in zip(runs, plans) if ask}
-    # The model's first calls go out before this batch is written, so the pool is busy while it is.
-    later = scripts.ask(store, list(waiting.values()), redactor, wait=False) if scripts is not None else []
-    try:
-        # Beside the offline distiller's Python, on the other core: the embedding (onnxruntime) on one thread, and on
-        # another each memory's record as its script is ready (its token count runs in tiktoken, off the GIL too).
-        with ThreadPoolExecutor(2) as side:
-            vectors = side.submit(_embed_tasks, embedder, [p.trajectory.task for p in runs])
-            made = []
-            for run, (cached, ask) in zip(runs, plans):
-                script = None if scripts is None else cached or scripts.offline(run.trajectory, ask)
-                made.append(side.submit(boundary.new_memory, run, build, script, [], redactor))
-            items = [replace(item.result(), vector=vector, scope=scope) for item, vector in zip(made, vectors.result())]
-    except BaseException:
-        if scripts is not None:
-            scripts.close()  # nothing of this batch is stored: the calls sent for it are not waited for
-        raise
-    added = store.memories.add(items, embed_id)
-    report.added += len(added)
-    report.skipped += len(items) - len(added)
-    for item in items:
-        if item.trajectory.id in added:
-            report.held += bool(item.flag)
-            outcome = str(item.trajectory.outcome)
-            report.outcomes[outcome] = report.outcomes.get(outcome, 0) + 1
-        if (wait := waiting.get(item.trajectory.id)) is not None:
-            wait.dropped = item.trajectory.id not in added
-            wait.memory_id = added.get(item.trajectory.id)
-            wait.pending, wait.flag = (item.script.text if item.script else None), item.flag
-    if scripts is not None:
-        scripts.stored(store, redactor)
-        scripts.ask(store, later, redactor)
-    return list(added.values())
-
-
-def rebuild_scripts(
-    store: Store,
-    model: str | None = None,
-    everything: bool = False,
-    warn: Callable[[str], None] | None = None,
-    jobs: int | None = None,
-) -> dict[str, object]:
-    """Redo scripts with a model (offline-built ones, or all); return counts. Each memory is its own transaction.
-
-    The model is asked on a pool of `jobs` threads; each answer is stored as it arrives, so a kill leaves the rest
-    as they were, for the next build.
-    """
-    distiller = Distiller(model, warn=warn)
-    if not distiller.online:
-        raise MempError(
-            f"no usable model to build scripts with ({distiller.model_name}); pass -m/--model or set a key with "
-            "`llm keys set`"
-        )
-    counts = {"rebuilt": 0, "failed": 0, "held": 0}
-
-    def finish(memory_id: int, traj: Trajectory, build: str, script: Script | None) -> None:
-        if script is None:
-            counts["failed"] += 1  # the model failed on this one; the offline script stays until the next build
-            return
-        script, held = boundary.check_script(script, boundary.Redactor())
-        _, tokens = build_memory(traj, build, script)
-        store.memories.set_script(memory_id, traj.id, script, tokens, held)
-        counts["rebuilt"] += 1
-        counts["held"] += bool(held)
-
-    with CallPool[tuple[int, Trajectory, str], Script | None](resolve_jobs(jobs)) as pool:
-        for memory_id, trajectory_id, build in store.memories.scripts_to_rebuild(everything):
-            traj = store.memories.trajectory(trajectory_id)
-            cached = store.memories.cached_script(trajectory_id, distiller.model_name, distiller.version)
-            if cached is not None:
-                finish(memory_id, traj, build, cached)
-                continue
-            for (done_id, done_traj, done_build), script in pool.submit(
-                (memory_id, traj, build), partial(distiller.ask, traj)
-            ):
-                finish(done_id, done_traj, done_build, script)
-        for (done_id, done_traj, done_build), script in pool.rest():
-            finish(done_id, done_traj, done_build, script)
-    return {"model": distiller.model_name, **counts}

@@ -1,0 +1,214 @@
+"""Checked runs -> memories: batches past the boundary, scripts (cached, offline, a model's as they arrive), task
+vectors, contrast with failed attempts, the procedure index; and rebuilding scripts with a model."""
+
+from __future__ import annotations
+
+from collections import OrderedDict
+from collections.abc import Callable, Iterator, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import replace
+from functools import partial
+from itertools import islice
+
+from . import boundary
+from .boundary import build_memory
+from .distill import Distiller
+from .distill_pool import LazyDistiller
+from .distill_pool import Waiting as _Waiting
+from .embed import Embedder, get_embedder, is_default, resolve_embed_model
+from .errors import MempError
+from .ingest_records import IngestOptions, IngestReport
+from .pool import CallPool, resolve_jobs
+from .records import Script, Trajectory
+from .scopes import DEFAULT as DEFAULT_SCOPE
+from .scopes import write_scope
+from .store import Store
+
+# Each batch is one short write transaction: a kill loses at most the batch in flight, and a re-run redoes it.
+BATCH = 64
+
+
+def batches(items: Iterator[Trajectory], size: int) -> Iterator[list[Trajectory]]:
+    """Yield lists of up to `size` items."""
+    while batch := list(islice(items, size)):
+        yield batch
+
+
+def redactor_for(options: IngestOptions) -> boundary.Redactor | None:
+    """Return the redactor the options ask for: the built-in rules and --redact patterns, or None for --no-redact."""
+    return boundary.Redactor(options.redact_patterns) if options.redact else None
+
+
+def script_for(store: Store, distiller: Distiller, traj: Trajectory) -> Script:
+    """Return the script cached for this trajectory, model and prompt version, else a newly distilled one."""
+    return store.memories.cached_script(traj.id, distiller.model_name, distiller.version) or distiller.distill(traj)
+
+
+def store_trajectories(
+    store: Store, runs: Sequence[Trajectory], options: IngestOptions, warn: Callable[[str], None] | None = None
+) -> list[int]:
+    """Store already-read trajectories as memories (as ingest's second pass does); return the new memory ids."""
+    embed_id = resolve_embed_model(store, options.embed_model)
+    embedder = get_embedder(None if is_default(embed_id) else embed_id)
+    scripts = LazyDistiller(options.model, warn, options.jobs) if options.build != "trajectory" else None
+    redactor = redactor_for(options)
+    report = IngestReport()
+    scope = write_scope(options.scope)
+    ids: list[int] = []
+    for batch in batches(iter(runs), BATCH):
+        ids.extend(store_batch(store, batch, options.build, scripts, embedder, embed_id, report, redactor, scope))
+    if scripts is not None:
+        scripts.finish(store, redactor)
+    if scripts is not None and ids:
+        contrast(store, ids, scripts, redactor)
+    if ids:
+        index_procedures(store, embedder, embed_id)
+    return ids
+
+
+def index_procedures(store: Store, embedder: Embedder, embed_id: str) -> None:
+    """Bring the procedure index (the default recall policy's) up to date now, so the next recall does not wait."""
+    from .procedure_index import index_for
+
+    index_for(store, embedder, embed_id)
+
+
+def contrast(store: Store, added: Sequence[int], scripts: LazyDistiller, redactor: boundary.Redactor | None) -> int:
+    """Let successes whose task also has failed runs say what they did differently; return how many changed."""
+    from .attempts import contrast_groups
+
+    return contrast_groups(store, added, scripts.get(), redactor, scripts.warn, resolve_jobs(scripts.jobs))
+
+
+# Task vectors kept per embedder: the embedded model gives a text the same vector wherever it is embedded, and runs
+# of one task (ALFWorld's trials, retries) share its text, so each task is embedded once. Bounded, oldest dropped.
+_VECTOR_CACHE = 4096
+_vectors: dict[str, OrderedDict[str, list[float]]] = {}
+
+
+def _embed_tasks(embedder: Embedder, tasks: Sequence[str]) -> list[list[float]]:
+    """Return a vector per task, embedding each distinct text not seen lately once."""
+    cache = _vectors.setdefault(embedder.model_id, OrderedDict())
+    missing = list(dict.fromkeys(t for t in tasks if t not in cache))
+    for task, vector in zip(missing, embedder.embed(missing) if missing else []):
+        cache[task] = vector
+    out = []
+    for task in tasks:
+        cache.move_to_end(task)
+        out.append(cache[task])
+    while len(cache) > _VECTOR_CACHE:
+        cache.popitem(last=False)
+    return out
+
+
+def store_batch(
+    store: Store,
+    batch: list[Trajectory],
+    build: str,
+    scripts: LazyDistiller | None,
+    embedder: Embedder,
+    embed_id: str,
+    report: IngestReport,
+    redactor: boundary.Redactor | None,
+    scope: str = DEFAULT_SCOPE,
+) -> list[int]:
+    """Store the new trajectories of a batch in `scope`, in one transaction; return their memory ids.
+
+    With a model, the memories are stored with offline scripts first and the model's arrive after (LazyDistiller).
+    """
+    # Every path into the store passes the boundary here, whatever it did before (redacting again changes nothing).
+    prepared = [boundary.prepare(t, redactor) for t in batch]
+    known = store.memories.scopes_of([p.trajectory.id for p in prepared])
+    fresh: dict[str, boundary.Prepared] = {}
+    for run in prepared:
+        if run.trajectory.id in known or run.trajectory.id in fresh:
+            report.skipped += 1
+            # A run is stored once (its id is a hash of it): not copied into a second scope, but said so.
+            elsewhere = known.get(run.trajectory.id, scope)
+            if elsewhere != scope:
+                report.other_scopes[elsewhere] = report.other_scopes.get(elsewhere, 0) + 1
+        else:
+            fresh[run.trajectory.id] = run
+    if not fresh:
+        return []
+    runs = list(fresh.values())
+    plans = [scripts.cached(store, run.trajectory) if scripts is not None else (None, False) for run in runs]
+    waiting = {run.trajectory.id: _Waiting(run.trajectory, build) for run, (_, ask) in zip(runs, plans) if ask}
+    # The model's first calls go out before this batch is written, so the pool is busy while it is.
+    later = scripts.ask(store, list(waiting.values()), redactor, wait=False) if scripts is not None else []
+    try:
+        # Beside the offline distiller's Python, on the other core: the embedding (onnxruntime) on one thread, and on
+        # another each memory's record as its script is ready (its token count runs in tiktoken, off the GIL too).
+        with ThreadPoolExecutor(2) as side:
+            vectors = side.submit(_embed_tasks, embedder, [p.trajectory.task for p in runs])
+            made = []
+            for run, (cached, ask) in zip(runs, plans):
+                script = None if scripts is None else cached or scripts.offline(run.trajectory, ask)
+                made.append(side.submit(boundary.new_memory, run, build, script, [], redactor))
+            items = [replace(item.result(), vector=vector, scope=scope) for item, vector in zip(made, vectors.result())]
+    except BaseException:
+        if scripts is not None:
+            scripts.close()  # nothing of this batch is stored: the calls sent for it are not waited for
+        raise
+    added = store.memories.add(items, embed_id)
+    report.added += len(added)
+    report.skipped += len(items) - len(added)
+    for item in items:
+        if item.trajectory.id in added:
+            report.held += bool(item.flag)
+            outcome = str(item.trajectory.outcome)
+            report.outcomes[outcome] = report.outcomes.get(outcome, 0) + 1
+        if (wait := waiting.get(item.trajectory.id)) is not None:
+            wait.dropped = item.trajectory.id not in added
+            wait.memory_id = added.get(item.trajectory.id)
+            wait.pending, wait.flag = (item.script.text if item.script else None), item.flag
+    if scripts is not None:
+        scripts.stored(store, redactor)
+        scripts.ask(store, later, redactor)
+    return list(added.values())
+
+
+def rebuild_scripts(
+    store: Store,
+    model: str | None = None,
+    everything: bool = False,
+    warn: Callable[[str], None] | None = None,
+    jobs: int | None = None,
+) -> dict[str, object]:
+    """Redo scripts with a model (offline-built ones, or all); return counts. Each memory is its own transaction.
+
+    The model is asked on a pool of `jobs` threads; each answer is stored as it arrives, so a kill leaves the rest
+    as they were, for the next build.
+    """
+    distiller = Distiller(model, warn=warn)
+    if not distiller.online:
+        raise MempError(
+            f"no usable model to build scripts with ({distiller.model_name}); pass -m/--model or set a key with "
+            "`llm keys set`"
+        )
+    counts = {"rebuilt": 0, "failed": 0, "held": 0}
+
+    def finish(memory_id: int, traj: Trajectory, build: str, script: Script | None) -> None:
+        if script is None:
+            counts["failed"] += 1  # the model failed on this one; the offline script stays until the next build
+            return
+        script, held = boundary.check_script(script, boundary.Redactor())
+        _, tokens = build_memory(traj, build, script)
+        store.memories.set_script(memory_id, traj.id, script, tokens, held)
+        counts["rebuilt"] += 1
+        counts["held"] += bool(held)
+
+    with CallPool[tuple[int, Trajectory, str], Script | None](resolve_jobs(jobs)) as pool:
+        for memory_id, trajectory_id, build in store.memories.scripts_to_rebuild(everything):
+            traj = store.memories.trajectory(trajectory_id)
+            cached = store.memories.cached_script(trajectory_id, distiller.model_name, distiller.version)
+            if cached is not None:
+                finish(memory_id, traj, build, cached)
+                continue
+            for (done_id, done_traj, done_build), script in pool.submit(
+                (memory_id, traj, build), partial(distiller.ask, traj)
+            ):
+                finish(done_id, done_traj, done_build, script)
+        for (done_id, done_traj, done_build), script in pool.rest():
+            finish(done_id, done_traj, done_build, script)
+    return {"model": distiller.model_name, **counts}
