@@ -7,18 +7,10 @@ from typing import Any
 
 import pytest
 from conftest import EXAMPLES, procedure_json, traj, write_jsonl
+from test_update import FAILED_RUN
 
 from memp_cli.errors import ConflictError, StoreError
 from memp_cli.store import open_store
-
-FAILED_RUN = {
-    "task": "clean a cup and put it in the coffee machine",
-    "steps": [
-        {"action": "go to sinkbasin 1", "observation": "On the sinkbasin 1, you see nothing."},
-        {"action": "clean cup 1 with sinkbasin 1", "observation": "Nothing happens."},
-    ],
-    "outcome": "failure",
-}
 
 
 def _store(tmp_path: Path) -> Any:
