@@ -200,7 +200,8 @@ def report(
         from .scopes import check
 
         check(scope)
-    used = store.log.recall_memory_ids(recall_id) if recall_id else list(memory_ids)
+    # A memory named twice was used once: it is credited once, whichever caller (CLI, API, MCP) repeated it.
+    used = store.log.recall_memory_ids(recall_id) if recall_id else list(dict.fromkeys(memory_ids))
     missing = set(used) - {m.id for m in store.memories.get_many(used)}
     if missing:
         raise NotFoundError(f"no memory with id {min(missing)}")

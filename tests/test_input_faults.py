@@ -247,6 +247,16 @@ def test_a_repeated_memory_is_credited_once(memp) -> None:
     assert memp.json("show", "1")["succeeded"] == 1
 
 
+def test_the_python_api_credits_a_repeated_memory_once(tmp_path: Path) -> None:
+    from memp_cli import Memp
+
+    mem = Memp(tmp_path / "api.db")
+    mem.ingest(str(EXAMPLES / "devops.jsonl"), build="trajectory")
+    report = mem.update(memory_ids=[1, 1, 1], outcome="success", policy="vanilla")
+    assert report.credited == [1]
+    assert mem.store.memories.get(1).succeeded == 1
+
+
 # -- case 6: never write to a file memp does not recognise ----------------------------------------------------------
 
 

@@ -90,7 +90,7 @@ def update(
     else:
         run = updates.read_one_trajectory(trajectory) if trajectory else None
         result = updates.report(
-            store, recall_id=recall_id, memory_ids=list(dict.fromkeys(memory or [])), outcome=plain(outcome), score=score,
+            store, recall_id=recall_id, memory_ids=memory or [], outcome=plain(outcome), score=score,
             success_threshold=success_threshold, trajectory=run, policy=plain(policy), model=model, every=every,
             build=build.value, warn=say, scope=scope,
         )
