@@ -187,6 +187,8 @@ def rebuild_scripts(
             "`llm keys set`"
         )
     counts = {"rebuilt": 0, "failed": 0, "held": 0}
+    # Each memory's version when it was picked: one revised while the model was asked keeps its revision.
+    picked: dict[int, int] = {}
 
     def finish(memory_id: int, traj: Trajectory, build: str, script: Script | None) -> None:
         if script is None:
@@ -194,13 +196,14 @@ def rebuild_scripts(
             return
         script, held = boundary.check_script(script, boundary.Redactor())
         _, tokens = build_memory(traj, build, script)
-        store.memories.set_script(memory_id, traj.id, script, tokens, held)
-        counts["rebuilt"] += 1
-        counts["held"] += bool(held)
+        if store.memories.set_script(memory_id, traj.id, script, tokens, held, expected_version=picked.get(memory_id)):
+            counts["rebuilt"] += 1
+            counts["held"] += bool(held)
 
     with CallPool[tuple[int, Trajectory, str], Script | None](resolve_jobs(jobs)) as pool:
         for memory_id, trajectory_id, build in store.memories.scripts_to_rebuild(everything):
             traj = store.memories.trajectory(trajectory_id)
+            picked[memory_id] = store.memories.get(memory_id).version
             cached = store.memories.cached_script(trajectory_id, distiller.model_name, distiller.version)
             if cached is not None:
                 finish(memory_id, traj, build, cached)

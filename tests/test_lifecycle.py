@@ -166,3 +166,22 @@ def test_revert_to_flagged_text_after_an_approve_holds_it_again(memp, tmp_path: 
     memp("approve", "1")
     memp("revert", "1", "--to", "2")
     assert memp.json("show", "1")["status"] == "active"
+
+
+def test_a_rebuild_keeps_a_revision_made_while_the_model_was_asked(memp, fake_chat, tmp_path: Path) -> None:
+    from memp_cli.records import Script
+
+    memp("ingest", str(EXAMPLES / "devops.jsonl"), "-m", "offline")
+    store = open_store(tmp_path / "memp.db")
+    memory = store.memories.get(1)
+    picked = memory.version
+    # Another process revises the memory from a failed run while this rebuild waits for its model's answer.
+    revised = store.memories.revise(1, "Steps:\n1. learned from the failure", memory.trajectory, "offline",
+                                    "r1", 5, "revised", "failed in recall r-1", None, expected_version=picked)
+    answer = Script("Steps:\n1. the model's rebuild", "fake-chat", "p9")
+    assert not store.memories.set_script(1, memory.trajectory_id, answer, 4, expected_version=picked)
+    assert store.memories.get(1).script == "Steps:\n1. learned from the failure"
+    assert store.memories.get(1).version == revised
+    # Picked at the version it is at now, the rebuild lands.
+    assert store.memories.set_script(1, memory.trajectory_id, answer, 4, expected_version=revised)
+    assert store.memories.get(1).script == "Steps:\n1. the model's rebuild"

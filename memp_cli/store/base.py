@@ -126,9 +126,13 @@ class Memories(Protocol):
         """Return a stored trajectory, or raise NotFoundError."""
 
     def set_script(
-        self, memory_id: int, trajectory_id: str, script: Script, tokens: int, flag: str | None = None
-    ) -> None:
-        """Replace a memory's script (a rebuild) as a new version, caching the new one; the same script: no version."""
+        self, memory_id: int, trajectory_id: str, script: Script, tokens: int, flag: str | None = None,
+        expected_version: int | None = None,
+    ) -> bool:
+        """Replace a memory's script (a rebuild) as a new version, caching the new one; return whether it changed.
+
+        The same script adds no version; with `expected_version`, neither does a memory revised since it was picked.
+        """
 
     def finish_script(
         self, memory_id: int, trajectory_id: str, pending: str | None, script: Script, tokens: int,

@@ -129,24 +129,30 @@ class SqliteMemories(Retirement):
         return added
 
     def set_script(
-        self, memory_id: int, trajectory_id: str, script: Script, tokens: int, flag: str | None = None
-    ) -> None:
+        self, memory_id: int, trajectory_id: str, script: Script, tokens: int, flag: str | None = None,
+        expected_version: int | None = None,
+    ) -> bool:
         """Replace a memory's script (a rebuild) as a new version, caching the new one; a `flag` holds it.
 
         A rebuild that gives the script the memory holds already adds no version (rebuilding twice is one rebuild),
         and neither does one that lost a race: when another process cached a script of this trajectory by this model
         and prompt version first, it wrote that script in the same transaction, and this one is not written over it.
+        With `expected_version`, a memory at another version (revised from an outcome while the model was asked) keeps
+        its revision: a rebuild from the run alone would drop what the failure taught. Return whether it changed.
         """
         with write(self._conn):
             cached = self.cached_script(trajectory_id, script.model, script.prompt_version)
             if cached is not None and cached.text != script.text:
-                return
+                return False
             self._cache_script(trajectory_id, script)
-            row = self._conn.execute("SELECT script FROM memories WHERE id = ?", [memory_id]).fetchone()
+            row = self._conn.execute("SELECT script, version FROM memories WHERE id = ?", [memory_id]).fetchone()
             if row is not None and row["script"] == script.text:
-                return
+                return False
+            if row is not None and expected_version is not None and row["version"] != expected_version:
+                return False
             self._revise(memory_id, script.text, None, script.model, script.prompt_version, tokens, "rebuilt",
                          f"script rebuilt with {script.model}", keep_trajectory=True, flag=flag)
+            return True
 
     def finish_script(
         self, memory_id: int, trajectory_id: str, pending: str | None, script: Script, tokens: int,
