@@ -211,6 +211,59 @@ def test_migrate_resumes_after_an_interruption_and_refuses_other_stores(memp, pg
     assert refused.exit_code == 1 and "holds memories of another store" in refused.stderr
 
 
+# A migrate that writes slowly (each batch waits after its transaction commits), to be killed part-way.
+SLOW_MIGRATE = """
+import sys, time
+from memp_cli.store.pg.parts import PgTransfer
+put = PgTransfer.put_rows
+def slow(self, *args, **kwargs):
+    n = put(self, *args, **kwargs)
+    time.sleep(0.05)
+    return n
+PgTransfer.put_rows = slow
+from memp_cli.cli import main
+sys.argv = ["memp", *sys.argv[1:]]
+main()
+"""
+
+
+def test_migrate_killed_by_sigkill_resumes_and_copies_everything_once(memp, pg, tmp_path: Path) -> None:
+    import signal
+    import time
+
+    url, schema = pg
+    lite = str(tmp_path / "lite.db")
+    _lived_in(memp, lite, tmp_path)
+    env = {**os.environ, "MEMP_DB": url, "MEMP_SCHEMA": schema}
+    proc = subprocess.Popen([sys.executable, "-c", SLOW_MIGRATE, "migrate", "--db", lite, "--to", url,
+                             "--batch", "1"], env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    import psycopg
+
+    deadline = time.monotonic() + 60
+    copied = 0
+    with psycopg.connect(url, autocommit=True) as conn:
+        while time.monotonic() < deadline and proc.poll() is None:
+            try:
+                copied = conn.execute(f'SELECT count(*) FROM "{schema}".memories').fetchone()[0]
+            except psycopg.errors.UndefinedTable:
+                copied = 0
+            if copied >= 3:
+                break
+            time.sleep(0.01)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait(timeout=30)
+    assert proc.returncode == -signal.SIGKILL, "the copy finished before it could be killed"
+    target = open_store()
+    partial = target.memories.stats()["memories"]
+    target.close()
+    assert 3 <= partial < 17
+    resumed = memp.json("migrate", "--db", lite, "--to", url)
+    assert resumed["resumed"] and resumed["memories"] == 17
+    assert resumed["copied"]["memories"] == 17 - partial  # each row copied once, across the kill
+    assert _rows(open_store()) == _rows(open_store(Path(lite)))
+    assert memp.json("check")["ok"]
+
+
 def test_the_procedure_index_follows_the_database(memp, pg, isolated: Path) -> None:
     memp("ingest", str(EXAMPLES / "devops.jsonl"))
     store = open_store()
