@@ -85,7 +85,7 @@ class ProcedureIndex:
         self.scope_names = scope_names or []
         self.scope_of = scope_of if scope_of is not None else np.zeros(0, dtype=np.int32)
         self._path: Path | None = None
-        self._inode = 0
+        self._save = ""
         self._decoded: dict[int, Entry] = {}
 
     def entry(self, memory_id: int) -> Entry | None:
@@ -190,8 +190,10 @@ class ProcedureIndex:
         """Write the index to one file, atomically (concurrent recalls each write their own; the last one wins)."""
         import numpy as np
 
+        # A random id of this save: key_texts() reads the keys later and must find the same save (inode numbers are
+        # reused as concurrent recalls replace the file, so they cannot tell one save from another).
         meta = {"version": INDEX_VERSION, "state": list(self.state), "idf": self.idf, "word_idf": self.word_idf,
-                "scopes": self.scope_names}
+                "scopes": self.scope_names, "save": os.urandom(8).hex()}
         keys = json.dumps(self._key_texts or []).encode()
         tmp = path.with_name(f"{path.name}.{os.getpid()}.tmp")
         # Task words and arguments come from the store, which is readable by its owner only: so is this file.
@@ -211,7 +213,6 @@ class ProcedureIndex:
 
         try:
             with open(path, "rb") as handle, np.load(handle, allow_pickle=False) as data:
-                inode = os.fstat(handle.fileno()).st_ino
                 meta = json.loads(data["meta"].tobytes())
                 if meta.get("version") not in (INDEX_VERSION, UNSCOPED_VERSION):
                     return None
@@ -223,7 +224,7 @@ class ProcedureIndex:
                             scope_names=scope_names, scope_of=scope_of)
         except (OSError, ValueError, KeyError, json.JSONDecodeError):
             return None
-        index._path, index._inode = path, inode
+        index._path, index._save = path, str(meta.get("save", ""))
         return index
 
     def key_texts(self) -> list[str] | None:
@@ -235,15 +236,21 @@ class ProcedureIndex:
         if self._key_texts is None:
             import numpy as np
 
-            self._key_texts = []
-            if self._path is not None:
-                try:
-                    with open(self._path, "rb") as handle, np.load(handle, allow_pickle=False) as data:
-                        if os.fstat(handle.fileno()).st_ino != self._inode:
-                            return None
-                        self._key_texts = json.loads(data["keys"].tobytes())
-                except (OSError, ValueError, KeyError, json.JSONDecodeError):
-                    return None
+            if self._path is None:
+                self._key_texts = []
+                return self._key_texts
+            try:
+                with open(self._path, "rb") as handle, np.load(handle, allow_pickle=False) as data:
+                    meta = json.loads(data["meta"].tobytes())
+                    # Files saved before save ids carry none: the length check below is what they get.
+                    if meta.get("save", "") != self._save:
+                        return None
+                    texts = json.loads(data["keys"].tobytes())
+            except (OSError, ValueError, KeyError, json.JSONDecodeError):
+                return None
+            if len(texts) != len(self.key_vectors):
+                return None
+            self._key_texts = texts
         return self._key_texts
 
 

@@ -185,3 +185,6 @@ def test_a_rebuild_keeps_a_revision_made_while_the_model_was_asked(memp, fake_ch
     # Picked at the version it is at now, the rebuild lands.
     assert store.memories.set_script(1, memory.trajectory_id, answer, 4, expected_version=revised)
     assert store.memories.get(1).script == "Steps:\n1. the model's rebuild"
+    version = store.memories.get(1).version
+    assert store.memories.set_script(1, memory.trajectory_id, answer, 4, expected_version=version)  # same: no version
+    assert store.memories.get(1).version == version

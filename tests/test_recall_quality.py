@@ -160,3 +160,23 @@ def test_unrelated_tasks_get_nothing_on_the_mixed_store(mixed: quality.Corpus) -
     assert sum(not (r.matches or r.warnings) for r in unrelated) / len(unrelated) >= 0.95  # measured 0.984
     in_domain = recall_many(store, [q.task for q in mixed.standard + mixed.paraphrases], k=1, log=False)
     assert sum(bool(r.matches or r.warnings) for r in in_domain) / len(in_domain) >= 0.97  # measured 0.984
+
+
+def test_an_index_never_pairs_its_vectors_with_keys_of_another_save(tmp_path: Path) -> None:
+    import numpy as np
+
+    from memp_cli.procedure_index import ProcedureIndex
+
+    path = tmp_path / "s.db-procedures.npz"
+    first = ProcedureIndex(("s", 1), np.array([1]), np.array([0]), np.ones((1, 4), dtype=np.float32),
+                           key_texts=["clean a <object>"])
+    first.save(path)
+    loaded = ProcedureIndex.load(path)
+    assert loaded is not None
+    # Another recall saves its own index in its place (the same path, perhaps the same inode number, more keys).
+    second = ProcedureIndex(("s", 2), np.array([1, 2]), np.array([0, 1]), np.ones((2, 4), dtype=np.float32),
+                            key_texts=["clean a <object>", "heat a <object>"])
+    second.save(path)
+    assert loaded.key_texts() is None  # so index_for starts afresh instead of indexing past its key vectors
+    reloaded = ProcedureIndex.load(path)
+    assert reloaded is not None and reloaded.key_texts() == ["clean a <object>", "heat a <object>"]

@@ -129,9 +129,10 @@ class Memories(Protocol):
         self, memory_id: int, trajectory_id: str, script: Script, tokens: int, flag: str | None = None,
         expected_version: int | None = None,
     ) -> bool:
-        """Replace a memory's script (a rebuild) as a new version, caching the new one; return whether it changed.
+        """Replace a memory's script (a rebuild) as a new version, caching the new one; False when refused.
 
-        The same script adds no version; with `expected_version`, neither does a memory revised since it was picked.
+        The same script adds no version (True: the memory holds it); with `expected_version`, a memory revised since
+        it was picked is left as it is (False).
         """
 
     def finish_script(

@@ -138,7 +138,8 @@ class SqliteMemories(Retirement):
         and neither does one that lost a race: when another process cached a script of this trajectory by this model
         and prompt version first, it wrote that script in the same transaction, and this one is not written over it.
         With `expected_version`, a memory at another version (revised from an outcome while the model was asked) keeps
-        its revision: a rebuild from the run alone would drop what the failure taught. Return whether it changed.
+        its revision: a rebuild from the run alone would drop what the failure taught. Return False when refused so
+        (or when another process's script won the race), True when the memory holds this script now.
         """
         with write(self._conn):
             cached = self.cached_script(trajectory_id, script.model, script.prompt_version)
@@ -147,7 +148,7 @@ class SqliteMemories(Retirement):
             self._cache_script(trajectory_id, script)
             row = self._conn.execute("SELECT script, version FROM memories WHERE id = ?", [memory_id]).fetchone()
             if row is not None and row["script"] == script.text:
-                return False
+                return True
             if row is not None and expected_version is not None and row["version"] != expected_version:
                 return False
             self._revise(memory_id, script.text, None, script.model, script.prompt_version, tokens, "rebuilt",
