@@ -6,7 +6,7 @@ from pathlib import Path
 from typing import Any
 
 from .settings import SqliteSettings
-from .vectors import BIT_TABLE, FLOAT_TABLE
+from .vectors import FLOAT_TABLE
 
 
 def check(conn: Any, path: Path, settings: SqliteSettings) -> dict[str, Any]:
@@ -56,42 +56,10 @@ def check(conn: Any, path: Path, settings: SqliteSettings) -> dict[str, Any]:
     if stray:
         problems.append(f"{stray} vectors belong to no memory")
     dim = settings.embed_model()[1]  # type: ignore[index]
-    wrong = one(f"SELECT count(*) FROM {FLOAT_TABLE} WHERE length(embedding) != {4 * dim}")
+    wrong = one(f"SELECT count(*) FROM {FLOAT_TABLE} WHERE length(embedding) != {2 * dim}")
     if wrong:
         problems.append(f"{wrong} vectors do not have the store's {dim} dimensions")
-    problems.extend(_bit_page_problems(conn, counts["vectors"]))
+    from .bitfile import vector_problems
+
+    problems.extend(vector_problems(conn, path, counts["vectors"], dim))
     return {"path": str(path), "ok": not problems, "problems": problems, **counts}
-
-
-def _bit_page_problems(conn: Any, vectors: int) -> list[str]:
-    """Return how the sign-bit pages differ from the float vectors they are built from."""
-    import numpy as np
-
-    from . import bits
-
-    seen: list[Any] = []
-    wrong = unknown = 0
-    for ids_blob, bits_blob in conn.execute(f"SELECT ids, bits FROM {BIT_TABLE} ORDER BY page").fetchall():
-        ids, page_bits = bits.decode_page(ids_blob, bits_blob)
-        seen.append(ids)
-        marks = ",".join("?" * len(ids))
-        floats = dict(
-            conn.execute(f"SELECT memory_id, embedding FROM {FLOAT_TABLE} WHERE memory_id IN ({marks})", ids.tolist())
-        )
-        present = [i for i, memory_id in enumerate(ids.tolist()) if memory_id in floats]
-        unknown += len(ids) - len(present)
-        if present:
-            matrix = np.frombuffer(b"".join(floats[int(ids[i])] for i in present), dtype=np.float32)
-            expected = bits.sign_bits(matrix.reshape(len(present), -1))
-            wrong += int((expected != page_bits.T[present]).any(axis=1).sum())
-    held = np.concatenate(seen) if seen else np.empty(0, dtype=np.int64)
-    problems = []
-    if len(held) != vectors:
-        problems.append(f"the bit pages hold {len(held)} vectors, not {vectors}")
-    if len(np.unique(held)) != len(held):
-        problems.append("the bit pages hold a memory more than once")
-    if unknown:
-        problems.append(f"the bit pages hold {unknown} memories that have no vector")
-    if wrong:
-        problems.append(f"{wrong} memories' sign bits in the bit pages do not match their vectors")
-    return problems

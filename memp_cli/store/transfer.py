@@ -15,7 +15,7 @@ from ..errors import StoreError
 from .db import write
 from .memories import HISTORY_FIELDS
 from .settings import SqliteSettings
-from .vectors import FLOAT_TABLE, SqliteVectors
+from .vectors import FLOAT_TABLE, SqliteVectors, float32_blob
 
 TRAJECTORY_COLUMNS = ("id", "task", "steps", "outcome", "score", "source_id", "source_file", "source_line",
                       "metadata", "created_at")
@@ -95,7 +95,7 @@ class SqliteTransfer:
             for memory_id, blob in self._conn.execute(
                 f"SELECT memory_id, embedding FROM {FLOAT_TABLE} WHERE memory_id IN ({marks})", ids
             ):
-                by_id[memory_id]["vector"] = bytes(blob)
+                by_id[memory_id]["vector"] = float32_blob(blob)
 
     def keyword_vectors(self, words: Sequence[str]) -> dict[str, bytes]:
         """Return the stored float32 blob of each of `words` that has one."""
