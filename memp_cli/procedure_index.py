@@ -149,29 +149,32 @@ class ProcedureIndex:
     def refresh(self, source: Store, embedder: Embedder, state: tuple[Any, ...],
                 key_texts: list[str] | None = None) -> None:
         """Bring the index in line with the store's active memories (new ones read and embedded, gone ones dropped)."""
-        texts = {t: n for n, t in enumerate(key_texts if key_texts is not None else self._key_texts or [])}
-        added = self._added_only(source, state)
-        if added is not None:
-            self._extend(source, embedder, added, texts)
-        else:
-            self._rebuild(source, embedder, texts)
+        known = list(key_texts if key_texts is not None else self._key_texts or [])
+        if self._extends(source, state):
+            texts = {t: n for n, t in enumerate(known)}
+            new_keys: list[str] = []
+            entries: dict[int, Entry] = {}
+            for page in _pages(source, int(self.ids[-1])):
+                entries.update(self._entries(source, page, texts, new_keys))
+            # state ends with (active memories, largest memory id): see index_for.
+            if len(self.ids) + len(entries) == int(state[-2]):
+                self._extend(embedder, entries, new_keys, texts)
+                self.state = state
+                return
+        self._rebuild(source, embedder, {t: n for n, t in enumerate(known)})
         self.state = state
 
-    def _added_only(self, source: Store, state: tuple[Any, ...]) -> list[Any] | None:
-        """Return the active memories added since the index was made, None when others changed too (or it is new)."""
+    def _extends(self, source: Store, state: tuple[Any, ...]) -> bool:
+        """Return True when the store may only have added memories since the index was made (checked after)."""
         if not self.state or len(self.state) != len(state) or self.state[:2] != state[:2] or not len(self.ids):
-            return None
-        # state ends with (active memories, largest memory id): see index_for.
-        active, newest = int(state[-2]), int(state[-1])
+            return False
         last = int(self.ids[-1])
         kept = self.entry(last)
         try:
-            if kept is None or source.memories.get(last).trajectory_id != kept.trajectory_id:
-                return None  # the newest indexed memory is gone (its id reused): read everything again
+            # The newest indexed memory still there as it was (an id is reused when the newest is purged).
+            return kept is not None and source.memories.get(last).trajectory_id == kept.trajectory_id
         except MempError:
-            return None
-        added = [m for m in source.memories.list(status="active", limit=max(0, newest - last)) if m.id > last]
-        return sorted(added, key=lambda m: m.id) if len(self.ids) + len(added) == active else None
+            return False
 
     def _entries(self, source: Store, memories: Iterable[Any], texts: dict[str, int],
                  new_keys: list[str]) -> dict[int, Entry]:
@@ -205,12 +208,11 @@ class ProcedureIndex:
             for e in entries
         ]
 
-    def _extend(self, source: Store, embedder: Embedder, added: list[Any], texts: dict[str, int]) -> None:
+    def _extend(self, embedder: Embedder, entries: dict[int, Entry], new_keys: list[str],
+                texts: dict[str, int]) -> None:
         """Append the entries of memories added since (ids above every indexed one)."""
         import numpy as np
 
-        new_keys: list[str] = []
-        entries = self._entries(source, added, texts, new_keys)
         self._embed_keys(embedder, new_keys, texts)
         order = sorted(entries)
         raws = self._raw(entries[i] for i in order)
@@ -228,11 +230,12 @@ class ProcedureIndex:
         """Index every active memory again, reusing the entries of those already indexed."""
         import numpy as np
 
-        entries = {int(i): e for i in self.ids if (e := self.entry(int(i))) is not None}
-        active = {m.id: m for m in source.memories.list(status="active")}
-        entries = {i: e for i, e in entries.items() if i in active and e.trajectory_id == active[i].trajectory_id}
+        entries: dict[int, Entry] = {}
         new_keys: list[str] = []
-        entries.update(self._entries(source, (m for i, m in active.items() if i not in entries), texts, new_keys))
+        for page in _pages(source, 0):
+            reused = {m.id: e for m in page if (e := self.entry(m.id)) is not None and e.trajectory_id == m.trajectory_id}
+            entries.update(reused)
+            entries.update(self._entries(source, (m for m in page if m.id not in reused), texts, new_keys))
         self._embed_keys(embedder, new_keys, texts)
         self.ids = np.array(sorted(entries), dtype=np.int64)
         self.key_of = np.array([entries[int(i)].key for i in self.ids], dtype=np.int64)
@@ -326,6 +329,23 @@ class ProcedureIndex:
                     self._key_texts = json.loads(data["keys"].tobytes())
                     self._key_texts = self._key_texts[: len(self.key_vectors)]
         return self._key_texts
+
+
+# Active memories read from the store at a time: whole memories (scripts, runs) are big, only their entries are kept.
+PAGE = 5000
+
+
+def _pages(source: Store, above: int) -> Iterable[list[Any]]:
+    """Yield the active memories with ids above `above`, newest first, PAGE at a time."""
+    offset = 0
+    while True:
+        page = source.memories.list(status="active", limit=PAGE, offset=offset)
+        fresh = [m for m in page if m.id > above]
+        if fresh:
+            yield fresh
+        if len(fresh) < len(page) or len(page) < PAGE:
+            return
+        offset += PAGE
 
 
 _indexes: dict[tuple[str, str], ProcedureIndex] = {}

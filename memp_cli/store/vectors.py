@@ -224,18 +224,22 @@ class SqliteVectors:
             if blocks is not None:
                 ids, dist = bits.distances(blocks, vector)
                 t2 = time.perf_counter()
-                candidates = bits.top(ids, dist, min(MAX_CANDIDATES, max(MIN_CANDIDATES, OVERSAMPLE * k)),
-                                      64 * bits.words(self._dim()))
-                t3 = time.perf_counter()
-                found, matrix = self._read(candidates, active_only=True) if candidates else (ids[:0], None)
-                best = _best(found, _cosines(matrix, _unit(vector)), k) if len(found) else []
-                t4 = time.perf_counter()
-                self.timings = {"state_ms": 1000 * (t1 - t0), "bit_scan_ms": 1000 * (t2 - t1),
-                                "top_n_ms": 1000 * (t3 - t2), "rescore_ms": 1000 * (t4 - t3)}
-                # Held and retired memories are among the candidates too; when they crowd out the active ones, and
-                # more memories are left than were looked at, the exact scan below settles it.
-                if len(best) >= k or len(candidates) >= len(ids):
-                    return best
+                n = min(MAX_CANDIDATES, max(MIN_CANDIDATES, OVERSAMPLE * k))
+                while True:
+                    t3 = time.perf_counter()
+                    candidates = bits.top(ids, dist, n, 64 * bits.words(self._dim()))
+                    t4 = time.perf_counter()
+                    found, matrix = self._read(candidates, active_only=True) if candidates else (ids[:0], None)
+                    best = _best(found, _cosines(matrix, _unit(vector)), k) if len(found) else []
+                    self.timings = {"state_ms": 1000 * (t1 - t0), "bit_scan_ms": 1000 * (t2 - t1),
+                                    "top_n_ms": 1000 * (t4 - t3), "rescore_ms": 1000 * (time.perf_counter() - t4)}
+                    # Held and retired memories are among the candidates too; when they crowd out the active ones,
+                    # more candidates are looked at, and past MAX_CANDIDATES the exact scan below settles it.
+                    if len(best) >= k or len(candidates) >= len(ids):
+                        return best
+                    if n >= MAX_CANDIDATES:
+                        break
+                    n = min(MAX_CANDIDATES, 8 * n)
         return self._exact(vector, k)
 
     def _active_rows(self) -> Any:
