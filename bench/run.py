@@ -134,7 +134,7 @@ def in_process_search(built: Built, queries: int, seed: int, exact_runs: int, ch
     store.vectors.nearest(picks[0].tolist(), 5)
     cold_ms = 1000 * (time.perf_counter() - started)
     out: dict[str, Any] = {"cold_first_ms": round(cold_ms, 1)}
-    for path in (db, db.with_name(db.name + "-bits")):  # warm: the store's pages back in the page cache
+    for path in (p for p in (db, db.with_name(db.name + "-bits")) if p.exists()):  # warm: back in the page cache
         with path.open("rb") as f:
             while f.read(1 << 24):
                 pass
