@@ -35,17 +35,27 @@ def distances(blocks: Iterable[tuple[Any, Any]], query: Sequence[float]) -> tupl
     import numpy as np
 
     q = sign_bits(query)[0]
-    all_ids, all_dist = [], []
+    blocks = list(blocks)
+    total = sum(len(ids) for ids, _ in blocks)
+    out_ids = np.empty(total, dtype=np.int64)
+    out_dist = np.empty(total, dtype=np.uint16)
+    width = max((len(ids) for ids, _ in blocks), default=0)
+    xor, count = np.empty(width, dtype=np.uint64), np.empty(width, dtype=np.uint8)
+    start = 0
     for ids, block in blocks:
-        # Word by word into one uint16 row per block: no (words, rows) temporaries, each word read once.
-        dist = np.bitwise_count(block[0] ^ q[0]).astype(np.uint16)
-        for w in range(1, len(q)):
-            dist += np.bitwise_count(block[w] ^ q[w])
-        all_dist.append(dist)
-        all_ids.append(ids)
-    if not all_ids:
-        return np.empty(0, dtype=np.int64), np.empty(0, dtype=np.uint16)
-    return np.concatenate(all_ids), np.concatenate(all_dist)
+        n = len(ids)
+        dist, x, c = out_dist[start : start + n], xor[:n], count[:n]
+        # Word by word into preallocated rows, written in place: no temporaries per block, each word read once.
+        for w in range(len(q)):
+            np.bitwise_xor(block[w], q[w], out=x)
+            np.bitwise_count(x, out=c)
+            if w:
+                np.add(dist, c, out=dist)
+            else:
+                dist[:] = c
+        out_ids[start : start + n] = ids
+        start += n
+    return out_ids, out_dist
 
 
 def top(ids: Any, dist: Any, n: int, bits: int) -> list[int]:
