@@ -33,6 +33,7 @@ import subprocess
 import sys
 import tempfile
 import time
+import uuid
 from pathlib import Path
 from typing import Any
 
@@ -157,7 +158,7 @@ def in_process_search(built: Built, queries: int, seed: int, exact_runs: int, ch
     for n in range(min(20, queries)):
         hits = store.vectors.nearest(picks[n].tolist(), 5)
         started = time.perf_counter()
-        store.log.record_recalls([(f"bench-{seed}-{n}", "bench task", "query", 5, hits)])
+        store.log.record_recalls([(f"bench-{uuid.uuid4().hex}", "bench task", "query", 5, hits)])
         log_ms.append(1000 * (time.perf_counter() - started))
     out["log_write_ms_median"] = round(statistics.median(log_ms), 2)
     store.close()
