@@ -319,7 +319,7 @@ def test_a_procedure_index_from_before_scopes_is_read_not_embedded_again(memp, t
     del meta["scopes"]
     index = procedure_index.ProcedureIndex.load(path)
     assert index is not None
-    raws = [index._blob[int(a):int(b)].decode().rsplit("\t", 1)[0].encode()
+    raws = [bytes(index._blob[int(a):int(b)]).decode().rsplit("\t", 1)[0].encode()
             for a, b in zip(index._offsets[:-1], index._offsets[1:])]
     saved.update(meta=np.frombuffer(json.dumps(meta).encode(), dtype=np.uint8),
                  blob=np.frombuffer(b"".join(raws), dtype=np.uint8),
