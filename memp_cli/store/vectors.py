@@ -4,7 +4,8 @@ Vectors are kept as float16 (768 bytes at 384 dimensions, half of float32): on M
 in ../shared/data, the top 5 by float16 cosine are the float32 top 5 (recall@5 1.000 at 1.3k, 100k and 1M
 memories, `bench/compact.py`), where int8 with a scale per vector fell to 0.988 at 100k and 0.976 at 1M. Cosines
 are computed in numpy, on the vectors read by id (rescoring, similarities) or streamed (the exact scan, below
-QUANTIZED_ABOVE).
+QUANTIZED_ABOVE, scan.py). Scoped searches read the scopes' active ids from idx_memories_scope_status and keep to
+them: the bit pass scans only their bits, and a small scope's exact scan reads only its rows.
 From QUANTIZED_ABOVE memories on, the search first scans the sign bits, memory-mapped from the side file
 `<store>-bits` (bitfile.py), and rescores the best candidates with their stored vectors.
 """
@@ -18,11 +19,10 @@ from typing import Any
 
 from ..errors import NotFoundError
 from .db import scope_filter
+from .scan import STORED_DTYPE, best, cosines
 from .settings import SqliteSettings
 
 FLOAT_TABLE = "memory_vectors"
-# The vectors' stored form: little-endian IEEE float16, `dim` of them per blob.
-STORED_DTYPE = "<f2"
 # From this many memories on, the default search scans the sign bits first and rescores the best OVERSAMPLE × k (at
 # least MIN_CANDIDATES) with the stored vectors; below it, an exact scan is as fast. bench/run.py measures both paths
 # and recall@5 against the exact scan at each size.
@@ -34,8 +34,6 @@ MAX_CANDIDATES = 4096
 # Batch recall holds the active vectors as a float32 matrix up to this many memories (150 MB at 100k); past it,
 # each query takes the bit pass, which at 1M is faster than a product over 1.5 GB.
 PRELOAD_LIMIT = 100_000
-# Rows streamed at a time by the exact scan.
-SCAN_CHUNK = 8192
 
 
 def encode(vectors: Any) -> list[bytes]:
@@ -60,35 +58,12 @@ def float32_blob(blob: bytes) -> bytes:
     return np.frombuffer(blob, dtype=STORED_DTYPE).astype("<f4").tobytes()
 
 
-def _cosines(matrix: Any, query: Any) -> Any:
-    """Return the cosine of each row of `matrix` to the unit vector `query`."""
-    import numpy as np
-
-    norms = np.linalg.norm(matrix, axis=1)
-    norms[norms == 0] = 1.0
-    return (matrix @ query) / norms
-
-
 def _unit(vector: Sequence[float]) -> Any:
     import numpy as np
 
     q = np.asarray(vector, dtype=np.float32)
     norm = float(np.linalg.norm(q))
     return q / norm if norm else q
-
-
-def _best(ids: Any, sims: Any, k: int) -> list[tuple[int, float]]:
-    """Return the `k` best (id, similarity), highest first, ties by id."""
-    import numpy as np
-
-    if len(ids) > k:
-        keep = np.argpartition(-sims, k - 1)[:k]
-        # Everything tied with the k-th is kept, so that ties are cut by id as SQL ordering did.
-        cut = sims[keep].min()
-        keep = np.flatnonzero(sims >= cut)
-        ids, sims = ids[keep], sims[keep]
-    order = np.lexsort((ids, -sims))[:k]
-    return [(int(ids[i]), float(sims[i])) for i in order]
 
 
 class SqliteVectors:
@@ -192,7 +167,7 @@ class SqliteVectors:
         if not memory_ids or self._settings.embed_model() is None:
             return {}
         ids, matrix = self._read(memory_ids, active_only=False)
-        sims = _cosines(matrix, _unit(vector))
+        sims = cosines(matrix, _unit(vector))
         return {int(i): float(s) for i, s in zip(ids, sims)}
 
     def _bits(self) -> list[tuple[Any, Any]] | None:
@@ -270,50 +245,32 @@ class SqliteVectors:
             candidates = bits.top(ids, dist, n, 64 * bits.words(self._dim()))
             t4 = time.perf_counter()
             found, matrix = self._read(candidates, active_only=True) if candidates else (ids[:0], None)
-            best = _best(found, _cosines(matrix, _unit(vector)), k) if len(found) else []
+            top = best(found, cosines(matrix, _unit(vector)), k) if len(found) else []
             self.timings = {"state_ms": 1000 * (t1 - t0), "bit_scan_ms": 1000 * (t2 - t1),
                             "top_n_ms": 1000 * (t4 - t3), "rescore_ms": 1000 * (time.perf_counter() - t4)}
             # Held and retired memories (and, unscoped, every scope's) are among the candidates too; when they crowd
             # out the ones asked for, more candidates are looked at, and past MAX_CANDIDATES the exact scan settles it.
-            if len(best) >= k or len(candidates) >= len(ids):
-                return best
+            if len(top) >= k or len(candidates) >= len(ids):
+                return top
             if n >= MAX_CANDIDATES:
                 return None
             n = min(MAX_CANDIDATES, 8 * n)
 
-    def _active_rows(self, scopes: Sequence[str] | None = None, with_scope: bool = False) -> Any:
-        """Return a cursor over (memory id, blob[, scope]) of the active memories' vectors (of `scopes`)."""
+    def _active_rows(self, with_scope: bool = False) -> Any:
+        """Return a cursor over (memory id, blob[, scope]) of the active memories' vectors."""
         cursor = self._conn.cursor()
         cursor.row_factory = None  # plain tuples: many rows are read here
-        scoped, params = scope_filter("m.scope", scopes)
         scope = ", m.scope" if with_scope else ""
-        if scopes is None:
-            # Every vector, in table order; the memories' status comes from their index, not their wide rows.
-            return cursor.execute(
-                f"SELECT v.memory_id, v.embedding{scope} FROM {FLOAT_TABLE} v JOIN memories m ON m.id = v.memory_id "
-                "WHERE m.status = 'active'", params
-            )
-        # A scope's memories first, from the (scope, status) index, then their vectors by id: a small scope of a
-        # large store reads its own rows only.
         return cursor.execute(
-            f"SELECT v.memory_id, v.embedding{scope} FROM memories m INDEXED BY idx_memories_scope_status "
-            f"JOIN {FLOAT_TABLE} v ON v.memory_id = m.id WHERE {scoped} AND m.status = 'active'", params
+            f"SELECT v.memory_id, v.embedding{scope} FROM {FLOAT_TABLE} v JOIN memories m ON m.id = v.memory_id "
+            "WHERE m.status = 'active'"
         )
 
     def _exact(self, vector: Sequence[float], k: int, scopes: Sequence[str] | None = None) -> list[tuple[int, float]]:
         """Return the exact `k` nearest active memories of `scopes`: their stored vectors streamed and compared."""
-        import numpy as np
+        from . import scan
 
-        q, dim = _unit(vector), self._dim()
-        cursor = self._active_rows(scopes)
-        best_ids, best_sims = np.zeros(0, dtype=np.int64), np.zeros(0, dtype=np.float32)
-        while rows := cursor.fetchmany(SCAN_CHUNK):
-            ids = np.fromiter((r[0] for r in rows), dtype=np.int64, count=len(rows))
-            sims = _cosines(decode([r[1] for r in rows], dim), q)
-            kept = _best(np.concatenate([best_ids, ids]), np.concatenate([best_sims, sims]), k)
-            best_ids = np.array([i for i, _ in kept], dtype=np.int64)
-            best_sims = np.array([s for _, s in kept], dtype=np.float32)
-        return [(int(i), float(s)) for i, s in zip(best_ids, best_sims)]
+        return scan.exact(self._conn, _unit(vector), k, self._dim(), None if scopes is None else self._members(scopes))
 
     def preload(self) -> None:
         """Make many searches in one process fast (batch recall, the MCP server): the bits mapped, small stores held.
@@ -386,4 +343,4 @@ class SqliteVectors:
         queries = np.asarray([_unit(v) for v in vectors], dtype=np.float32)
         # One product for all the queries reads the vectors once; the top k is picked a row at a time, as argpartition
         # over the whole score matrix would hold as many int64 positions (50 MB for 64 queries at 100k memories).
-        return [_best(ids, row, k) for row in queries @ matrix.T]
+        return [best(ids, row, k) for row in queries @ matrix.T]
