@@ -24,7 +24,9 @@ from typing import Any
 ROOT = Path(__file__).resolve().parent
 sys.path.insert(0, str(ROOT))
 
-from run import build_store, pct, task
+from run import pct
+
+from build import build_store, task
 
 
 async def mcp_recalls(db: Path, queries: list[str]) -> list[float]:
@@ -87,7 +89,7 @@ def main() -> None:
     for n in (int(s) for s in args.sizes.split(",")):
         with tempfile.TemporaryDirectory(prefix="memp-bench-mcp-") as tmp:
             db = Path(tmp) / "memp.db"
-            build_store(db, n, args.embed_limit, args.seed)
+            build_store(Path(tmp), n, args.seed)
             rng = random.Random(args.seed + 3)
             queries = [task(rng) for _ in range(args.calls)]
             over_mcp = anyio.run(mcp_recalls, db, queries)

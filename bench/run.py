@@ -2,17 +2,21 @@
 
     python bench/run.py --sizes 1000,10000,100000 [--runs 20] [--format json] [--search-only]
 
-Per size it builds a store of synthetic but realistic memories (tasks and steps from templates across household,
-shell, coding and shopping work; tasks embedded with the default model; for sizes above --embed-limit, vectors of
-the embedded tasks are mixed pairwise instead of embedding every task) and measures:
+Per size it builds a store of synthetic but realistic memories in bounded memory (bench/build.py: tasks and steps
+from templates across household, shell, coding and shopping work, vectors mixed from the tasks' MiniLM embeddings;
+past --real-limit memories, copies made inside SQLite) and measures:
 
 - `memp recall` as a fresh process, end to end: median and p95 of --runs runs, and its peak RSS;
-- the vector search alone, in process: median and p95, and recall@5 against an exact numpy scan;
+- the vector search alone, in process: median and p95, recall@5 against an exact float32 scan, where its time goes
+  (side-file state check, bit scan, top-n, rescore), the first search with the store's pages out of the page cache,
+  and the recall log's write;
+- the peers on the same vectors where installed (numpy memmap flat scan, FAISS flat, chroma), and memp's ratio;
 - batch recall throughput (`memp recall -`, queries per second, start-up included);
 - ingest throughput with the offline distiller (trajectories per second) and store bytes per memory;
 - the same search the way llm does it out of the box (`llm similar` over an llm collection of the same vectors),
-  in process and as a fresh process, and memp's speed-up over it.
+  in process and as a fresh process, and memp's speed-up over it (up to --llm-limit memories).
 
+`--db postgresql://...` builds each store in a schema of that database instead (bench/pg_build.py).
 `--search-only` builds the stores and measures the in-process search alone (JSON out), for comparing storage changes.
 
 Numbers are printed, never asserted. The machine's other load moves them: compare within one run.
@@ -30,95 +34,21 @@ import subprocess
 import sys
 import tempfile
 import time
+import uuid
 from pathlib import Path
 from typing import Any
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from pg_build import settle, size_bytes, store_at
+from peers import all_peers
+from pg_build import size_bytes, store_at
 
-from memp_cli.embed import OnnxEmbedder
-from memp_cli.records import Step, Trajectory
-from memp_cli.store import NewMemory, open_store
+from build import Built, build_store, task, trajectory
+from memp_cli.store import is_url, open_store
 
 MEMP = [sys.executable, "-m", "memp_cli"]
 LLM = [sys.executable, "-m", "llm"]
-
-HOUSE_OBJ = ["mug", "plate", "apple", "egg", "tomato", "book", "pen", "knife", "bowl", "cloth", "soapbar", "lamp"]
-HOUSE_PLACE = ["countertop", "fridge", "cabinet", "drawer", "shelf", "sinkbasin", "microwave", "diningtable", "desk"]
-HOUSE = ["put a clean {o} in the {p}", "heat some {o} and put it on the {p}", "cool a {o} and put it in the {p}",
-         "put two {o}s in the {p}", "look at the {o} under the desk lamp", "find the {o} and put it on the {p}"]
-SERVICES = ["nginx", "postgres", "redis", "apache", "docker", "sshd", "cron", "kafka", "elasticsearch", "haproxy"]
-OPS = ["{s} fails to start after a config change; find the error and restart it",
-       "free disk space on the {s} host without deleting data", "rotate the {s} logs and compress old ones",
-       "renew the TLS certificate used by {s}", "{s} is slow; find the cause and fix it",
-       "upgrade {s} to the latest patch release and verify it"]
-MODULES = ["parser", "scheduler", "cli", "auth", "billing", "cache", "exporter", "api client", "migrations", "search"]
-CODE = ["fix the failing test in the {m} module", "add a --verbose flag to the {m}", "fix the off-by-one error in the {m}",
-        "upgrade the dependency used by the {m} and fix what breaks", "make the {m} faster", "add type hints to the {m}"]
-PRODUCTS = ["usb microphone", "hair extension", "running shoes", "coffee grinder", "desk lamp", "phone case",
-            "yoga mat", "water bottle", "wireless mouse", "backpack"]
-SHOP = ["buy a {x} under {n} dollars", "find a {x} with good reviews, price lower than {n} dollars",
-        "i need a {x} in black, under {n} dollars"]
-
-
-def task(rng: random.Random) -> str:
-    """Return one realistic task text."""
-    kind = rng.randrange(4)
-    if kind == 0:
-        return rng.choice(HOUSE).format(o=rng.choice(HOUSE_OBJ), p=rng.choice(HOUSE_PLACE))
-    if kind == 1:
-        return rng.choice(OPS).format(s=rng.choice(SERVICES))
-    if kind == 2:
-        return rng.choice(CODE).format(m=rng.choice(MODULES))
-    return rng.choice(SHOP).format(x=rng.choice(PRODUCTS), n=rng.choice([10, 20, 30, 50, 100]))
-
-
-def trajectory(rng: random.Random, i: int) -> Trajectory:
-    """Return a trajectory of 4 to 9 steps for a generated task; unique by its number."""
-    t = task(rng)
-    steps = [Step(f"step {j} of run {i}: act on {t.split()[-1]}", None, f"ok {j}") for j in range(rng.randint(4, 9))]
-    return Trajectory(t, steps, "success" if rng.random() < 0.7 else "failure", metadata={"n": i})
-
-
-def vectors_for(tasks: list[str], limit: int, rng: random.Random) -> list[list[float]]:
-    """Return unit vectors: embedded for up to `limit` distinct tasks, pairwise mixes of those past it."""
-    import numpy as np
-
-    distinct = list(dict.fromkeys(tasks))[:limit]
-    base = np.asarray(OnnxEmbedder().embed(distinct), dtype=np.float32)
-    index = {t: i for i, t in enumerate(distinct)}
-    out = []
-    for t in tasks:
-        if t in index:
-            v = base[index[t]] + 0.15 * base[rng.randrange(len(base))]
-        else:
-            v = base[rng.randrange(len(base))] + 0.3 * base[rng.randrange(len(base))]
-        out.append(v / np.linalg.norm(v))
-    return np.asarray(out, dtype=np.float32).tolist()
-
-
-def build_store(path: Path | str, n: int, embed_limit: int, seed: int) -> tuple[list[list[float]], float]:
-    """Write `n` memories (proceduralization, offline scripts) and return their vectors and the seconds taken."""
-    from memp_cli.distill import offline_script
-    from memp_cli.ingest import build_memory
-
-    rng = random.Random(seed)
-    runs = [trajectory(rng, i) for i in range(n)]
-    vectors = vectors_for([r.task for r in runs], embed_limit, rng)
-    store = open_store(path)
-    started = time.perf_counter()
-    for start in range(0, n, 1000):
-        items = []
-        for run, vec in zip(runs[start : start + 1000], vectors[start : start + 1000]):
-            script = offline_script(run)
-            text, tokens = build_memory(run, "proceduralization", script)
-            items.append(NewMemory(run, "proceduralization", script, text, tokens, vec))
-        store.memories.add(items, "memp-minilm")
-    settle(store)
-    store.close()
-    return vectors, time.perf_counter() - started
 
 
 # Runs the command in a fresh, small process and reports its time and peak RSS. Measured from the bench process
@@ -161,40 +91,95 @@ def pct(values: list[float], q: float) -> float:
     return ordered[min(len(ordered) - 1, int(q * len(ordered)))]
 
 
-def in_process_search(db: Path | str, vectors: list[list[float]], queries: int, seed: int) -> dict[str, Any]:
-    """Return search latency and recall@5 of memp's default path and of the forced binary path."""
+def reference(vectors_path: Path, queries: Any) -> Any:
+    """Return each query's exact 5th-best cosine over the float32 vectors (streamed from the memmap)."""
     import numpy as np
 
-    store = open_store(db)
-    matrix = np.asarray(vectors, dtype=np.float32)
-    rng = random.Random(seed)
-    picks = [matrix[rng.randrange(len(matrix))] + 0.05 * matrix[rng.randrange(len(matrix))] for _ in range(queries)]
-    out: dict[str, Any] = {}
+    matrix = np.load(vectors_path, mmap_mode="r")
+    best = np.full((len(queries), 5), -np.inf, dtype=np.float32)
+    for start in range(0, len(matrix), 100_000):
+        sims = queries @ np.asarray(matrix[start : start + 100_000]).T
+        both = np.concatenate([best, sims], axis=1)
+        best = -np.partition(-both, 4, axis=1)[:, :5]
+    return best.min(axis=1)
+
+
+def evict(*paths: Path) -> None:
+    """Drop these files' pages from the page cache (this process's files only; nothing else is disturbed)."""
+    for path in paths:
+        if path.exists():
+            fd = os.open(path, os.O_RDONLY)
+            try:
+                os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_DONTNEED)
+            finally:
+                os.close(fd)
+
+
+def in_process_search(built: Built, queries: int, seed: int, exact_runs: int, chroma_limit: int) -> dict[str, Any]:
+    """Return search latency, recall@5 and where the time goes, for memp's default, binary and exact paths."""
+    import numpy as np
+
+    matrix = np.load(built.vectors, mmap_mode="r")
+    rng = np.random.default_rng(seed)
+    picks = np.asarray(matrix[np.sort(rng.integers(0, len(matrix), queries))]) + 0.05 * np.asarray(
+        matrix[np.sort(rng.integers(0, len(matrix), queries))])
+    picks = (picks / np.linalg.norm(picks, axis=1, keepdims=True)).astype(np.float32)
+    fifth = reference(built.vectors, picks)
+
+    def recall(n: int, got: list[int]) -> float:
+        # A result counts when it is as similar as the exact 5th best: ties (near-identical tasks) are not misses.
+        return sum(float(matrix[i - 1] @ picks[n]) >= fifth[n] - 1e-5 for i in got) / 5
+
+    db = built.db
+    # A store file and its side file; a PostgreSQL store has none here (its pages are the server's).
+    files = [Path(db), Path(db).with_name(Path(db).name + "-bits")] if isinstance(db, Path) else []
+    evict(*files)
+    store: Any = open_store(db)
+    started = time.perf_counter()
+    store.vectors.nearest(picks[0].tolist(), 5)
+    cold_ms = 1000 * (time.perf_counter() - started)
+    out: dict[str, Any] = {"cold_first_ms": round(cold_ms, 1)}
+    for path in (p for p in files if p.exists()):  # warm: back in the page cache
+        with path.open("rb") as f:
+            while f.read(1 << 24):
+                pass
     for name, exact in (("default", None), ("binary", False), ("exact", True)):
-        times, recalls = [], []
-        for q in picks:
-            q = (q / np.linalg.norm(q)).tolist()
+        times, recalls, parts = [], [], []
+        for n, q in enumerate(picks[:exact_runs] if exact else picks):
             started = time.perf_counter()
-            got = store.vectors.nearest(q, 5, exact=exact)
+            got = store.vectors.nearest(q.tolist(), 5, exact=exact)
             times.append(1000 * (time.perf_counter() - started))
-            # A result counts when it is as similar as the exact 5th best: ties (near-identical tasks) are not misses.
-            sims = matrix @ np.asarray(q, dtype=np.float32)
-            fifth = np.partition(-sims, 4)[4] * -1
-            recalls.append(sum(sims[i - 1] >= fifth - 1e-5 for i, _ in got) / 5)
+            recalls.append(recall(n, [i for i, _ in got]))
+            parts.append(dict(store.vectors.timings))
         out[name] = {
             "ms_median": round(statistics.median(times), 2),
             "ms_p95": round(pct(times, 0.95), 2),
             "recall_at_5": round(statistics.fmean(recalls), 4),
         }
+        if name == "binary":
+            out[name]["parts_ms_median"] = {key: round(statistics.median(p[key] for p in parts), 3) for key in parts[0]}
+    log_ms = []
+    for n in range(min(20, queries)):
+        hits = store.vectors.nearest(picks[n].tolist(), 5)
+        started = time.perf_counter()
+        store.log.record_recalls([(f"bench-{uuid.uuid4().hex}", "bench task", "query", 5, hits)])
+        log_ms.append(1000 * (time.perf_counter() - started))
+    out["log_write_ms_median"] = round(statistics.median(log_ms), 2)
     store.close()
+    out["peers"] = all_peers(built.vectors.parent, built.vectors, picks, recall, chroma_limit)
+    for figures in out["peers"].values():
+        if "ms_median" in figures:
+            figures["memp_time_ratio"] = round(out["default"]["ms_median"] / max(figures["ms_median"], 1e-3), 3)
     return out
 
 
-def llm_baseline(tmp: Path, vectors: list[list[float]], query: str, runs: int) -> dict[str, Any]:
+def llm_baseline(tmp: Path, vectors_path: Path, query: str, runs: int) -> dict[str, Any]:
     """Return `llm similar` timings over an llm collection holding the same vectors."""
     import llm
+    import numpy as np
     import sqlite_utils
 
+    matrix = np.load(vectors_path, mmap_mode="r")
     db_path = tmp / "llm-embeddings.db"
     db = sqlite_utils.Database(db_path)
     collection = llm.Collection("bench", db, model_id="memp-minilm")
@@ -203,11 +188,11 @@ def llm_baseline(tmp: Path, vectors: list[list[float]], query: str, runs: int) -
         (
             {"collection_id": cid, "id": str(i + 1), "embedding": struct.pack(f"{len(v)}f", *v), "content": None,
              "updated": 0}
-            for i, v in enumerate(vectors)
+            for i, v in enumerate(np.asarray(row, dtype=np.float32).tolist() for row in matrix)
         ),
         batch_size=5000,
     )
-    q = vectors[0]
+    q = np.asarray(matrix[0], dtype=np.float32).tolist()
     times = []
     for _ in range(max(3, runs // 4)):
         started = time.perf_counter()
@@ -234,21 +219,31 @@ def ingest_throughput(tmp: Path, n: int, seed: int, where: str | None = None) ->
 
 def bench_size(n: int, args: argparse.Namespace) -> dict[str, Any]:
     """Return every figure for one store size."""
-    with tempfile.TemporaryDirectory(prefix="memp-bench-") as tmpdir, store_at(args.db, Path(tmpdir), str(n)) as db:
+    say = (lambda text: print(text, file=sys.stderr, flush=True)) if n >= 100_000 else None
+    with tempfile.TemporaryDirectory(prefix="memp-bench-") as tmpdir, store_at(args.db, Path(tmpdir), str(n)) as where:
         tmp = Path(tmpdir)
-        vectors, build_s = build_store(db, n, args.embed_limit, args.seed)
+        built = build_store(tmp, n, args.seed, args.real_limit, say, where if is_url(where) else None)
+        db = built.db
+        side = Path(db).with_name(Path(db).name + "-bits") if isinstance(db, Path) else None
+        size = {
+            "size": n,
+            "store_bytes_per_memory": round(size_bytes(str(db)) / n),
+            "side_file_bytes_per_memory": round(side.stat().st_size / n) if side and side.exists() else 0,
+            "build_seconds": round(built.seconds, 1),
+            "build_per_second": round(n / built.seconds),
+            "ingest_path_per_second": round(built.ingest_path_per_s),
+            "side_file_build_seconds": round(built.side_file_seconds, 2),
+        }
+        exact_runs = 5 if n > 100_000 else 100
         if args.search_only:
-            return {
-                "size": n,
-                "store_bytes_per_memory": round(size_bytes(db) / n),
-                "build_seconds": round(build_s, 1),
-                "search": in_process_search(db, vectors, min(100, args.runs * 5), args.seed),
-            }
+            return {**size, "search": in_process_search(built, min(100, args.runs * 5), args.seed, exact_runs, args.chroma_limit)}
         rng = random.Random(args.seed + 2)
         queries = [task(rng) for _ in range(args.runs)]
-        # One recall first, so the per-machine model cache exists as it does after a user's first call.
+        # One recall first, so the per-machine model cache (and the procedure index) exist as after a first call.
         policy = ["-p", args.policy] if args.policy else []
+        started = time.perf_counter()
         timed_process([*MEMP, "recall", queries[0], "--db", str(db), "-f", "json", *policy])
+        first_s = time.perf_counter() - started
         fresh, rss = [], []
         for q in queries:
             seconds, peak = timed_process([*MEMP, "recall", q, "--db", str(db), "-f", "json", *policy])
@@ -257,22 +252,24 @@ def bench_size(n: int, args: argparse.Namespace) -> dict[str, Any]:
         batch_tasks = [task(rng) for _ in range(args.batch)]
         batch_s, _ = timed_process([*MEMP, "recall", "-", "--db", str(db), *policy],
                                    stdin="\n".join(batch_tasks) + "\n")
-        search = in_process_search(db, vectors, min(100, args.runs * 5), args.seed)
+        search = in_process_search(built, min(100, args.runs * 5), args.seed, exact_runs, args.chroma_limit)
         row: dict[str, Any] = {
-            "size": n,
-            "store_bytes_per_memory": round(size_bytes(db) / n),
-            "build_seconds": round(build_s, 1),
+            **size,
+            "first_recall_seconds": round(first_s, 1),
             "recall_fresh_ms_median": round(statistics.median(fresh), 1),
             "recall_fresh_ms_p95": round(pct(fresh, 0.95), 1),
             "recall_peak_rss_mb": max(rss),
             "search": search,
             "batch_recall_qps": round(args.batch / batch_s, 1),
         }
-        if not args.no_llm:
-            base = llm_baseline(tmp, vectors, queries[0], args.runs)
+        if not args.no_llm and n <= args.llm_limit:
+            base = llm_baseline(tmp, built.vectors, queries[0], args.runs)
             row["llm_similar"] = base
             row["speedup_in_process"] = round(base["in_process_ms_median"] / max(search["default"]["ms_median"], 1e-3), 1)
             row["speedup_fresh_process"] = round(base["fresh_process_ms_median"] / row["recall_fresh_ms_median"], 2)
+        elif not args.no_llm:
+            print(f"bench: llm similar skipped at {n:,} memories: above --llm-limit {args.llm_limit:,}",
+                  file=sys.stderr)
         return row
 
 
@@ -290,23 +287,42 @@ def table(rows: list[dict[str, Any]], ingest: dict[str, Any], help_ms: float, in
     def line(name: str, fn: Any) -> None:
         t.add_row(name, *(fn(r) for r in rows))
 
+    def peer(name: str) -> Any:
+        def cell(r: dict[str, Any]) -> str:
+            p = r["search"]["peers"][name]
+            if "skipped" in p:
+                return "skipped"
+            return f"{p['ms_median']:.2f}, {p['recall_at_5']:.3f}, {p['memp_time_ratio']}x"
+        return cell
+
     line("memp recall, fresh process ms (p50 / p95)",
          lambda r: f"{r['recall_fresh_ms_median']:.0f} / {r['recall_fresh_ms_p95']:.0f}")
+    line("first recall (builds the procedure index), s", lambda r: f"{r['first_recall_seconds']}")
     line("peak RSS of a recall, MB", lambda r: str(r["recall_peak_rss_mb"]))
     line("search in process ms (p50 / p95)",
-         lambda r: f"{r['search']['default']['ms_median']:.1f} / {r['search']['default']['ms_p95']:.1f}")
-    line("recall@5 vs exact", lambda r: f"{r['search']['default']['recall_at_5']:.3f}")
-    line("binary + rescore: ms p50, recall@5",
-         lambda r: f"{r['search']['binary']['ms_median']:.1f}, {r['search']['binary']['recall_at_5']:.3f}")
+         lambda r: f"{r['search']['default']['ms_median']:.2f} / {r['search']['default']['ms_p95']:.2f}")
+    line("recall@5 vs exact float32", lambda r: f"{r['search']['default']['recall_at_5']:.3f}")
+    line("bit pass + rescore: ms p50, recall@5",
+         lambda r: f"{r['search']['binary']['ms_median']:.2f}, {r['search']['binary']['recall_at_5']:.3f}")
+    line("  of it: state / bit scan / top-n / rescore, ms", lambda r: " / ".join(
+        f"{v:.2f}" for v in r["search"]["binary"]["parts_ms_median"].values()))
+    line("first search, store out of page cache, ms", lambda r: f"{r['search']['cold_first_ms']:.0f}")
+    line("recall log write, ms p50", lambda r: f"{r['search']['log_write_ms_median']:.2f}")
     line("exact scan ms p50", lambda r: f"{r['search']['exact']['ms_median']:.1f}")
+    line("numpy memmap flat: ms, recall@5, memp/peer", peer("numpy_memmap"))
+    line("FAISS flat (1 thread): ms, recall@5, memp/peer", peer("faiss_flat"))
+    line("chroma HNSW: ms, recall@5, memp/peer", peer("chroma"))
     line("batch recall (memp recall -), q/s", lambda r: f"{r['batch_recall_qps']:.0f}")
-    line("store bytes per memory", lambda r: f"{r['store_bytes_per_memory']:,}")
-    if rows and "llm_similar" in rows[0]:
-        line("llm similar ms, in process / fresh",
-             lambda r: f"{r['llm_similar']['in_process_ms_median']:.0f} / {r['llm_similar']['fresh_process_ms_median']:.0f}")
-        line("memp speed-up, in process / fresh",
-             lambda r: f"{r['speedup_in_process']}x / {r['speedup_fresh_process']}x")
-    Console(width=160).print(t)
+    line("store bytes per memory (+ side file)",
+         lambda r: f"{r['store_bytes_per_memory']:,} + {r['side_file_bytes_per_memory']:,}")
+    line("build: memories/s (ingest path / all)", lambda r: f"{r['ingest_path_per_second']:,} / {r['build_per_second']:,}")
+    if rows and any("llm_similar" in r for r in rows):
+        line("llm similar ms, in process / fresh", lambda r: (
+            f"{r['llm_similar']['in_process_ms_median']:.0f} / {r['llm_similar']['fresh_process_ms_median']:.0f}"
+            if "llm_similar" in r else "skipped"))
+        line("memp speed-up, in process / fresh", lambda r: (
+            f"{r['speedup_in_process']}x / {r['speedup_fresh_process']}x" if "llm_similar" in r else "skipped"))
+    Console(width=180).print(t)
 
 
 def main() -> None:
@@ -315,7 +331,10 @@ def main() -> None:
     parser.add_argument("--runs", type=int, default=20, help="fresh-process recalls per size")
     parser.add_argument("--batch", type=int, default=500, help="tasks in the batch recall")
     parser.add_argument("--ingest", type=int, default=1000, help="trajectories in the ingest run")
-    parser.add_argument("--embed-limit", type=int, default=10000, help="embed at most this many tasks")
+    parser.add_argument("--real-limit", type=int, default=20000,
+                        help="memories built through store.memories.add; past it, copies made in SQLite")
+    parser.add_argument("--llm-limit", type=int, default=100000, help="largest size given the llm similar baseline")
+    parser.add_argument("--chroma-limit", type=int, default=100000, help="largest size given to chroma")
     parser.add_argument("--no-llm", action="store_true", help="skip the llm similar baseline")
     parser.add_argument("--seed", type=int, default=7)
     parser.add_argument("--policy", help="recall policy of the fresh and batch recalls (default: memp's default)")

@@ -288,3 +288,36 @@ def m013_lifecycle_keys(db: Database) -> None:
         "SELECT id, merged_into, recalled, succeeded, failed, coalesce(retired_at, created_at) FROM memories "
         "WHERE merged_into IS NOT NULL AND status = 'retired'"
     )
+
+
+@migrations()
+def m014_half_vectors_and_side_bits(db: Database) -> None:
+    """Task vectors as float16 (half the bytes, the same top results); their sign bits move to a side file.
+
+    The bit pages are dropped: the side file `<store>-bits` is rebuilt from `memory_vectors` when missing or stale,
+    which the counters written here (and bumped by every vector write) tell, with a random token per store.
+    """
+    import secrets
+
+    db.execute("DROP TABLE IF EXISTS memory_bit_pages")
+    dim = db.execute("SELECT value FROM meta WHERE key = 'embed_dim'").fetchone()
+    if dim is not None:
+        import numpy as np
+
+        # Converted CHUNK rows at a time by id range, so memory stays bounded whatever the store's size.
+        last = 0
+        while rows := db.execute(
+            "SELECT memory_id, embedding FROM memory_vectors WHERE memory_id > ? ORDER BY memory_id LIMIT 4096", [last]
+        ).fetchall():
+            halves = np.frombuffer(b"".join(r[1] for r in rows), dtype="<f4").astype("<f2").reshape(len(rows), -1)
+            db.conn.executemany(
+                "UPDATE memory_vectors SET embedding = ? WHERE memory_id = ?",
+                [(half.tobytes(), r[0]) for half, r in zip(halves, rows)],
+            )
+            last = rows[-1][0]
+    count = db.execute("SELECT count(*) FROM memory_vectors").fetchone()[0]
+    db.conn.executemany(
+        "INSERT OR REPLACE INTO meta(key, value) VALUES (?, ?)",
+        [("vectors_generation", "1"), ("vectors_removals", "0"), ("vectors_count", str(count)),
+         ("vectors_token", secrets.token_hex(16))],
+    )

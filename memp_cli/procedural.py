@@ -178,14 +178,13 @@ def rank(
     embed_id: str, pool: int, scopes: Sequence[str] | None = None,
 ) -> list[list[tuple[int, float, float]]]:
     """Return, per task, the best `pool` (memory id, procedural score, task cosine) of `scopes`, best first."""
-    import numpy as np
 
     from .procedure_index import index_for
 
     index = index_for(store, embedder, embed_id)
     nearest = store.vectors.nearest_many(vectors, max(NEIGHBOURS, pool), scopes)
     # Other scopes' keys may match best: they are no candidates (the neighbours above are of `scopes` already).
-    outside = ~index.in_scopes(scopes)
+    keep = index.in_scopes(scopes) if scopes is not None else None
     keys = []
     for task, hits in zip(tasks, nearest):
         entries = [e for i, _ in hits[:NEIGHBOURS] if (e := index.entry(i)) is not None]
@@ -196,17 +195,16 @@ def rank(
         query_words = key_words(key)
         task_cos = dict(hits)
         # The members of the best-matching keys join the nearest tasks as candidates (a key is shared by many).
-        if outside.any():
-            cosines = np.where(outside, -np.inf, cosines)
-        order = np.argsort(-cosines, kind="stable")[:KEY_CANDIDATES]
-        extra = [int(index.ids[n]) for n in order if not outside[n] and int(index.ids[n]) not in task_cos]
+        extra = [int(index.ids[n]) for n in index.key_candidates(cosines, KEY_CANDIDATES, keep)
+                 if int(index.ids[n]) not in task_cos]
         task_cos.update(store.vectors.similarities(vector, extra))
         rows = index.ids.searchsorted(list(task_cos))
         scored = []
         for (i, c), r in zip(task_cos.items(), rows):
             indexed = r < len(index.ids) and index.ids[r] == i
             entry = index.entry(i) if indexed else None
-            scored.append((i, fuse(c, float(cosines[r]) if indexed else c, index.word_overlap(query_words, entry)), c))
+            key_cos = float(cosines[index.key_of[r]]) if indexed else c
+            scored.append((i, fuse(c, key_cos, index.word_overlap(query_words, entry)), c))
         out.append(sorted(scored, key=lambda t: t[1], reverse=True)[:pool])
     return out
 

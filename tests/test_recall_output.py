@@ -201,24 +201,27 @@ def test_help_imports_no_heavy_module() -> None:
 
 
 def test_quantized_search_returns_the_exact_top_results(memp, isolated: Path, monkeypatch) -> None:
-    import memp_cli.store.bits as bits_module
     import memp_cli.store.vectors as vectors_module
-    from memp_cli.store import open_store
+    from memp_cli.store import bitfile, open_store
 
-    # Rescore only 20 of the 41 memories, so the binary pass really chooses; pages of 8, so ingests fill the last
-    # page and open new ones, and a purge rewrites and deletes pages.
+    # Rescore only 20 of the 41 memories, so the binary pass really chooses; blocks of 8 in the side file, so a
+    # second ingest fills the last block and opens new ones, and a purge rebuilds the file.
     monkeypatch.setattr(vectors_module, "MIN_CANDIDATES", 20)
     monkeypatch.setattr(vectors_module, "OVERSAMPLE", 4)
-    monkeypatch.setattr(bits_module, "PAGE_VECTORS", 8)
+    monkeypatch.setattr(bitfile, "BLOCK", 8)
     memp("ingest", str(EXAMPLES))
+    first = open_store(isolated / "memp.db")
+    first.vectors.nearest(OnnxEmbedder().embed(["nginx"])[0], 3, exact=False)  # writes the side file
+    assert first.vectors.side_file.rebuilt == 1
     rows = [traj(f"{verb} the {thing} in room {i}") for i, (verb, thing) in enumerate(
         (v, t) for v in ("clean", "repair", "paint", "move", "check") for t in ("desk", "lamp", "door", "sink", "oven")
     )]
     memp("ingest", str(write_jsonl(isolated / "more.jsonl", rows)), "--build", "trajectory")
     store = open_store(isolated / "memp.db")
     assert store.vectors.count() == 41
-    pages = store.db.execute("SELECT length(ids) / 8 FROM memory_bit_pages ORDER BY page").fetchall()
-    assert [r[0] for r in pages] == [8, 8, 8, 8, 8, 1]
+    def header() -> bitfile.Header | None:
+        return bitfile.Header.unpack(bitfile.side_path(isolated / "memp.db").read_bytes()[:4096])
+
     tasks = ("clean a cup and put it in the coffee machine", "repair the oven", "free disk space", "nginx")
     for task in tasks:
         vector = OnnxEmbedder().embed([task])[0]
@@ -226,6 +229,11 @@ def test_quantized_search_returns_the_exact_top_results(memp, isolated: Path, mo
         quantized = store.vectors.nearest(vector, 3, exact=False)
         assert [i for i, _ in quantized] == [i for i, _ in exact]
         assert [round(s, 5) for _, s in quantized] == [round(s, 5) for _, s in exact]
+    held = header()
+    assert held is not None and held.count == 41
+    # The second ingest's memories were appended to the file (caught up), not rebuilt; the first store sees them.
+    assert store.vectors.side_file.rebuilt == 0 and first.vectors.side_file.rebuilt == 1
+    assert first.vectors.nearest(vector, 3, exact=False) == store.vectors.nearest(vector, 3, exact=False)
     assert memp.json("check")["ok"] is True
 
     # Purged memories leave the pages; the rest are still found exactly as the full scan finds them.
@@ -234,8 +242,9 @@ def test_quantized_search_returns_the_exact_top_results(memp, isolated: Path, mo
     for memory_id in gone:
         store.memories.retire(memory_id, "test")
     assert store.memories.purge_retired() == 2
-    assert store.db.execute("SELECT sum(length(ids)) / 8 FROM memory_bit_pages").fetchone()[0] == 39
     after = store.vectors.nearest(oven, 3, exact=False)
     assert not set(gone) & {i for i, _ in after}
     assert after == store.vectors.nearest(oven, 3, exact=True)
+    held = header()
+    assert held is not None and held.count == 39 and held.removals == 1
     assert memp.json("check")["ok"] is True

@@ -13,7 +13,7 @@ from test_mcp import call, run
 
 from memp_cli import Memp
 from memp_cli.records import Step, Trajectory
-from memp_cli.store import NewMemory, open_store
+from memp_cli.store import NewMemory, open_store, scan
 from memp_cli.store import vectors as store_vectors
 
 POLICIES = ("procedural", "query", "avefact", "hybrid", "random")
@@ -122,6 +122,40 @@ def test_a_small_scope_crowded_out_of_the_bit_pass_still_gets_k(tmp_path: Path, 
     assert len(hits) == 3 and {i for i, _ in hits} <= small
     assert store.vectors.nearest_many([query], 3, scopes=["none"]) == [[]]
     assert len(store.memories.random_ids(50, seed=1, scopes=["small"])) == 5
+
+
+def test_the_exact_scan_of_a_scope_reads_that_scopes_vectors_only(tmp_path: Path, monkeypatch) -> None:
+    import numpy as np
+
+    rng = np.random.default_rng(3)
+    store = open_store(tmp_path / "scan.db")
+    items = [_memory(f"task {n}", rng.standard_normal(384).tolist(), "small" if n % 50 == 0 else "big")
+             for n in range(2000)]
+    store.memories.add(items, "memp-minilm")
+    store.memories.retire(store.memories.list(scopes=["small"])[0].id, "test")
+    small = {m.id for m in store.memories.list(scopes=["small"], status="active")}
+    read: list[int] = []
+    chunk_arrays = scan.chunk_arrays
+
+    def counted(*chunk: Any) -> Any:
+        ids, matrix = chunk_arrays(*chunk)
+        read.extend(int(i) for i in ids)
+        return ids, matrix
+
+    monkeypatch.setattr(scan, "chunk_arrays", counted)
+    monkeypatch.setattr(scan, "SCAN_CHUNK", 16)  # several chunks, scored side by side
+    query = rng.standard_normal(384).tolist()
+    for exact in (True, None):
+        read.clear()
+        hits = store.vectors.nearest(query, 5, exact=exact, scopes=["small"])
+        assert sorted(read) == sorted(small)  # the 39 active memories of the scope, not the 2,000
+        vectors = {i: np.asarray(store.vectors.vector(i)) for i in small}
+        expected = sorted(small, key=lambda i: -float(vectors[i] @ query) / float(np.linalg.norm(vectors[i])))[:5]
+        assert [i for i, _ in hits] == expected
+    read.clear()
+    # Unscoped, every vector is read (by id range), the retired memory left out.
+    every = store.vectors.nearest(query, 5, exact=True)
+    assert len(read) == 1999 and len(every) == 5
 
 
 def test_stats_and_list_count_each_scope(memp, two_scopes: int) -> None:
@@ -319,7 +353,7 @@ def test_a_procedure_index_from_before_scopes_is_read_not_embedded_again(memp, t
     del meta["scopes"]
     index = procedure_index.ProcedureIndex.load(path)
     assert index is not None
-    raws = [index._blob[int(a):int(b)].decode().rsplit("\t", 1)[0].encode()
+    raws = [bytes(index._blob[int(a):int(b)]).decode().rsplit("\t", 1)[0].encode()
             for a, b in zip(index._offsets[:-1], index._offsets[1:])]
     saved.update(meta=np.frombuffer(json.dumps(meta).encode(), dtype=np.uint8),
                  blob=np.frombuffer(b"".join(raws), dtype=np.uint8),

@@ -9,6 +9,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import pytest
 import sqlite_utils
 from conftest import EXAMPLES
@@ -91,9 +92,10 @@ def _write_as_released(path: Path, released: str, items: list[NewMemory]) -> Non
                 [memory_id, s.text, item.trajectory_text, s.model, stamp],
             )
             ids.append(memory_id)
-        if "memory_bit_pages" in tables:
-            for page, blobs in enumerate(bits.append(None, ids, bits.sign_bits([i.vector for i in items]))):
-                conn.execute("INSERT INTO memory_bit_pages(page, ids, bits) VALUES (?, ?, ?)", [page, *blobs])
+        if "memory_bit_pages" in tables:  # m007's layout: one page of int64 ids, then the sign bits column-major
+            page_bits = np.ascontiguousarray(bits.sign_bits([i.vector for i in items]).T)
+            conn.execute("INSERT INTO memory_bit_pages(page, ids, bits) VALUES (0, ?, ?)",
+                         [np.asarray(ids, dtype="<i8").tobytes(), page_bits.tobytes()])
     conn.close()
 
 
@@ -113,8 +115,8 @@ def test_a_store_from_a_release_upgrades_and_answers_as_a_new_one(tmp_path: Path
     applied = [m.name for m in migrations.applied(sqlite_utils.Database(store.db))]
     assert applied == _names()
     tables = {r[0] for r in store.db.execute("SELECT name FROM sqlite_master WHERE type = 'table'")}
-    assert {"memory_vectors", "memory_bit_pages", "script_cache"} <= tables
-    assert not {"memory_vec", "memory_bits", "scripts"} & tables
+    assert {"memory_vectors", "script_cache"} <= tables
+    assert not {"memory_vec", "memory_bits", "memory_bit_pages", "scripts"} & tables
     columns = {r[1] for r in store.db.execute("PRAGMA table_info(memories)")}
     assert "build" in columns and "kind" not in columns
     report = store.check()
@@ -207,16 +209,20 @@ def test_search_skips_held_and_retired_memories_on_both_paths(memp, isolated: Pa
 
 
 def test_check_finds_vectors_that_do_not_match(memp, isolated: Path) -> None:
+    from memp_cli.store.bitfile import BLOCK, HEADER_BYTES, side_path
+
     memp("ingest", str(EXAMPLES / "devops.jsonl"))
     store: Any = open_store(isolated / "memp.db")
     assert store.check()["ok"]
+    store.vectors.nearest(store.vectors.vector(1), 3, exact=False)  # writes the side file
+    side = side_path(isolated / "memp.db")
+    raw = bytearray(side.read_bytes())
+    raw[HEADER_BYTES + 8 * BLOCK] ^= 0xFF  # memory 1's first sign-bit byte
+    side.write_bytes(bytes(raw))
     with store.write():
-        _, page_bits = store.db.execute("SELECT ids, bits FROM memory_bit_pages").fetchone()
-        flipped = bytes([page_bits[0] ^ 0xFF]) + page_bits[1:]
-        store.db.execute("UPDATE memory_bit_pages SET bits = ?", [flipped])
-        store.db.execute("DELETE FROM memory_vectors WHERE memory_id = 3")
+        store.db.execute("DELETE FROM memory_vectors WHERE memory_id = 3")  # behind the counters' back
     problems = store.check()["problems"]
     assert "1 memories have no vector" in problems
-    assert "the bit pages hold 5 vectors, not 4" in problems
-    assert "the bit pages hold 1 memories that have no vector" in problems
-    assert any("sign bits in the bit pages do not match" in p for p in problems)
+    assert "the vector count in meta is 5, not 4" in problems
+    assert "the side file memp.db-bits holds 5 vectors, not 4" in problems
+    assert any("sign bits in the side file memp.db-bits do not match" in p for p in problems)

@@ -2,7 +2,7 @@
 
     store = open_store(path)
     store.memories.get(7)                   # trajectories, memories, versions, retirement (memories.py)
-    store.vectors.nearest(vector, k=3)      # the task vectors and their search (vectors.py, bits.py)
+    store.vectors.nearest(vector, k=3)      # the task vectors and their search (vectors.py, bits.py, bitfile.py)
     store.log.record_outcome(...)           # recalls and outcomes (log.py)
     store.keywords.full_text(["nginx"], 5)  # AveFact keywords and FTS5 (keywords.py)
     store.settings.get("update_policy")     # settings and the embedding model record (settings.py)
@@ -44,7 +44,7 @@ class SqliteStore:
         # The connection itself, for tests and tools that read the tables directly.
         self.db = conn
         self.settings = SqliteSettings(conn, path)
-        self.vectors = SqliteVectors(conn, self.settings)
+        self.vectors = SqliteVectors(conn, self.settings, path)
         self.memories = SqliteMemories(conn, path, self.vectors, self.settings)
         self.log = SqliteLog(conn)
         self.keywords = SqliteKeywords(conn)
@@ -65,8 +65,11 @@ class SqliteStore:
         return check(self.db, self.path, self.settings)
 
     def close(self) -> None:
-        """Close the connection."""
-        self.db.close()
+        """Close the connection, first bringing the vectors' side file up to date with this process's writes."""
+        try:
+            self.vectors.close()
+        finally:
+            self.db.close()
 
 
 def is_url(location: object) -> bool:

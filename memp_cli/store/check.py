@@ -10,7 +10,7 @@ from typing import Any
 
 from .settings import SqliteSettings
 from .sql import dialect
-from .vectors import BIT_TABLE, FLOAT_TABLE
+from .vectors import FLOAT_TABLE
 
 
 def check(conn: Any, path: Path, settings: SqliteSettings) -> dict[str, Any]:
@@ -22,7 +22,13 @@ def check(conn: Any, path: Path, settings: SqliteSettings) -> dict[str, Any]:
     fk = conn.execute("PRAGMA foreign_key_check").fetchall()
     if fk:
         problems.append(f"{len(fk)} rows point at rows that do not exist (first in table {fk[0][0]})")
-    return consistency(conn, path, settings, problems, _bit_page_problems)
+
+    def side_file_problems(conn: Any, vectors: int) -> list[str]:
+        from .bitfile import vector_problems
+
+        return vector_problems(conn, path, vectors, settings.embed_model()[1])  # type: ignore[index]
+
+    return consistency(conn, path, settings, problems, side_file_problems)
 
 
 def consistency(
@@ -76,40 +82,6 @@ def consistency(
         problems.append(f"{wrong} vectors do not have the store's {dim} dimensions")
     problems.extend(more(conn, counts["vectors"]))
     return {"path": str(path), "ok": not problems, "problems": problems, **counts}
-
-
-def _bit_page_problems(conn: Any, vectors: int) -> list[str]:
-    """Return how the sign-bit pages differ from the float vectors they are built from."""
-    import numpy as np
-
-    from . import bits
-
-    seen: list[Any] = []
-    wrong = unknown = 0
-    for ids_blob, bits_blob in conn.execute(f"SELECT ids, bits FROM {BIT_TABLE} ORDER BY page").fetchall():
-        ids, page_bits = bits.decode_page(ids_blob, bits_blob)
-        seen.append(ids)
-        marks = ",".join("?" * len(ids))
-        floats = dict(
-            conn.execute(f"SELECT memory_id, embedding FROM {FLOAT_TABLE} WHERE memory_id IN ({marks})", ids.tolist())
-        )
-        present = [i for i, memory_id in enumerate(ids.tolist()) if memory_id in floats]
-        unknown += len(ids) - len(present)
-        if present:
-            matrix = np.frombuffer(b"".join(floats[int(ids[i])] for i in present), dtype=np.float32)
-            expected = bits.sign_bits(matrix.reshape(len(present), -1))
-            wrong += int((expected != page_bits.T[present]).any(axis=1).sum())
-    held = np.concatenate(seen) if seen else np.empty(0, dtype=np.int64)
-    problems = []
-    if len(held) != vectors:
-        problems.append(f"the bit pages hold {len(held)} vectors, not {vectors}")
-    if len(np.unique(held)) != len(held):
-        problems.append("the bit pages hold a memory more than once")
-    if unknown:
-        problems.append(f"the bit pages hold {unknown} memories that have no vector")
-    if wrong:
-        problems.append(f"{wrong} memories' sign bits in the bit pages do not match their vectors")
-    return problems
 
 
 CYCLE = -1  # where a walk along merges that go round ends (no memory has a negative id)

@@ -83,8 +83,11 @@ class RowCopy:
         return rows, last
 
     def _vector_rows(self, sql: str, params: list[Any]) -> list[tuple[Any, ...]]:
-        """Return (memory id, float32 bytes) rows: SQLite holds the bytes as they are."""
-        return [(int(r[0]), bytes(r[1])) for r in self._conn.execute(sql, params).fetchall()]
+        """Return (memory id, float32 bytes) rows: SQLite's float16 blobs widened (exactly: every float16 is a
+        float32)."""
+        from .vectors import float32_blob
+
+        return [(int(r[0]), float32_blob(r[1])) for r in self._conn.execute(sql, params).fetchall()]
 
     def copy_progress(self, source: str) -> dict[str, list[Any]]:
         """Return, by table, the key of the last row copied here from `source` (as recorded with the rows)."""

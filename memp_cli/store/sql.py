@@ -30,7 +30,8 @@ class Dialect:
         return self.json_field.format(column=column, key=key)
 
 
-SQLITE = Dialect("sqlite", "json_extract({column}, '$.{key}')", "length({column}) / 4.0")
+# SQLite stores float16 blobs (vectors.py), two bytes a dimension.
+SQLITE = Dialect("sqlite", "json_extract({column}, '$.{key}')", "length({column}) / 2.0")
 POSTGRES = Dialect("postgresql", "({column}::jsonb ->> '{key}')", "vector_dims({column})")
 # Where SQL asks for every row from an OFFSET: SQLite takes no OFFSET without a LIMIT, PostgreSQL no negative LIMIT.
 NO_LIMIT = 2**63 - 1

@@ -1,199 +1,317 @@
-"""The vector index: each memory's task vector stored once (float32), its sign bits in pages, and the search.
+"""The vector index: each memory's task vector stored once (float16), its sign bits in a side file, and the search.
 
-Measured at 100k memories (see README, "The store"): a plain table read by id rescores 200 candidates in ~1 ms and
-answers `similarities` in ~0.02 ms, where sqlite-vec's vec0 table took ~78 ms and ~46 ms for the same reads; vec0's
-full KNN scan is about twice as fast as `vec_distance_cosine` over the plain table, which only the exact path uses,
-and stores that big take the bit pass instead. So the plain table is the one float copy.
+Vectors are kept as float16 (768 bytes at 384 dimensions, half of float32): on MiniLM embeddings of the real tasks
+in ../shared/data, the top 5 by float16 cosine are the float32 top 5 (recall@5 1.000 at 1.3k, 100k and 1M
+memories, `bench/compact.py`), where int8 with a scale per vector fell to 0.988 at 100k and 0.976 at 1M. Cosines
+are computed in numpy, on the vectors read by id (rescoring, similarities) or streamed (the exact scan, below
+QUANTIZED_ABOVE, scan.py). Scoped searches read the scopes' active ids from idx_memories_scope_status and keep to
+them: the bit pass scans only their bits, and a small scope's exact scan reads only its rows.
+From QUANTIZED_ABOVE memories on, the search first scans the sign bits, memory-mapped from the side file
+`<store>-bits` (bitfile.py), and rescores the best candidates with their stored vectors.
 """
 
 from __future__ import annotations
 
+import time
 from collections.abc import Sequence
+from pathlib import Path
 from typing import Any
 
 from ..errors import NotFoundError
-from .db import pack, scope_filter, unpack
+from .db import scope_filter
+from .scan import STORED_DTYPE, best, cosines
 from .settings import SqliteSettings
 
 FLOAT_TABLE = "memory_vectors"
-# The sign bits of the task vectors, packed in pages (see bits.py): the first pass of recall in large stores.
-BIT_TABLE = "memory_bit_pages"
 # From this many memories on, the default search scans the sign bits first and rescores the best OVERSAMPLE × k (at
-# least MIN_CANDIDATES) with the float vectors; below it, an exact scan is as fast. bench/run.py measures both paths
+# least MIN_CANDIDATES) with the stored vectors; below it, an exact scan is as fast. bench/run.py measures both paths
 # and recall@5 against the exact scan at each size.
 QUANTIZED_ABOVE = 1_000
 OVERSAMPLE = 20
 MIN_CANDIDATES = 200
 # At most this many candidates are rescored by id (one bound parameter each).
 MAX_CANDIDATES = 4096
+# Batch recall holds the active vectors as a float32 matrix up to this many memories (150 MB at 100k); past it,
+# each query takes the bit pass, which at 1M is faster than a product over 1.5 GB.
+PRELOAD_LIMIT = 100_000
+
+
+def encode(vectors: Any) -> list[bytes]:
+    """Return the stored blob of each vector (float16)."""
+    import numpy as np
+
+    matrix = np.atleast_2d(np.asarray(vectors, dtype=np.float32)).astype(STORED_DTYPE)
+    return [row.tobytes() for row in matrix]
+
+
+def decode(blobs: Sequence[bytes], dim: int) -> Any:
+    """Return stored blobs as a float32 (rows, dim) matrix."""
+    import numpy as np
+
+    return np.frombuffer(b"".join(blobs), dtype=STORED_DTYPE).reshape(len(blobs), dim).astype(np.float32)
+
+
+def float32_blob(blob: bytes) -> bytes:
+    """Return a stored vector as a float32 blob (the export format, and what sqlite-vec reads)."""
+    import numpy as np
+
+    return np.frombuffer(blob, dtype=STORED_DTYPE).astype("<f4").tobytes()
+
+
+def _unit(vector: Sequence[float]) -> Any:
+    import numpy as np
+
+    q = np.asarray(vector, dtype=np.float32)
+    norm = float(np.linalg.norm(q))
+    return q / norm if norm else q
 
 
 class SqliteVectors:
-    """Task vectors in `memory_vectors` (memory id -> float32 blob) and their sign bits in `memory_bit_pages`."""
+    """Task vectors in `memory_vectors` (memory id -> float16 blob); their sign bits in the side file."""
 
-    def __init__(self, conn: Any, settings: SqliteSettings) -> None:
+    def __init__(self, conn: Any, settings: SqliteSettings, path: Path | None = None) -> None:
         self._conn = conn
         self._settings = settings
-        self._count: int | None = None
+        self._path = Path(path) if path is not None else None
         self._preloaded: Any = None
         self._preloaded_scopes: Any = None  # each preloaded memory's scope, row by row
         self._scoped: dict[tuple[str, ...], Any] = {}
+        self._side: Any = None
+        self._wrote = False
+        # Where the last search's time went, in ms (bench/run.py reports it): state, bit scan, top-n, rescore.
+        self.timings: dict[str, float] = {}
+
+    @property
+    def side_file(self) -> Any:
+        """Return the sign-bit side file this store searched through (a bitfile.SideBits), None before a bit pass."""
+        return self._side
 
     # -- writing (inside a write) ---------------------------------------------------------------------------------
 
+    def _bump(self, added: int, removed: int) -> None:
+        """Count a vector write in `meta`, in the write's transaction (the side file's staleness test)."""
+        self._conn.execute(
+            "UPDATE meta SET value = CAST(value AS INTEGER) + (CASE key WHEN 'vectors_generation' THEN 1 "
+            "WHEN 'vectors_removals' THEN ? WHEN 'vectors_count' THEN ? END) "
+            "WHERE key IN ('vectors_generation', 'vectors_removals', 'vectors_count')",
+            [1 if removed else 0, added - removed],
+        )
+        self._wrote = True
+
     def add(self, memory_ids: Sequence[int], vectors: Sequence[Sequence[float]], embed_model: str) -> None:
         """Store the memories' vectors (inside a write), recording which model made them."""
-        if not memory_ids:
+        if not len(memory_ids):
             return
         self._settings.claim_embed_model(embed_model, len(vectors[0]))
         self._conn.executemany(
-            f"INSERT INTO {FLOAT_TABLE}(memory_id, embedding) VALUES (?, ?)",
-            [(memory_id, pack(vector)) for memory_id, vector in zip(memory_ids, vectors)],
+            f"INSERT INTO {FLOAT_TABLE}(memory_id, embedding) VALUES (?, ?)", zip(memory_ids, encode(vectors))
         )
-        self._append_bits(memory_ids, vectors)
-        self._count = None
-
-    def _append_bits(self, memory_ids: Sequence[int], vectors: Sequence[Sequence[float]]) -> None:
-        """Add memories' sign bits to the bit pages, filling the last page first."""
-        from . import bits
-
-        row = self._conn.execute(f"SELECT page, ids, bits FROM {BIT_TABLE} ORDER BY page DESC LIMIT 1").fetchone()
-        last = None
-        first = 0
-        if row is not None:
-            first = int(row[0])
-            if len(row[1]) // 8 < bits.PAGE_VECTORS:
-                last = (row[1], row[2])
-            else:
-                first += 1
-        for offset, (ids_blob, bits_blob) in enumerate(bits.append(last, memory_ids, bits.sign_bits(vectors))):
-            self._conn.execute(
-                f"INSERT OR REPLACE INTO {BIT_TABLE}(page, ids, bits) VALUES (?, ?, ?)",
-                [first + offset, ids_blob, bits_blob],
-            )
+        self._bump(len(memory_ids), 0)
 
     def remove(self, memory_ids: Sequence[int]) -> None:
-        """Delete the memories' vectors and take them out of the bit pages (inside a write)."""
+        """Delete the memories' vectors (inside a write); the side file is rebuilt at the next search."""
         if not memory_ids:
             return
-        from . import bits
-
+        before = self._conn.total_changes
         self._conn.executemany(f"DELETE FROM {FLOAT_TABLE} WHERE memory_id = ?", [(i,) for i in memory_ids])
-        drop = set(memory_ids)
-        for page, ids_blob, bits_blob in self._conn.execute(f"SELECT page, ids, bits FROM {BIT_TABLE}").fetchall():
-            kept = bits.without((ids_blob, bits_blob), drop)
-            if kept is None:
-                self._conn.execute(f"DELETE FROM {BIT_TABLE} WHERE page = ?", [page])
-            elif len(kept[0]) != len(ids_blob):
-                self._conn.execute(f"UPDATE {BIT_TABLE} SET ids = ?, bits = ? WHERE page = ?", [*kept, page])
-        self._count = None
+        removed = self._conn.total_changes - before
+        if removed:
+            self._bump(0, removed)
+
+    def close(self) -> None:
+        """Bring the side file up to date with what this process wrote (so the next recall need not), if it can."""
+        if self._wrote and not self._conn.in_transaction and self.count() >= QUANTIZED_ABOVE:
+            self._bits()
 
     # -- reading --------------------------------------------------------------------------------------------------
 
     def count(self) -> int:
-        """Return how many vectors the store holds (read once per open store unless it writes vectors itself)."""
-        if self._count is None:
-            # Summed from the bit pages' id blobs (a few dozen rows, their lengths read from the record headers):
-            # count(*) over the memories walks an index of every memory, ~2.5 ms of a fresh recall at 100k.
-            self._count = int(
-                self._conn.execute(f"SELECT coalesce(sum(length(ids)), 0) / 8 FROM {BIT_TABLE}").fetchone()[0]
-            )
-        return self._count
+        """Return how many vectors the store holds (one row of `meta`)."""
+        from .bitfile import read_state
+
+        state = read_state(self._conn)
+        if state is None:
+            return int(self._conn.execute(f"SELECT count(*) FROM {FLOAT_TABLE}").fetchone()[0])
+        return state.count
 
     def vector(self, memory_id: int) -> list[float]:
         """Return a memory's task vector, or raise NotFoundError."""
         row = self._conn.execute(f"SELECT embedding FROM {FLOAT_TABLE} WHERE memory_id = ?", [memory_id]).fetchone()
         if row is None:
             raise NotFoundError(f"memory {memory_id} has no vector")
-        return unpack(row[0])
+        return [float(x) for x in decode([row[0]], len(row[0]) // 2)[0]]
+
+    def _read(self, memory_ids: Sequence[int], active_only: bool) -> tuple[Any, Any]:
+        """Return (ids, float32 matrix) of the stored vectors of these memories."""
+        import numpy as np
+
+        marks = ",".join("?" * len(memory_ids))
+        join = "JOIN memories m ON m.id = v.memory_id AND m.status = 'active' " if active_only else ""
+        cursor = self._conn.cursor()
+        cursor.row_factory = None
+        rows = cursor.execute(
+            f"SELECT v.memory_id, v.embedding FROM {FLOAT_TABLE} v {join}WHERE v.memory_id IN ({marks})",
+            list(memory_ids),
+        ).fetchall()
+        dim = self._dim()
+        ids = np.fromiter((r[0] for r in rows), dtype=np.int64, count=len(rows))
+        return ids, decode([r[1] for r in rows], dim) if rows else np.zeros((0, dim), dtype=np.float32)
+
+    def _dim(self) -> int:
+        embed = self._settings.embed_model()
+        assert embed is not None
+        return embed[1]
 
     def similarities(self, vector: Sequence[float], memory_ids: Sequence[int]) -> dict[int, float]:
         """Return the cosine between `vector` and each memory's task vector."""
         if not memory_ids or self._settings.embed_model() is None:
             return {}
-        marks = ",".join("?" * len(memory_ids))
-        rows = self._conn.execute(
-            f"SELECT memory_id, vec_distance_cosine(embedding, ?) FROM {FLOAT_TABLE} WHERE memory_id IN ({marks})",
-            [pack(vector), *memory_ids],
-        ).fetchall()
-        return {int(r[0]): 1.0 - float(r[1]) for r in rows}
+        ids, matrix = self._read(memory_ids, active_only=False)
+        sims = cosines(matrix, _unit(vector))
+        return {int(i): float(s) for i, s in zip(ids, sims)}
+
+    def _bits(self) -> list[tuple[Any, Any]] | None:
+        """Return the sign-bit blocks of every stored vector (the side file, brought up to date), or None."""
+        from .bitfile import SideBits, read_state
+
+        state = read_state(self._conn)
+        if state is None or self._path is None:
+            return None
+        if self._side is None:
+            self._side = SideBits(self._conn, self._path, self._dim())
+        return self._side.blocks(state)
 
     def nearest(
         self, vector: Sequence[float], k: int, exact: bool | None = None, scopes: Sequence[str] | None = None
     ) -> list[tuple[int, float]]:
         """Return (memory id, cosine similarity) of the `k` active memories of `scopes` nearest to `vector`, best first.
 
-        Large stores search the sign bits first (unless `exact`); small ones scan the float vectors; preloaded
-        vectors are searched in memory. `scopes` None searches every scope.
+        Large stores search the sign bits first (unless `exact`); small ones, and small scopes, scan the stored
+        vectors; preloaded vectors are searched in memory. `scopes` None searches every scope.
         """
         if self._settings.embed_model() is None or k <= 0:
             return []
         if self._preloaded is not None and exact is None:
             return self.nearest_many([vector], k, scopes)[0]
-        scoped, scope_params = scope_filter("m.scope", scopes)
-        total = self.count()
         if exact is None:
-            exact = total < QUANTIZED_ABOVE
-        blob = pack(vector)
+            exact = self.count() < QUANTIZED_ABOVE
+        members = None
+        if not exact and scopes is not None:
+            # The scopes' active memories, read from the (scope, status) index: the bit pass keeps to them, and
+            # when they are few, scanning just their vectors is exact and as fast.
+            members = self._members(scopes)
+            exact = len(members) < QUANTIZED_ABOVE
         if not exact:
-            from . import bits
+            found = self._bit_pass(vector, k, members)
+            if found is not None:
+                return found
+        return self._exact(vector, k, scopes)
 
-            pages = self._conn.execute(f"SELECT ids, bits FROM {BIT_TABLE}").fetchall()
-            candidates = bits.nearest(pages, vector, min(MAX_CANDIDATES, max(MIN_CANDIDATES, OVERSAMPLE * k)))
-            marks = ",".join("?" * len(candidates))
-            rows = self._conn.execute(
-                f"SELECT v.memory_id, vec_distance_cosine(v.embedding, ?) AS d FROM {FLOAT_TABLE} v "
-                f"JOIN memories m ON m.id = v.memory_id WHERE v.memory_id IN ({marks}) AND m.status = 'active' "
-                f"AND {scoped} ORDER BY d, v.memory_id LIMIT ?",
-                [blob, *candidates, *scope_params, k],
-            ).fetchall()
-            # Held and retired memories, and other scopes', are among the candidates too; when they crowd out the
-            # ones asked for, and more memories are left than were looked at, the exact scan below settles it.
-            if len(rows) >= k or len(candidates) >= total:
-                return [(int(r[0]), 1.0 - float(r[1])) for r in rows]
-        rows = self._conn.execute(
-            f"SELECT v.memory_id, vec_distance_cosine(v.embedding, ?) AS d FROM memories m "
-            f"JOIN {FLOAT_TABLE} v ON v.memory_id = m.id WHERE m.status = 'active' AND {scoped} "
-            "ORDER BY d, v.memory_id LIMIT ?",
-            [blob, *scope_params, k],
-        ).fetchall()
-        return [(int(r[0]), 1.0 - float(r[1])) for r in rows]
+    def _members(self, scopes: Sequence[str]) -> Any:
+        """Return the ids of the active memories of `scopes`, ascending."""
+        import numpy as np
+
+        scoped, params = scope_filter("scope", scopes)
+        cursor = self._conn.cursor()
+        cursor.row_factory = None
+        cursor.execute(f"SELECT id FROM memories WHERE {scoped} AND status = 'active' ORDER BY id", params)
+        return np.fromiter((r[0] for r in cursor), dtype=np.int64)
+
+    def _bit_pass(self, vector: Sequence[float], k: int, members: Any) -> list[tuple[int, float]] | None:
+        """Return the `k` best by the bit pass and rescoring (of `members` only, unless None); None when the exact
+        scan must settle it."""
+        import numpy as np
+
+        from . import bits
+
+        t0 = time.perf_counter()
+        blocks = self._bits()
+        t1 = time.perf_counter()
+        if blocks is None:
+            return None
+        ids, dist = bits.distances(blocks, vector)
+        if members is not None:
+            # The side file holds its rows in id order (built and appended so), so each member is found by bisection.
+            if len(ids) > 1 and not bool((ids[1:] > ids[:-1]).all()):
+                keep = np.flatnonzero(np.isin(ids, members))
+            else:
+                keep = np.searchsorted(ids, members).clip(0, max(len(ids) - 1, 0))
+                keep = keep[ids[keep] == members] if len(ids) else keep[:0]
+            ids, dist = ids[keep], dist[keep]
+        t2 = time.perf_counter()
+        n = min(MAX_CANDIDATES, max(MIN_CANDIDATES, OVERSAMPLE * k))
+        while True:
+            t3 = time.perf_counter()
+            candidates = bits.top(ids, dist, n, 64 * bits.words(self._dim()))
+            t4 = time.perf_counter()
+            found, matrix = self._read(candidates, active_only=True) if candidates else (ids[:0], None)
+            top = best(found, cosines(matrix, _unit(vector)), k) if len(found) else []
+            self.timings = {"state_ms": 1000 * (t1 - t0), "bit_scan_ms": 1000 * (t2 - t1),
+                            "top_n_ms": 1000 * (t4 - t3), "rescore_ms": 1000 * (time.perf_counter() - t4)}
+            # Held and retired memories (and, unscoped, every scope's) are among the candidates too; when they crowd
+            # out the ones asked for, more candidates are looked at, and past MAX_CANDIDATES the exact scan settles it.
+            if len(top) >= k or len(candidates) >= len(ids):
+                return top
+            if n >= MAX_CANDIDATES:
+                return None
+            n = min(MAX_CANDIDATES, 8 * n)
+
+    def _active_rows(self, with_scope: bool = False) -> Any:
+        """Return a cursor over (memory id, blob[, scope]) of the active memories' vectors."""
+        cursor = self._conn.cursor()
+        cursor.row_factory = None  # plain tuples: many rows are read here
+        scope = ", m.scope" if with_scope else ""
+        return cursor.execute(
+            f"SELECT v.memory_id, v.embedding{scope} FROM {FLOAT_TABLE} v JOIN memories m ON m.id = v.memory_id "
+            "WHERE m.status = 'active'"
+        )
+
+    def _exact(self, vector: Sequence[float], k: int, scopes: Sequence[str] | None = None) -> list[tuple[int, float]]:
+        """Return the exact `k` nearest active memories of `scopes`: their stored vectors streamed and compared."""
+        from . import scan
+
+        return scan.exact(self._conn, _unit(vector), k, self._dim(), None if scopes is None else self._members(scopes))
 
     def preload(self) -> None:
-        """Hold the active memories' vectors in memory, for many searches in one process (batch recall).
+        """Make many searches in one process fast (batch recall, the MCP server): the bits mapped, small stores held.
 
-        Reading them costs one scan (~0.1 s at 10k memories); each search is then an exact matrix product (~1 ms at
-        10k), instead of a scan of the vector table per query. Writes made meanwhile are not seen by it.
+        Up to PRELOAD_LIMIT memories, the active vectors are held as one float32 matrix and each batch of searches is
+        one exact product (writes made meanwhile are not seen by it); past it, the side file is brought up to date
+        and mapped, and each search takes the bit pass.
         """
         import numpy as np
 
         embed = self._settings.embed_model()
         if embed is None:
             return
+        if self.count() > PRELOAD_LIMIT:
+            self._bits()
+            return
         dim = embed[1]
-        cursor = self._conn.cursor()
-        cursor.row_factory = None  # plain tuples: ~100k rows are read here
-        cursor.execute(
-            f"SELECT v.memory_id, v.embedding, m.scope FROM {FLOAT_TABLE} v JOIN memories m ON m.id = v.memory_id "
-            "WHERE m.status = 'active'"
-        )
+        cursor = self._active_rows(with_scope=True)
         # Filled in place, a few thousand rows at a time: reading every row first, then joining them, held the
-        # vectors three times over (~450 MB at 100k memories).
+        # vectors three times over.
         ids = np.empty(self.count(), dtype=np.int64)
         matrix = np.empty((len(ids), dim), dtype=np.float32)
-        filled = 0
         scopes: list[str] = []
+        filled = 0
         while rows := cursor.fetchmany(4096):
             if filled + len(rows) > len(ids):  # memories added since the count: make room
                 ids = np.concatenate([ids, np.empty(len(rows), dtype=np.int64)])
                 matrix = np.concatenate([matrix, np.empty((len(rows), dim), dtype=np.float32)])
             ids[filled : filled + len(rows)] = [r[0] for r in rows]
-            matrix[filled : filled + len(rows)] = np.frombuffer(b"".join(r[1] for r in rows), dtype=np.float32).reshape(
-                len(rows), dim
-            )
+            matrix[filled : filled + len(rows)] = decode([r[1] for r in rows], dim)
             scopes.extend(r[2] for r in rows)
             filled += len(rows)
-        self._preloaded = (ids[:filled], matrix[:filled])
+        self._hold(ids[:filled], matrix[:filled], scopes)
+
+    def _hold(self, ids: Any, matrix: Any, scopes: Sequence[str]) -> None:
+        """Keep preloaded vectors (made unit length, so a product is a cosine) with each one's scope."""
+        import numpy as np
+
+        norms = np.linalg.norm(matrix, axis=1, keepdims=True)
+        norms[norms == 0] = 1.0
+        self._preloaded = (ids, matrix / norms)
         self._preloaded_scopes = np.asarray(scopes, dtype=object)
         self._scoped = {}
 
@@ -216,23 +334,13 @@ class SqliteVectors:
         """Return `nearest` for each vector (within `scopes`): with preloaded vectors, one product for all of them."""
         if self._preloaded is None or self._settings.embed_model() is None or k <= 0:
             return [self.nearest(vector, k, scopes=scopes) for vector in vectors]
-        return top_k(self._preloaded_in(scopes), vectors, k)
+        import numpy as np
 
-
-def top_k(preloaded: tuple[Any, Any], vectors: Sequence[Sequence[float]], k: int) -> list[list[tuple[int, float]]]:
-    """Return the `k` best (memory id, cosine) of each query among preloaded (ids, unit-vector matrix), best first."""
-    import numpy as np
-
-    ids, matrix = preloaded
-    if not len(ids) or not len(vectors):
-        return [[] for _ in vectors]
-    k = min(k, len(ids))
-    queries = np.asarray(vectors, dtype=np.float32)
-    out = []
-    # One product for all the queries reads the vectors once; the top k is picked a row at a time, as argpartition
-    # over the whole score matrix would hold as many int64 positions (50 MB for 64 queries at 100k memories).
-    for row in queries @ matrix.T:
-        candidates = np.argpartition(-row, k - 1)[:k]
-        best = candidates[np.argsort(-row[candidates])]
-        out.append([(int(ids[i]), float(row[i])) for i in best])
-    return out
+        ids, matrix = self._preloaded_in(scopes)
+        if not len(ids) or not len(vectors):
+            return [[] for _ in vectors]
+        k = min(k, len(ids))
+        queries = np.asarray([_unit(v) for v in vectors], dtype=np.float32)
+        # One product for all the queries reads the vectors once; the top k is picked a row at a time, as argpartition
+        # over the whole score matrix would hold as many int64 positions (50 MB for 64 queries at 100k memories).
+        return [best(ids, row, k) for row in queries @ matrix.T]

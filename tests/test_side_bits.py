@@ -1,0 +1,179 @@
+"""Compact vectors and the sign-bit side file: the same top results as the exact search, a side file never trusted."""
+
+from __future__ import annotations
+
+import os
+import sys
+import threading
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+
+from memp_cli.embed import OnnxEmbedder
+from memp_cli.records import Step, Trajectory
+from memp_cli.store import NewMemory, bitfile, open_store
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "bench"))
+import real_tasks
+
+needs_data = pytest.mark.skipif(not real_tasks.available(), reason="../shared/data (real trajectories) is absent")
+
+
+def _items(vectors: Any, start: int = 0) -> list[NewMemory]:
+    return [
+        NewMemory(Trajectory(f"task {start + i}", [Step("look", None, "ok")], "success", metadata={"n": start + i}),
+                  "trajectory", None, f"run {start + i}", 3, [float(x) for x in v])
+        for i, v in enumerate(vectors)
+    ]
+
+
+@pytest.fixture(scope="module")
+def real() -> tuple[Any, Any]:
+    """Return (memory vectors, query vectors): MiniLM embeddings of real tasks, and pairwise mixes of them."""
+    if not real_tasks.available():
+        pytest.skip("../shared/data (real trajectories) is absent")
+    tasks = real_tasks.real_tasks()
+    embedded = np.asarray(OnnxEmbedder().embed(tasks), dtype=np.float32)
+    rng = np.random.default_rng(3)
+    order = rng.permutation(len(embedded))
+    queries, base = embedded[order[:40]], embedded[order[40:]]
+    a, b = rng.integers(0, len(base), 600), rng.integers(0, len(base), 600)
+    mixes = base[a] + 0.3 * base[b]
+    return np.vstack([base, mixes / np.linalg.norm(mixes, axis=1, keepdims=True)]), queries
+
+
+@pytest.fixture(scope="module")
+def real_store(real, tmp_path_factory) -> Path:
+    path = tmp_path_factory.mktemp("real") / "memp.db"
+    store = open_store(path)
+    store.memories.add(_items(real[0]), "memp-minilm")
+    store.close()
+    return path
+
+
+@needs_data
+def test_float16_and_the_side_file_return_the_float32_top_results(real, real_store: Path) -> None:
+    vectors, queries = real
+    store = open_store(real_store)
+    hits = 0
+    for q in queries:
+        sims = vectors @ q
+        fifth = -np.partition(-sims, 4)[4]
+        exact = store.vectors.nearest(q.tolist(), 5, exact=True)
+        # The side-file pass (sign bits, then the stored float16 vectors) finds what the full scan finds.
+        assert store.vectors.nearest(q.tolist(), 5, exact=False) == exact
+        # Stored as float16, the top 5 are the float32 top 5 (a result tied with the 5th within 1e-5 counts).
+        hits += sum(sims[i - 1] >= fifth - 1e-5 for i, _ in exact)
+        for i, s in exact:
+            assert s == pytest.approx(float(sims[i - 1]), abs=2e-3)
+    assert hits / (5 * len(queries)) >= 0.99
+    assert bitfile.side_path(real_store).exists()
+
+
+def _side(store: Any) -> Any:
+    return store.vectors.side_file
+
+
+@needs_data
+@pytest.mark.parametrize("damage", ["deleted", "truncated", "torn header", "stale", "another store's"])
+def test_a_damaged_or_stale_side_file_is_rebuilt_and_the_results_stay_right(real, real_store: Path,
+                                                                            damage: str) -> None:
+    _, queries = real
+    side = bitfile.side_path(real_store)
+    reference = open_store(real_store)
+    expected = [reference.vectors.nearest(q.tolist(), 5, exact=True) for q in queries[:5]]
+    raw = side.read_bytes()
+    header = bitfile.Header.unpack(raw[:4096])
+    assert header is not None
+    if damage == "deleted":
+        side.unlink()
+    elif damage == "truncated":
+        side.write_bytes(raw[: len(raw) // 2])
+    elif damage == "torn header":
+        side.write_bytes(raw[:20] + bytes([raw[20] ^ 1]) + raw[21:])
+    else:
+        # A well-formed header that says another generation, or another store, with every row scrambled.
+        wrong = (bitfile.Header(header.dim, header.inode, header.generation - 1, header.removals, header.count,
+                                header.max_id, header.token) if damage == "stale" else
+                 bitfile.Header(header.dim, header.inode, header.generation, header.removals, header.count,
+                                header.max_id, "0" * 32))
+        body = bytearray(raw)
+        body[4096:] = bytes(len(body) - 4096)
+        side.write_bytes(wrong.pack() + bytes(body[len(wrong.pack()):]))
+    store = open_store(real_store)
+    assert [store.vectors.nearest(q.tolist(), 5, exact=False) for q in queries[:5]] == expected
+    assert _side(store).rebuilt == 1
+    assert bitfile.Header.unpack(side.read_bytes()[:4096]) == header  # rebuilt at the store's state
+    assert store.check()["ok"]
+
+
+def test_a_write_without_its_append_is_caught_up_by_the_next_reader(tmp_path: Path) -> None:
+    rng = np.random.default_rng(5)
+    vectors = rng.standard_normal((1200, 32)).astype(np.float32)
+    path = tmp_path / "memp.db"
+    store: Any = open_store(path)
+    store.memories.add(_items(vectors[:1000]), "memp-minilm")
+    store.close()  # the writer brings the side file up to date as it closes
+    assert bitfile.Header.unpack(bitfile.side_path(path).read_bytes()[:4096]).count == 1000  # type: ignore[union-attr]
+    # A writer that dies between its commit and the append (it never closes): the file is behind by its rows.
+    crashed: Any = open_store(path)
+    crashed.memories.add(_items(vectors[1000:], start=1000), "memp-minilm")
+    reader: Any = open_store(path)
+    for n in (1000, 1100, 1199):
+        assert reader.vectors.nearest(vectors[n].tolist(), 1, exact=False)[0][0] == n + 1
+    assert _side(reader).rebuilt == 0  # appended, not rebuilt
+    assert bitfile.Header.unpack(bitfile.side_path(path).read_bytes()[:4096]).count == 1200  # type: ignore[union-attr]
+    # A rolled-back write leaves the file as it was: searches inside a transaction never write it.
+    with pytest.raises(RuntimeError), reader.write():
+        reader.memories.add(_items(vectors[:5] + 1, start=2000), "memp-minilm")
+        assert reader.vectors.nearest(vectors[3].tolist(), 1, exact=False)[0][0] == 4  # exact scan, file untouched
+        raise RuntimeError("rolled back")
+    assert bitfile.Header.unpack(bitfile.side_path(path).read_bytes()[:4096]).count == 1200  # type: ignore[union-attr]
+    assert reader.check()["ok"]
+    assert oct(os.stat(bitfile.side_path(path)).st_mode & 0o777) == "0o600"
+
+
+def test_a_concurrent_writer_and_reader_keep_the_side_file_consistent(tmp_path: Path) -> None:
+    rng = np.random.default_rng(9)
+    vectors = rng.standard_normal((1500, 32)).astype(np.float32)
+    path = tmp_path / "memp.db"
+    seed: Any = open_store(path)
+    seed.memories.add(_items(vectors[:1000]), "memp-minilm")
+    seed.close()
+    written: list[int] = []  # memory ids committed so far, in order
+    failures: list[str] = []
+    done = threading.Event()
+
+    def write() -> None:
+        store: Any = open_store(path)
+        try:
+            for start in range(1000, 1500, 50):
+                store.memories.add(_items(vectors[start : start + 50], start=start), "memp-minilm")
+                written.extend(range(start + 1, start + 51))
+        finally:
+            store.close()
+            done.set()
+
+    def read() -> None:
+        store: Any = open_store(path)
+        while not done.is_set() or len(written) < 500:
+            if not written:
+                continue
+            newest = written[-1]  # committed before this search began: the bit pass must find it
+            got = store.vectors.nearest(vectors[newest - 1].tolist(), 1, exact=False)
+            if got[0][0] != newest:
+                failures.append(f"memory {newest} not found: {got}")
+            if done.is_set():
+                break
+
+    threads = [threading.Thread(target=write), threading.Thread(target=read)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(timeout=120)
+    assert not failures
+    final: Any = open_store(path)
+    assert final.check()["ok"]
+    assert [final.vectors.nearest(vectors[n].tolist(), 1, exact=False)[0][0] for n in (0, 999, 1499)] == [1, 1000, 1500]
