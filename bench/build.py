@@ -17,11 +17,11 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from pg_build import settle
-
 from memp_cli.embed import OnnxEmbedder
 from memp_cli.records import Step, Trajectory
 from memp_cli.store import NewMemory, open_store
+
+from pg_build import settle
 
 HOUSE_OBJ = ["mug", "plate", "apple", "egg", "tomato", "book", "pen", "knife", "bowl", "cloth", "soapbar", "lamp"]
 HOUSE_PLACE = ["countertop", "fridge", "cabinet", "drawer", "shelf", "sinkbasin", "microwave", "diningtable", "desk"]

@@ -19,9 +19,9 @@ from typing import Any
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-import real_tasks
-
 from memp_cli.embed import OnnxEmbedder
+
+import real_tasks
 
 
 def recall_at_5(exact: Any, approx: Any, queries: Any) -> float:

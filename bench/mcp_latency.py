@@ -24,9 +24,8 @@ from typing import Any
 ROOT = Path(__file__).resolve().parent
 sys.path.insert(0, str(ROOT))
 
-from run import pct
-
 from build import build_store, task
+from run import pct
 
 
 async def mcp_recalls(db: Path, queries: list[str]) -> list[float]:

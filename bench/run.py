@@ -41,11 +41,11 @@ from typing import Any
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from peers import all_peers
-from pg_build import size_bytes, store_at
+from memp_cli.store import is_url, open_store
 
 from build import Built, build_store, task, trajectory
-from memp_cli.store import is_url, open_store
+from peers import all_peers
+from pg_build import size_bytes, store_at
 
 MEMP = [sys.executable, "-m", "memp_cli"]
 LLM = [sys.executable, "-m", "llm"]
