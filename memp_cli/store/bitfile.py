@@ -282,16 +282,21 @@ class SideBits:
             return self._in_memory()
         return self._block_views(header)
 
-    def _catch_up(self, fd: int, header: Header, state: VectorState, inode: int) -> bool:
-        """Append the rows added since the header's state, then the new header; False when they do not add up."""
-        count, max_id = header.count, header.max_id
-        for ids, row_bits in _rows(self._conn, header.max_id, self._dim):
+    def _append(self, fd: int, count: int, max_id: int) -> tuple[int, int]:
+        """Write the sign bits of the vectors above id `max_id` after the file's first `count` rows; return the new
+        (count, largest id)."""
+        for ids, row_bits in _rows(self._conn, max_id, self._dim):
             need = _file_bytes(count + len(ids), self._dim)
             if os.fstat(fd).st_size < need:
                 os.ftruncate(fd, need)
             _write_rows(fd, count, ids, row_bits, self._dim)
             count += len(ids)
             max_id = int(ids[-1])
+        return count, max_id
+
+    def _catch_up(self, fd: int, header: Header, state: VectorState, inode: int) -> bool:
+        """Append the rows added since the header's state, then the new header; False when they do not add up."""
+        count, max_id = self._append(fd, header.count, header.max_id)
         if count != state.count:
             return False  # rows went missing or came in below the file's largest id: rebuild
         os.pwrite(fd, Header(self._dim, inode, state.generation, state.removals, count, max_id, state.token).pack(), 0)
@@ -303,14 +308,7 @@ class SideBits:
         fd = os.open(tmp, os.O_RDWR | os.O_CREAT | os.O_TRUNC, 0o600)
         try:
             os.ftruncate(fd, _file_bytes(state.count, self._dim))
-            count, max_id = 0, 0
-            for ids, row_bits in _rows(self._conn, 0, self._dim):
-                need = _file_bytes(count + len(ids), self._dim)
-                if os.fstat(fd).st_size < need:
-                    os.ftruncate(fd, need)
-                _write_rows(fd, count, ids, row_bits, self._dim)
-                count += len(ids)
-                max_id = int(ids[-1])
+            count, max_id = self._append(fd, 0, 0)
             # The header holds what was read: a count in `meta` that disagrees leaves the file unmatched, so the
             # search goes on in memory from the same rows rather than trusting it.
             os.pwrite(fd, Header(self._dim, inode, state.generation, state.removals, count, max_id,
