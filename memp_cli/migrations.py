@@ -321,3 +321,77 @@ def m014_half_vectors_and_side_bits(db: Database) -> None:
         [("vectors_generation", "1"), ("vectors_removals", "0"), ("vectors_count", str(count)),
          ("vectors_token", secrets.token_hex(16))],
     )
+
+
+@migrations()
+def m015_history_and_cache_without_copies(db: Database) -> None:
+    """History rows copy no text a memory holds already; offline scripts leave the script cache.
+
+    The row that built a memory and the rows that change only its status (retired, merged, restored, approved) stand
+    for the memory's text at their version: the next row's old text, or the memory's own when none follows, as
+    memp_cli/store/history.py fills them in. Their texts are left out here wherever that gives them back exactly
+    (any other row keeps them). The cache keeps model answers only: the offline distiller makes its scripts again,
+    the same, for less than a lookup. Both tables are rewritten without the copies (memory stays bounded: CHUNK
+    memories at a time), so their old pages go to the free list for later writes; `VACUUM` gives them back to the
+    file system.
+    """
+    chunk = 4096
+    built = "built"
+    textless = {built, "retired", "merged", "restored", "approved"}
+
+    def rewrite(table: str) -> tuple[str, list[str], list[str]]:
+        """Rename `table` aside and create it anew, empty, as it was; return the old name, its columns, indexes."""
+        create = db.execute("SELECT sql FROM sqlite_master WHERE type = 'table' AND name = ?", [table]).fetchone()[0]
+        indexes = [r[0] for r in db.execute(
+            "SELECT sql FROM sqlite_master WHERE type = 'index' AND tbl_name = ? AND sql IS NOT NULL", [table]
+        )]
+        columns = [r[1] for r in db.execute(f"PRAGMA table_info({table})")]
+        aside = f"{table}_before_m015"
+        db.execute(f"ALTER TABLE {table} RENAME TO {aside}")
+        db.execute(create)
+        return aside, columns, indexes
+
+    def finish(aside: str, indexes: list[str]) -> None:
+        db.execute(f"DROP TABLE {aside}")
+        for sql in indexes:
+            db.execute(sql)
+
+    aside, columns, indexes = rewrite("script_cache")
+    db.execute(f"INSERT INTO script_cache({', '.join(columns)}) SELECT {', '.join(columns)} FROM {aside} "
+               "WHERE model IS NOT 'offline' ORDER BY rowid")
+    finish(aside, indexes)
+
+    aside, columns, indexes = rewrite("memory_history")
+    col = {name: i for i, name in enumerate(columns)}
+    texts = [col["old_script"], col["new_script"], col["old_trajectory"], col["new_trajectory"]]
+    insert = f"INSERT INTO memory_history({', '.join(columns)}) VALUES ({', '.join('?' * len(columns))})"
+    low, high = db.execute(f"SELECT min(memory_id), max(memory_id) FROM {aside}").fetchone()
+    start = low if low is not None else 1
+    while high is not None and start <= high:
+        end = start + chunk
+        current = {r[0]: (r[1], r[2]) for r in db.execute(
+            "SELECT id, script, trajectory FROM memories WHERE id >= ? AND id < ?", [start, end]
+        )}
+        rows = [list(r) for r in db.execute(
+            f"SELECT {', '.join(columns)} FROM {aside} WHERE memory_id >= ? AND memory_id < ? ORDER BY memory_id, id",
+            [start, end],
+        )]
+        by_memory: dict[int, list[list[object]]] = {}
+        for row in rows:
+            by_memory.setdefault(row[col["memory_id"]], []).append(row)
+        for memory_id, history in by_memory.items():
+            if memory_id not in current:
+                continue  # no memory to fill its rows in from: they keep their texts
+            # Newest first: the text just after each row is the old text of the row after it (history.py's walk).
+            after = current[memory_id]
+            for row in reversed(history):
+                before = (row[col["old_script"]], row[col["old_trajectory"]])
+                expected = (None, None) if row[col["event"]] == built else after
+                if row[col["event"]] in textless and (row[col["new_script"]], row[col["new_trajectory"]]) == after \
+                        and before == expected:
+                    for i in texts:
+                        row[i] = None
+                after = before
+        db.conn.executemany(insert, rows)
+        start = end
+    finish(aside, indexes)

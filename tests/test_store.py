@@ -130,7 +130,14 @@ def test_a_store_from_a_release_upgrades_and_answers_as_a_new_one(tmp_path: Path
     assert store.memories.get(1).build == "proceduralization"
     script = items[0].script
     assert script is not None
-    assert store.memories.cached_script(items[0].trajectory.id, "offline", script.prompt_version) == script
+    # m015: offline scripts leave the cache (made again, the same); version 1 copies no text, and reads back whole.
+    assert store.memories.cached_script(items[0].trajectory.id, "offline", script.prompt_version) is None
+    assert store.db.execute("SELECT count(*) FROM script_cache").fetchone()[0] == 0
+    assert store.db.execute("SELECT count(*) FROM memory_history WHERE new_script IS NOT NULL").fetchone()[0] == 0
+    assert store.memories.history(1)[0]["new_script"] == script.text
+    assert [{**h, "created_at": None} for h in store.memories.history(1)] == [
+        {**h, "created_at": None} for h in fresh.memories.history(1)
+    ]
     for vector in OnnxEmbedder().embed(QUERIES):
         for exact in (True, False):
             assert store.vectors.nearest(vector, 5, exact=exact) == fresh.vectors.nearest(vector, 5, exact=exact)

@@ -1,6 +1,7 @@
 """`memp check`: SQLite's own integrity checks, the rows of a store that should match and do not, and the lifecycle's
 invariants: merges that cycle, chain or point nowhere, tasks that merges left without an active memory, outcomes
-applied twice or credited more than reported, and pending outcomes already applied."""
+applied twice or credited more than reported, pending outcomes already applied, and histories whose versions and
+texts do not follow on from each other."""
 
 from __future__ import annotations
 
@@ -62,6 +63,7 @@ def consistency(
     )
     if no_history:
         problems.append(f"{no_history} memories have no history")
+    problems.extend(history_problems(conn))
     if settings.embed_model() is None:
         if counts["memories"]:
             problems.append("memories exist but no embedding model is recorded")
@@ -174,4 +176,38 @@ def outcome_problems(conn: Any) -> list[str]:
     if over:
         problems.append(f"{len(over)} memories have more credit than the outcomes reported for them and the "
                         f"memories merged into them (first {over[0]})")
+    return problems
+
+
+# The events whose rows record a change of text, old and new (history.py): the others stand for their version's.
+_REVISIONS = "('rebuilt', 'revised', 'reverted')"
+
+
+def history_problems(conn: Any) -> list[str]:
+    """Return memories whose history does not end where they are, and revisions that did not start from the text
+    the revision before them left."""
+    problems = []
+    behind = conn.execute(
+        "SELECT count(*), min(m.id) FROM memories m "
+        "WHERE m.version != (SELECT max(h.version) FROM memory_history h WHERE h.memory_id = m.id)"
+    ).fetchone()
+    if behind[0]:
+        problems.append(f"{behind[0]} memories are not at the last version of their history (first {behind[1]})")
+    moved = conn.execute(
+        "SELECT count(*), min(m.id) FROM memories m JOIN memory_history h ON h.id = (SELECT max(x.id) FROM "
+        f"memory_history x WHERE x.memory_id = m.id AND x.event IN {_REVISIONS}) "
+        "WHERE h.new_script IS DISTINCT FROM m.script OR h.new_trajectory IS DISTINCT FROM m.trajectory"
+    ).fetchone()
+    if moved[0]:
+        problems.append(f"{moved[0]} memories do not hold the text of their last revision (first {moved[1]})")
+    broken = conn.execute(
+        "SELECT count(*), min(memory_id) FROM (SELECT memory_id, old_script, old_trajectory, "
+        "lag(id) OVER w AS before_id, lag(new_script) OVER w AS before_script, "
+        f"lag(new_trajectory) OVER w AS before_trajectory FROM memory_history WHERE event IN {_REVISIONS} "
+        "WINDOW w AS (PARTITION BY memory_id ORDER BY id)) r WHERE before_id IS NOT NULL AND "
+        "(old_script IS DISTINCT FROM before_script OR old_trajectory IS DISTINCT FROM before_trajectory)"
+    ).fetchone()
+    if broken[0]:
+        problems.append(f"{broken[0]} revisions do not start from the text the revision before them left "
+                        f"(first memory {broken[1]})")
     return problems

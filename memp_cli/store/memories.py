@@ -12,6 +12,7 @@ from ..errors import ConflictError, NotFoundError
 from ..records import Memory, Script, Trajectory
 from .base import NewMemory
 from .db import now, scope_filter, write
+from .history import BUILT, Text, fill, text_at
 from .retirement import Retirement
 from .settings import SqliteSettings
 from .sql import NO_LIMIT
@@ -27,6 +28,11 @@ _MEMORY_FROM = "FROM memories m JOIN trajectories t ON t.id = m.trajectory_id"
 HISTORY_FIELDS = (
     "version", "event", "old_script", "new_script", "old_trajectory", "new_trajectory", "model", "reason", "created_at"
 )
+
+
+def compact_json(value: Any) -> str:
+    """Return JSON text without the spaces after separators (a step's keys and steps; readers parse it the same)."""
+    return json.dumps(value, ensure_ascii=False, separators=(",", ":"))
 
 
 class SqliteMemories(Retirement):
@@ -72,6 +78,15 @@ class SqliteMemories(Retirement):
         return Script(row["script"], model, prompt_version, row["input_tokens"], row["output_tokens"])
 
     def _cache_script(self, trajectory_id: str, script: Script) -> None:
+        """Keep a model's script for this trajectory, so a rebuild or a re-run does not pay for it again.
+
+        The offline distiller's scripts are not kept: made again from the stored run, they come out the same, in
+        less time than a lookup saves (a cached copy was ~600 bytes a memory, an eighth of the store).
+        """
+        from ..distill import OFFLINE_MODEL
+
+        if script.model == OFFLINE_MODEL:
+            return
         self._conn.execute(
             "INSERT INTO script_cache(trajectory_id, model, prompt_version, script, input_tokens, "
             "output_tokens, created_at) VALUES (?, ?, ?, ?, ?, ?, ?) ON CONFLICT DO NOTHING",
@@ -98,9 +113,9 @@ class SqliteMemories(Retirement):
                     "INSERT INTO trajectories(id, task, steps, outcome, score, source_id, source_file, "
                     "source_line, metadata, created_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?) ON CONFLICT DO NOTHING",
                     [
-                        traj.id, traj.task, json.dumps([s.to_dict() for s in traj.steps], ensure_ascii=False),
+                        traj.id, traj.task, compact_json([s.to_dict() for s in traj.steps]),
                         traj.outcome, traj.score, traj.source_id, traj.source_file, traj.source_line,
-                        json.dumps(traj.metadata, ensure_ascii=False), stamp,
+                        compact_json(traj.metadata), stamp,
                     ],
                 )
                 if cur.rowcount == 0:
@@ -120,9 +135,10 @@ class SqliteMemories(Retirement):
                 )
                 memory_id = int(cur.fetchone()[0])
                 vectors.append(item.vector)
+                # The texts of version 1 are the memory's own until a revision records them as its old ones
+                # (history.py): the row does not copy them.
                 self._history(
-                    memory_id, 1, "built", None, None, script.text if script else None, item.trajectory_text,
-                    script.model if script else None, "ingested", stamp,
+                    memory_id, 1, BUILT, None, None, None, None, script.model if script else None, "ingested", stamp
                 )
                 added[traj.id] = memory_id
             self._vectors.add(list(added.values()), vectors, embed_model)
@@ -173,9 +189,11 @@ class SqliteMemories(Retirement):
                 [script.text, script.model, script.prompt_version, tokens, now(), flag, flag, memory_id, pending],
             )
             if cur.rowcount:
+                # Still at version 1, whose rows stand for the memory's own text (history.py): they copy none.
                 self._conn.execute(
-                    "UPDATE memory_history SET new_script = ?, model = ? WHERE memory_id = ? AND version = 1",
-                    [script.text, script.model, memory_id],
+                    "UPDATE memory_history SET old_script = NULL, new_script = NULL, old_trajectory = NULL, "
+                    "new_trajectory = NULL, model = ? WHERE memory_id = ? AND version = 1",
+                    [script.model, memory_id],
                 )
                 return
             self._revise(memory_id, script.text, None, script.model, script.prompt_version, tokens, "rebuilt",
@@ -250,24 +268,25 @@ class SqliteMemories(Retirement):
             return self._revise(memory_id, script, trajectory, model, prompt_version, tokens, event, reason,
                                 flag=flag, expected_version=expected_version, outcome_id=outcome_id)
 
-    def history(self, memory_id: int) -> builtins.list[dict[str, Any]]:
-        """Return every change to a memory, oldest first."""
-        self.get(memory_id)
+    def _history_rows(self, memory_id: int) -> tuple[builtins.list[dict[str, Any]], Text]:
+        """Return a memory's history rows as stored (oldest first) and its current (script, trajectory)."""
+        memory = self.get(memory_id)
         rows = self._conn.execute(
             f"SELECT {', '.join(HISTORY_FIELDS)} FROM memory_history WHERE memory_id = ? ORDER BY id", [memory_id]
         ).fetchall()
-        return [dict(zip(HISTORY_FIELDS, r)) for r in rows]
+        return [dict(zip(HISTORY_FIELDS, r)) for r in rows], (memory.script, memory.trajectory)
+
+    def history(self, memory_id: int) -> builtins.list[dict[str, Any]]:
+        """Return every change to a memory, oldest first, each with its old and new texts."""
+        return fill(*self._history_rows(memory_id))
 
     def version_content(self, memory_id: int, version: int) -> tuple[str | None, str | None, str | None]:
         """Return (script, trajectory, model) of a memory as it was at `version`."""
-        row = self._conn.execute(
-            "SELECT new_script, new_trajectory, model FROM memory_history WHERE memory_id = ? AND version = ? "
-            "ORDER BY id DESC LIMIT 1",
-            [memory_id, version],
-        ).fetchone()
-        if row is None:
+        found = text_at(*self._history_rows(memory_id), version)
+        if found is None:
             raise NotFoundError(f"memory {memory_id} has no version {version}")
-        return row["new_script"], row["new_trajectory"], row["model"]
+        (script, trajectory), model = found
+        return script, trajectory, model
 
     # -- reading --------------------------------------------------------------------------------------------------
 

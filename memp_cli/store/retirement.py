@@ -27,7 +27,7 @@ class Retirement:
         stamp = now()
         with write(self._conn):
             row = self._conn.execute(
-                "SELECT version, script, trajectory, recalled, succeeded, failed, status FROM memories WHERE id = ?",
+                "SELECT version, recalled, succeeded, failed, status FROM memories WHERE id = ?",
                 [memory_id],
             ).fetchone()
             if row is None:
@@ -42,8 +42,8 @@ class Retirement:
                 [reason, stamp, merged_into, memory_id],
             )
             event = "merged" if merged_into is not None else "retired"
-            script, trajectory = row["script"], row["trajectory"]
-            self._history(memory_id, row["version"], event, script, trajectory, script, trajectory, None, reason, stamp)
+            # A change of status copies no text: the row stands for its version's (history.py).
+            self._history(memory_id, row["version"], event, None, None, None, None, None, reason, stamp)
         return True
 
     def restore(self, memory_id: int) -> None:
@@ -60,7 +60,7 @@ class Retirement:
         """Make a held or retired memory active again, with a history row; return why it was out of recall."""
         with write(self._conn):
             row = self._conn.execute(
-                "SELECT version, script, trajectory, status, coalesce(flag, retired_reason) AS why FROM memories "
+                "SELECT version, status, coalesce(flag, retired_reason) AS why FROM memories "
                 "WHERE id = ?",
                 [memory_id],
             ).fetchone()
@@ -74,8 +74,7 @@ class Retirement:
                 [memory_id],
             )
             reason = f"{event} (was {from_status}: {row['why']})"
-            script, trajectory = row["script"], row["trajectory"]
-            self._history(memory_id, row["version"], event, script, trajectory, script, trajectory, None, reason, now())
+            self._history(memory_id, row["version"], event, None, None, None, None, None, reason, now())
             return str(row["why"])
 
     def purge_retired(self) -> int:

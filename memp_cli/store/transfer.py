@@ -14,6 +14,7 @@ from typing import Any
 from ..errors import StoreError
 from .copy import RowCopy
 from .db import scope_filter, write
+from .history import fill, slim
 from .memories import HISTORY_FIELDS
 from .settings import SqliteSettings
 from .sql import dialect
@@ -86,6 +87,8 @@ class SqliteTransfer(RowCopy):
             "ORDER BY id", ids,
         ):
             by_id[row[0]]["history"].append(dict(zip(HISTORY_COLUMNS, tuple(row)[1:])))
+        for r in batch:  # exported in full: the rows that stand for a version's text get it (history.py)
+            r["history"] = fill(r["history"], (r["script"], r["trajectory"]))
         by_trajectory = {r["run_id"]: r for r in batch}
         for row in self._conn.execute(
             f"SELECT trajectory_id, {', '.join(CACHE_COLUMNS)} FROM script_cache "
@@ -168,6 +171,8 @@ class SqliteTransfer(RowCopy):
 
     def _add_memory(self, item: dict[str, Any]) -> int:
         """Insert one memory with its run, history and cached scripts inside the open write; return its new id."""
+        from ..distill import OFFLINE_MODEL
+
         cur = self._conn.execute(
             f"INSERT INTO trajectories({', '.join(TRAJECTORY_COLUMNS)}) "
             f"VALUES ({', '.join('?' * len(TRAJECTORY_COLUMNS))}) ON CONFLICT DO NOTHING",
@@ -182,15 +187,19 @@ class SqliteTransfer(RowCopy):
             [item["run_id"], *(item.get(c, "default") if c == "scope" else item[c] for c in MEMORY_COLUMNS)],
         )
         memory_id = int(cur.fetchone()[0])
+        # Stored as memp writes history: without the texts that the memory and its revisions hold already.
+        history = slim(item["history"], (item["script"], item["trajectory"]))
         self._conn.executemany(
             f"INSERT INTO memory_history(memory_id, {', '.join(HISTORY_COLUMNS)}) "
             f"VALUES (?, {', '.join('?' * len(HISTORY_COLUMNS))})",
-            [[memory_id, *(h[c] for c in HISTORY_COLUMNS)] for h in item["history"]],
+            [[memory_id, *(h[c] for c in HISTORY_COLUMNS)] for h in history],
         )
         self._conn.executemany(
             f"INSERT INTO script_cache(trajectory_id, {', '.join(CACHE_COLUMNS)}) "
             f"VALUES (?, {', '.join('?' * len(CACHE_COLUMNS))}) ON CONFLICT DO NOTHING",
-            [[item["run_id"], *(s[c] for c in CACHE_COLUMNS)] for s in item["script_cache"]],
+            # An older export's offline scripts are not kept: memp caches model answers only (memories.py).
+            [[item["run_id"], *(s[c] for c in CACHE_COLUMNS)] for s in item["script_cache"]
+             if s["model"] != OFFLINE_MODEL],
         )
         return memory_id
 

@@ -109,10 +109,11 @@ def memory_row(line: dict[str, Any], trajectory: Trajectory) -> dict[str, Any]:
     row["scope"] = line.get("scope", DEFAULT_SCOPE)
     row.update(
         run_id=trajectory.id, run_task=trajectory.task,
-        run_steps=json.dumps([s.to_dict() for s in trajectory.steps], ensure_ascii=False),
+        run_steps=json.dumps([s.to_dict() for s in trajectory.steps], ensure_ascii=False, separators=(",", ":")),
         run_outcome=trajectory.outcome, run_score=trajectory.score, run_source_id=trajectory.source_id,
         run_source_file=trajectory.source_file, run_source_line=trajectory.source_line,
-        run_metadata=json.dumps(trajectory.metadata, ensure_ascii=False), run_created_at=run["created_at"],
+        run_metadata=json.dumps(trajectory.metadata, ensure_ascii=False, separators=(",", ":")),
+        run_created_at=run["created_at"],
     )
     return row
 

@@ -166,7 +166,32 @@ INSERT INTO memory_merges(memory_id, into_id, recalled, succeeded, failed, creat
     WHERE merged_into IS NOT NULL AND status = 'retired';
 """
 
+# SQLite's m015: the rows that build a memory or change only its status leave out the texts the memory and the row
+# after them hold (memp_cli/store/history.py fills them in), wherever that gives them back exactly; the script cache
+# keeps model answers only. The old row versions are PostgreSQL's to reclaim (autovacuum; VACUUM FULL to shrink).
+_WITHOUT_COPIES = """
+UPDATE memory_history h
+SET old_script = NULL, new_script = NULL, old_trajectory = NULL, new_trajectory = NULL
+FROM (
+    SELECT n.id,
+           CASE WHEN n.next_id IS NULL THEN m.script ELSE n.next_old_script END AS after_script,
+           CASE WHEN n.next_id IS NULL THEN m.trajectory ELSE n.next_old_trajectory END AS after_trajectory
+    FROM (SELECT id, memory_id, lead(id) OVER w AS next_id, lead(old_script) OVER w AS next_old_script,
+                 lead(old_trajectory) OVER w AS next_old_trajectory
+          FROM memory_history WINDOW w AS (PARTITION BY memory_id ORDER BY id)) n
+    JOIN memories m ON m.id = n.memory_id
+) a
+WHERE h.id = a.id
+  AND h.event IN ('built', 'retired', 'merged', 'restored', 'approved')
+  AND h.new_script IS NOT DISTINCT FROM a.after_script AND h.new_trajectory IS NOT DISTINCT FROM a.after_trajectory
+  AND CASE WHEN h.event = 'built' THEN h.old_script IS NULL AND h.old_trajectory IS NULL
+           ELSE h.old_script IS NOT DISTINCT FROM a.after_script
+                AND h.old_trajectory IS NOT DISTINCT FROM a.after_trajectory END;
+DELETE FROM script_cache WHERE model = 'offline';
+"""
+
 MIGRATIONS: list[tuple[str, str]] = [
     ("p001_initial", _INITIAL),
     ("p002_lifecycle_keys", _LIFECYCLE_KEYS),
+    ("p003_history_and_cache_without_copies", _WITHOUT_COPIES),
 ]

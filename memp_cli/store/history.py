@@ -1,0 +1,64 @@
+"""A memory's history without copies of its text: which rows leave their texts out, and how readers fill them in.
+
+A row that changes a memory's text (rebuilt, revised, reverted) records the old and the new script and trajectory.
+The row that built the memory, and the rows that change only its status (retired, merged, restored, approved),
+record neither (all four text columns NULL): the text they stand for is the memory's text at their version, which is
+the `old_*` of the row after them, or the memory's own text when no row follows. Walking a memory's rows newest
+first therefore fills every one in; `slim` leaves a text out only where `fill` gives it back exactly.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Mapping
+from typing import Any
+
+BUILT = "built"
+# The events that leave a memory's text as it was (or, for `built`, make its first version): no copy needed.
+TEXTLESS_EVENTS = frozenset({BUILT, "retired", "merged", "restored", "approved"})
+TEXT_COLUMNS = ("old_script", "new_script", "old_trajectory", "new_trajectory")
+
+Text = tuple[str | None, str | None]  # (script, trajectory)
+
+
+def _left_out(row: Mapping[str, Any]) -> bool:
+    """Return True when a row leaves its texts to be filled in (a textless event with all four columns NULL)."""
+    return row["event"] in TEXTLESS_EVENTS and all(row[c] is None for c in TEXT_COLUMNS)
+
+
+def fill(rows: Iterable[Mapping[str, Any]], current: Text) -> list[dict[str, Any]]:
+    """Return a memory's history rows (oldest first) with every text filled in; `current` is its (script, trajectory)."""
+    out = [dict(r) for r in rows]
+    after = current  # the memory's text just after the row being looked at
+    for row in reversed(out):
+        if _left_out(row):
+            row["new_script"], row["new_trajectory"] = after
+            row["old_script"], row["old_trajectory"] = (None, None) if row["event"] == BUILT else after
+        after = row["old_script"], row["old_trajectory"]
+    return out
+
+
+def slim(rows: Iterable[Mapping[str, Any]], current: Text) -> list[dict[str, Any]]:
+    """Return a memory's history rows (oldest first, texts in full) with the texts `fill` gives back left out."""
+    out = [dict(r) for r in rows]
+    after = current
+    for row in reversed(out):
+        before = (row["old_script"], row["old_trajectory"])
+        expected = (None, None) if row["event"] == BUILT else after
+        if row["event"] in TEXTLESS_EVENTS and (row["new_script"], row["new_trajectory"]) == after \
+                and before == expected:
+            for column in TEXT_COLUMNS:
+                row[column] = None
+        after = before
+    return out
+
+
+def text_at(rows: Iterable[Mapping[str, Any]], current: Text, version: int) -> tuple[Text, str | None] | None:
+    """Return (text, model) of a memory at `version` from its history rows (oldest first), None when none has it.
+
+    The text and model are those of the last row at that version, as they always were.
+    """
+    found = [r for r in fill(rows, current) if r["version"] == version]
+    if not found:
+        return None
+    last = found[-1]
+    return (last["new_script"], last["new_trajectory"]), last["model"]
