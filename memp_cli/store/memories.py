@@ -269,12 +269,18 @@ class SqliteMemories(Retirement):
                                 flag=flag, expected_version=expected_version, outcome_id=outcome_id)
 
     def _history_rows(self, memory_id: int) -> tuple[builtins.list[dict[str, Any]], Text]:
-        """Return a memory's history rows as stored (oldest first) and its current (script, trajectory)."""
-        memory = self.get(memory_id)
+        """Return a memory's history rows as stored (oldest first) and its current (script, trajectory).
+
+        One statement reads both, so the rows that stand for the memory's text meet the text of the same moment.
+        """
         rows = self._conn.execute(
-            f"SELECT {', '.join(HISTORY_FIELDS)} FROM memory_history WHERE memory_id = ? ORDER BY id", [memory_id]
+            f"SELECT m.script, m.trajectory, {', '.join('h.' + f for f in HISTORY_FIELDS)} FROM memories m "
+            "LEFT JOIN memory_history h ON h.memory_id = m.id WHERE m.id = ? ORDER BY h.id", [memory_id]
         ).fetchall()
-        return [dict(zip(HISTORY_FIELDS, r)) for r in rows], (memory.script, memory.trajectory)
+        if not rows:
+            raise NotFoundError(f"no memory with id {memory_id}")
+        history = [dict(zip(HISTORY_FIELDS, tuple(r)[2:])) for r in rows if r["event"] is not None]
+        return history, (rows[0][0], rows[0][1])
 
     def history(self, memory_id: int) -> builtins.list[dict[str, Any]]:
         """Return every change to a memory, oldest first, each with its old and new texts."""

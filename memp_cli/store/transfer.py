@@ -82,13 +82,17 @@ class SqliteTransfer(RowCopy):
         by_id = {r["memory_id"]: r for r in batch}
         for r in batch:
             r.update(history=[], script_cache=[], keywords=[], vector=None)
+        # With each memory's text as this statement reads it, for the rows that stand for a version's text.
+        now: dict[int, tuple[str | None, str | None]] = {}
         for row in self._conn.execute(
-            f"SELECT memory_id, {', '.join(HISTORY_COLUMNS)} FROM memory_history WHERE memory_id IN ({marks}) "
-            "ORDER BY id", ids,
+            f"SELECT h.memory_id, m.script, m.trajectory, {', '.join('h.' + c for c in HISTORY_COLUMNS)} "
+            f"FROM memory_history h JOIN memories m ON m.id = h.memory_id WHERE h.memory_id IN ({marks}) "
+            "ORDER BY h.id", ids,
         ):
-            by_id[row[0]]["history"].append(dict(zip(HISTORY_COLUMNS, tuple(row)[1:])))
-        for r in batch:  # exported in full: the rows that stand for a version's text get it (history.py)
-            r["history"] = fill(r["history"], (r["script"], r["trajectory"]))
+            by_id[row[0]]["history"].append(dict(zip(HISTORY_COLUMNS, tuple(row)[3:])))
+            now[row[0]] = (row[1], row[2])
+        for r in batch:  # exported in full, every text filled in (history.py)
+            r["history"] = fill(r["history"], now.get(r["memory_id"], (r["script"], r["trajectory"])))
         by_trajectory = {r["run_id"]: r for r in batch}
         for row in self._conn.execute(
             f"SELECT trajectory_id, {', '.join(CACHE_COLUMNS)} FROM script_cache "
