@@ -158,6 +158,12 @@ def test_model_answers_are_cached_and_reused(memp, fake_chat, isolated: Path) ->
     cached = conn.execute("SELECT trajectory_id, model, script FROM script_cache ORDER BY trajectory_id").fetchall()
     assert len(cached) == runs and {r[1] for r in cached} == {"fake-chat"}
     conn.close()
+    # The model's script took the offline one's place as version 1, which the history reads back from the memory.
+    store = open_store()
+    (built,) = store.memories.history(1)
+    assert built["new_script"] == store.memories.get(1).script and built["model"] == "fake-chat"
+    assert store.check()["ok"]
+    store.close()
     # Stored already, the runs are not asked about again; a rebuild of every script takes the model's from the cache.
     assert memp.json("ingest", str(EXAMPLES / "coding.jsonl"), "-m", "fake-chat")["added"] == 0
     assert memp.json("build", "-m", "fake-chat", "--rebuild")["rebuilt"] == runs
