@@ -13,7 +13,7 @@ from conftest import EXAMPLES
 
 from memp_cli.records import Script
 from memp_cli.store import open_store
-from memp_cli.store.history import TEXT_COLUMNS, TEXTLESS_EVENTS, fill, slim
+from memp_cli.store.history import TEXT_COLUMNS, TEXTLESS_EVENTS, fill, slim, stored
 
 pytestmark = pytest.mark.usefixtures("backend")
 
@@ -68,8 +68,8 @@ def test_version_one_reads_back_whole_after_revisions_and_a_revert(memp) -> None
         assert _texts(status) == (first + "\n- revised once",) * 2 + (v1[1],) * 2
     assert _texts(history[4]) == (first + "\n- revised once", first + "\n- revised twice", v1[1], "Task: another text")
     # Only the revisions hold texts.
-    stored = [r for r in store.memories._history_rows(1)[0] if any(_texts(r))]
-    assert [r["event"] for r in stored] == ["revised", "revised"]
+    holding = [r for r in stored(store.db, 1)[0] if any(_texts(r))]
+    assert [r["event"] for r in holding] == ["revised", "revised"]
     # Reverted to v1: the memory holds version 1's text again, as a new version recording old and new.
     store.close()
     memp("revert", "1", "--to", "1")

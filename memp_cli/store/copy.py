@@ -15,7 +15,7 @@ from functools import cache
 from typing import Any
 
 from .db import write
-from .memories import HISTORY_FIELDS
+from .history import HISTORY_FIELDS
 from .vectors import FLOAT_TABLE
 
 # The tables in an order where every row's references are copied before it.

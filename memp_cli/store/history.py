@@ -12,6 +12,11 @@ from __future__ import annotations
 from collections.abc import Iterable, Mapping
 from typing import Any
 
+from ..errors import NotFoundError
+
+HISTORY_FIELDS = (
+    "version", "event", "old_script", "new_script", "old_trajectory", "new_trajectory", "model", "reason", "created_at"
+)
 BUILT = "built"
 # The events that leave a memory's text as it was (or, for `built`, make its first version): no copy needed.
 TEXTLESS_EVENTS = frozenset({BUILT, "retired", "merged", "restored", "approved"})
@@ -23,6 +28,21 @@ Text = tuple[str | None, str | None]  # (script, trajectory)
 def _left_out(row: Mapping[str, Any]) -> bool:
     """Return True when a row leaves its texts to be filled in (a textless event with all four columns NULL)."""
     return row["event"] in TEXTLESS_EVENTS and all(row[c] is None for c in TEXT_COLUMNS)
+
+
+def stored(conn: Any, memory_id: int) -> tuple[list[dict[str, Any]], Text]:
+    """Return a memory's history rows as stored (oldest first) and its current (script, trajectory).
+
+    One statement reads both, so the rows that stand for the memory's text meet the text of the same moment.
+    """
+    rows = conn.execute(
+        f"SELECT m.script, m.trajectory, {', '.join('h.' + f for f in HISTORY_FIELDS)} FROM memories m "
+        "LEFT JOIN memory_history h ON h.memory_id = m.id WHERE m.id = ? ORDER BY h.id", [memory_id]
+    ).fetchall()
+    if not rows:
+        raise NotFoundError(f"no memory with id {memory_id}")
+    history = [dict(zip(HISTORY_FIELDS, tuple(r)[2:])) for r in rows if r["event"] is not None]
+    return history, (rows[0][0], rows[0][1])
 
 
 def fill(rows: Iterable[Mapping[str, Any]], current: Text) -> list[dict[str, Any]]:

@@ -12,7 +12,7 @@ from ..errors import ConflictError, NotFoundError
 from ..records import Memory, Script, Trajectory
 from .base import NewMemory
 from .db import now, scope_filter, write
-from .history import BUILT, Text, fill, text_at
+from .history import BUILT, fill, stored, text_at
 from .retirement import Retirement
 from .settings import SqliteSettings
 from .sql import NO_LIMIT
@@ -25,13 +25,10 @@ _MEMORY_COLUMNS = """
     m.last_recalled_at, m.retired_reason, m.flag, m.scope, t.source_file, t.source_line, t.source_id, t.metadata
 """
 _MEMORY_FROM = "FROM memories m JOIN trajectories t ON t.id = m.trajectory_id"
-HISTORY_FIELDS = (
-    "version", "event", "old_script", "new_script", "old_trajectory", "new_trajectory", "model", "reason", "created_at"
-)
 
 
 def compact_json(value: Any) -> str:
-    """Return JSON text without the spaces after separators (a step's keys and steps; readers parse it the same)."""
+    """Return JSON text without the spaces after separators (readers parse it the same)."""
     return json.dumps(value, ensure_ascii=False, separators=(",", ":"))
 
 
@@ -268,27 +265,13 @@ class SqliteMemories(Retirement):
             return self._revise(memory_id, script, trajectory, model, prompt_version, tokens, event, reason,
                                 flag=flag, expected_version=expected_version, outcome_id=outcome_id)
 
-    def _history_rows(self, memory_id: int) -> tuple[builtins.list[dict[str, Any]], Text]:
-        """Return a memory's history rows as stored (oldest first) and its current (script, trajectory).
-
-        One statement reads both, so the rows that stand for the memory's text meet the text of the same moment.
-        """
-        rows = self._conn.execute(
-            f"SELECT m.script, m.trajectory, {', '.join('h.' + f for f in HISTORY_FIELDS)} FROM memories m "
-            "LEFT JOIN memory_history h ON h.memory_id = m.id WHERE m.id = ? ORDER BY h.id", [memory_id]
-        ).fetchall()
-        if not rows:
-            raise NotFoundError(f"no memory with id {memory_id}")
-        history = [dict(zip(HISTORY_FIELDS, tuple(r)[2:])) for r in rows if r["event"] is not None]
-        return history, (rows[0][0], rows[0][1])
-
     def history(self, memory_id: int) -> builtins.list[dict[str, Any]]:
         """Return every change to a memory, oldest first, each with its old and new texts."""
-        return fill(*self._history_rows(memory_id))
+        return fill(*stored(self._conn, memory_id))
 
     def version_content(self, memory_id: int, version: int) -> tuple[str | None, str | None, str | None]:
         """Return (script, trajectory, model) of a memory as it was at `version`."""
-        found = text_at(*self._history_rows(memory_id), version)
+        found = text_at(*stored(self._conn, memory_id), version)
         if found is None:
             raise NotFoundError(f"memory {memory_id} has no version {version}")
         (script, trajectory), model = found

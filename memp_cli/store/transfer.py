@@ -14,8 +14,7 @@ from typing import Any
 from ..errors import StoreError
 from .copy import RowCopy
 from .db import scope_filter, write
-from .history import fill, slim
-from .memories import HISTORY_FIELDS
+from .history import HISTORY_FIELDS, fill, slim
 from .settings import SqliteSettings
 from .sql import dialect
 from .vectors import FLOAT_TABLE, SqliteVectors
