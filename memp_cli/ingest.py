@@ -8,7 +8,8 @@ import pickle
 import tempfile
 from collections import deque
 from collections.abc import Callable, Iterator, Sequence
-from contextlib import contextmanager
+from concurrent.futures import Future, ThreadPoolExecutor
+from contextlib import contextmanager, nullcontext
 from dataclasses import replace
 from pathlib import Path
 from typing import IO
@@ -16,17 +17,19 @@ from typing import IO
 from . import boundary, formats
 from .boundary import build_memory
 from .distill_pool import LazyDistiller
-from .embed import get_embedder, is_default, resolve_embed_model
+from .embed import Embedder, get_embedder, is_default, resolve_embed_model
 from .errors import InputError, MempError, StoreError, printable, sqlite_message
 from .ingest_records import IngestOptions, IngestReport
-from .ingest_workers import Workers, workers, worth_workers
+from .ingest_workers import Setup, Workers, workers, worth_workers
 from .records import BUILD_POLICIES, OUTCOMES, Trajectory
 from .remember import (
     BATCH,
     Planned,
+    ReadBatch,
     Side,
     batches,
     contrast,
+    embed_tasks,
     index_procedures,
     plan_batch,
     rebuild_scripts,
@@ -35,7 +38,7 @@ from .remember import (
     write_batch,
 )
 from .scopes import write_scope
-from .store import Store
+from .store import NewMemory, Store
 
 __all__ = [
     "IngestOptions", "IngestReport", "build_memory", "ingest", "ingest_runs", "rebuild_scripts", "store_trajectories",
@@ -79,26 +82,34 @@ def ingest(
     with formats.sources(paths) as (found, outcome_files):
         for src in outcome_files:
             options.read.outcomes.update(formats.read_outcomes(src))
-        with _workers(found, redactor, options) as pool:
+        with _workers(store, found, redactor, options) as pool:
+            runs: Iterator[tuple[boundary.Prepared, NewMemory | None]]
             if pool is not None:
-                runs = pool.read(found, options.fmt, options.read)
+                runs = pool.read(found)
             else:
-                runs = (boundary.prepare(traj, redactor) for src in found
+                runs = ((boundary.prepare(traj, redactor), None) for src in found
                         for traj in formats.read(src, options.fmt, options.read))
-            report = _ingest(store, runs, embed_id, options, on_total, on_progress, warn, redactor, pool)
+            report = _ingest(store, runs, embed_id, options, on_total, on_progress, warn, redactor, pool is not None)
         report.files = len(found)
     return report
 
 
 @contextmanager
-def _workers(found: Sequence[formats.Source], redactor: boundary.Redactor | None,
+def _workers(store: Store, found: Sequence[formats.Source], redactor: boundary.Redactor | None,
              options: IngestOptions) -> Iterator[Workers | None]:
-    """Yield worker processes for an input big enough to be worth them (and a machine with cores to spare), else None."""
+    """Yield worker processes for an input big enough to be worth them (and a machine with cores to spare), else None.
+
+    The workers make each new run's record too, unless a judge is to score the runs first (its words change them).
+    """
     count = workers()
     if count < 2 or not worth_workers(found):
         yield None
         return
-    with Workers(count, redactor, options.fmt, options.read) as pool:
+    url = getattr(store, "url", None)
+    where = str(url or getattr(store, "path", "")) or None
+    setup = Setup(redactor, options.fmt, options.read, options.build, options.judge is None, where,
+                  getattr(store, "schema", None) if url else None)
+    with Workers(count, setup) as pool:
         yield pool
 
 
@@ -112,8 +123,8 @@ def ingest_runs(
     embed_id = resolve_embed_model(store, options.embed_model)
     read_options = options.read
     redactor = redactor_for(options)
-    prepared = (boundary.prepare(read_options.settle(_storable(t)), redactor) for t in runs)
-    return _ingest(store, prepared, embed_id, options, None, None, warn, redactor, None)
+    prepared = ((boundary.prepare(read_options.settle(_storable(t)), redactor), None) for t in runs)
+    return _ingest(store, prepared, embed_id, options, None, None, warn, redactor, False)
 
 
 def _storable(traj: Trajectory) -> Trajectory:
@@ -129,16 +140,17 @@ def _storable(traj: Trajectory) -> Trajectory:
 
 def _ingest(
     store: Store,
-    runs: Iterator[boundary.Prepared],
+    runs: Iterator[tuple[boundary.Prepared, NewMemory | None]],
     embed_id: str,
     options: IngestOptions,
     on_total: Callable[[int], None] | None,
     on_progress: Progress | None,
     warn: Callable[[str], None] | None,
     redactor: boundary.Redactor | None,
-    pool: Workers | None,
+    early: bool,
 ) -> IngestReport:
-    """Read `runs` (past the boundary) once, judging each into a private spool; then store what the spool holds.
+    """Read `runs` (past the boundary, some with their records made) once, judging each into a private spool; then
+    store what the spool holds. With `early`, the new runs' tasks are embedded as they are read.
 
     Every input is read whole before anything is stored, so bad input anywhere stores nothing, and it is read once:
     a file that changes meanwhile (appended to, or a pipe) cannot store anything pass 1 did not check. The spool keeps
@@ -146,14 +158,15 @@ def _ingest(
     """
     report = IngestReport(embed_model=embed_id, scope=write_scope(options.scope))
     with _spool() as spool:
-        keep = _read_pass(store, runs, options, redactor, report, spool)
+        embedder = get_embedder() if early and is_default(embed_id) else None
+        keep = _read_pass(store, runs, options, redactor, report, spool, embedder)
         if on_total:
             on_total(report.read)
         if report.read == 0:
             return report
         spool.seek(0)
         try:
-            _store_pass(store, _spooled(spool), keep, embed_id, options, on_progress, warn, report, redactor, pool)
+            _store_pass(store, _spooled(spool), keep, embed_id, options, on_progress, warn, report, redactor)
         except Exception as exc:
             if not _disk_full(exc):
                 raise
@@ -179,50 +192,78 @@ def _spool() -> Iterator[IO[bytes]]:
 
 def _read_pass(
     store: Store,
-    runs: Iterator[boundary.Prepared],
+    runs: Iterator[tuple[boundary.Prepared, NewMemory | None]],
     options: IngestOptions,
     redactor: boundary.Redactor | None,
     report: IngestReport,
     spool: IO[bytes],
+    embedder: Embedder | None,
 ) -> set[str] | None:
-    """Judge every run into `spool` (batches, pickled); return the ids keep-best keeps, else None."""
+    """Judge every run into `spool` (ReadBatch-es, pickled); return the ids keep-best keeps, else None.
+
+    With `embedder` (memp's own: no calls out), the tasks of runs that came with records are embedded meanwhile.
+    """
     import hashlib
 
     judged: dict[str, tuple[float, str | None]] = {}
     # Per task (by a digest of its text), a min-heap of its best runs so far as (score, -order, id), keep_best at most.
     ranked: dict[bytes, list[tuple[float, int, str]]] = {}
+    embedding: deque[tuple[ReadBatch, Future[dict[str, list[float]]] | None]] = deque()
     # Each run comes redacted and guarded (boundary.prepare) before anything reads it: the judge's prompt,
     # keep-best's ids, the distiller.
-    for batch in batches(runs, BATCH):
-        if options.judge is not None:
-            known = store.memories.known([p.trajectory.id for p in batch])
-            for p in batch:
-                if p.trajectory.id not in known and p.trajectory.id not in judged:
-                    judged[p.trajectory.id] = options.judge.score(p.trajectory)
-            # The judge's words join the run: past the boundary again, redacted and guarded with them.
-            batch = [p if (j := judged.get(p.trajectory.id)) is None
-                     else boundary.prepare(_with_judgement(p.trajectory, j, options), redactor) for p in batch]
-        for p in batch:
-            if options.keep_best is not None:
-                traj = p.trajectory
-                key = hashlib.blake2b(traj.task.strip().lower().encode("utf-8"), digest_size=16).digest()
-                best = ranked.setdefault(key, [])
-                heapq.heappush(best, (_rank_score(traj), -report.read, traj.id))
-                if len(best) > options.keep_best:
-                    heapq.heappop(best)  # the lowest score, the latest of equals: as a stable sort would drop it
-            report.read += 1
-        try:
-            pickle.dump(batch, spool, protocol=pickle.HIGHEST_PROTOCOL)
-        except OSError as exc:
-            raise StoreError(f"cannot write ingest's temporary copy of the input ({exc.strerror}); nothing was "
-                             "stored") from None
+    with ThreadPoolExecutor(1, thread_name_prefix="memp-embed") as side:
+        for pairs in batches(runs, BATCH):
+            batch = ReadBatch([p for p, _ in pairs])
+            for _, made in pairs:
+                if made is not None:
+                    batch.made.setdefault(made.trajectory.id, made)  # a run twice in the input: the first is stored
+            if options.judge is not None:
+                known = store.memories.known([p.trajectory.id for p in batch.runs])
+                for p in batch.runs:
+                    if p.trajectory.id not in known and p.trajectory.id not in judged:
+                        judged[p.trajectory.id] = options.judge.score(p.trajectory)
+                # The judge's words join the run: past the boundary again, redacted and guarded with them.
+                batch.runs = [p if (j := judged.get(p.trajectory.id)) is None
+                              else boundary.prepare(_with_judgement(p.trajectory, j, options), redactor)
+                              for p in batch.runs]
+            for p in batch.runs:
+                if options.keep_best is not None:
+                    traj = p.trajectory
+                    key = hashlib.blake2b(traj.task.strip().lower().encode("utf-8"), digest_size=16).digest()
+                    best = ranked.setdefault(key, [])
+                    heapq.heappush(best, (_rank_score(traj), -report.read, traj.id))
+                    if len(best) > options.keep_best:
+                        heapq.heappop(best)  # the lowest score, the latest of equals: as a stable sort would drop it
+                report.read += 1
+            tasks = [m.trajectory.task for m in batch.made.values()]
+            embedding.append((batch, side.submit(_task_vectors, embedder, tasks) if embedder and tasks else None))
+            while len(embedding) > 2 or (embedding and (embedding[0][1] is None or embedding[0][1].done())):
+                _spool_batch(spool, *embedding.popleft())
+        while embedding:
+            _spool_batch(spool, *embedding.popleft())
     report.judged = len(judged)
     if options.keep_best is None:
         return None
     return {tid for best in ranked.values() for _, _, tid in best}
 
 
-def _spooled(spool: IO[bytes]) -> Iterator[list[boundary.Prepared]]:
+def _task_vectors(embedder: Embedder, tasks: list[str]) -> dict[str, list[float]]:
+    """Return task -> vector for the distinct tasks given (each embedded once, as the store pass would)."""
+    distinct = list(dict.fromkeys(tasks))
+    return dict(zip(distinct, embed_tasks(embedder, distinct)))
+
+
+def _spool_batch(spool: IO[bytes], batch: ReadBatch, vectors: Future[dict[str, list[float]]] | None) -> None:
+    if vectors is not None:
+        batch.vectors = vectors.result()
+    try:
+        pickle.dump(batch, spool, protocol=pickle.HIGHEST_PROTOCOL)
+    except OSError as exc:
+        raise StoreError(f"cannot write ingest's temporary copy of the input ({exc.strerror}); nothing was "
+                         "stored") from None
+
+
+def _spooled(spool: IO[bytes]) -> Iterator[ReadBatch]:
     """Yield the batches `_read_pass` wrote to the spool, in order."""
     while True:
         try:
@@ -233,7 +274,7 @@ def _spooled(spool: IO[bytes]) -> Iterator[list[boundary.Prepared]]:
 
 def _store_pass(
     store: Store,
-    batches: Iterator[list[boundary.Prepared]],
+    batches: Iterator[ReadBatch],
     keep: set[str] | None,
     embed_id: str,
     options: IngestOptions,
@@ -241,24 +282,25 @@ def _store_pass(
     warn: Callable[[str], None] | None,
     report: IngestReport,
     redactor: boundary.Redactor | None,
-    pool: Workers | None,
 ) -> None:
     """Store the spooled runs, each batch one transaction, then contrast and index what was added.
 
-    With the offline distiller, the next batch's records and vectors are made (on the workers and the side threads)
-    while this one is written; with a model, each batch is written before the next is planned, as its calls go out.
+    With the offline distiller, the next batch's records and vectors are made (on the side threads) while this one
+    is written; with a model, each batch is written before the next is planned, as its calls go out.
     """
     scripts = LazyDistiller(options.model, warn, options.jobs) if options.build != "trajectory" else None
     embedder = get_embedder(None if is_default(embed_id) else embed_id)
     added: list[int] = []
     ahead: deque[tuple[Planned | None, int]] = deque()
-    with Side(pool) as side:
+    # A bulk write where the store has one (PostgreSQL: its HNSW index built once, at the end).
+    bulk = getattr(store.vectors, "bulk", None)
+    with Side() as side, (bulk() if bulk is not None else nullcontext()):
         # Batches run across files: many formats hold one trajectory per file, and embedding is cheaper in bulk.
         for batch in batches:
-            size = len(batch)
+            size = len(batch.runs)
             if keep is not None:
-                batch = [p for p in batch if p.trajectory.id in keep]
-                report.dropped += size - len(batch)
+                batch.runs = [p for p in batch.runs if p.trajectory.id in keep]
+                report.dropped += size - len(batch.runs)
             ahead.append((plan_batch(store, batch, options.build, scripts, embedder, report, redactor, report.scope,
                                      side), size))
             lookahead = 0 if scripts is not None and scripts.get().online else 1

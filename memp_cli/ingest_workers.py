@@ -61,17 +61,29 @@ class Derive:
 _state: dict[str, Any] = {}
 
 
-def _init(redactor: boundary.Redactor | None, fmt: str, options: formats.ReadOptions) -> None:
-    # Each worker embeds on one thread: the workers themselves are the parallelism.
-    os.environ["MEMP_THREADS"] = "1"
-    if redactor is not None:
-        redactor.masked = 0  # this worker's copy counts its own masks, which the parent adds to its own
-    _state.update(redactor=redactor, fmt=fmt, options=options)
+@dataclass(frozen=True)
+class Setup:
+    """What every worker is told once: how to read and redact, the build, and where the store is (to skip runs
+    stored already); `make` False when runs are judged first (the judge's words change them)."""
+
+    redactor: boundary.Redactor | None
+    fmt: str
+    options: formats.ReadOptions
+    build: str
+    make: bool
+    store: str | None
+    schema: str | None
+
+
+def _init(setup: Setup) -> None:
+    if setup.redactor is not None:
+        setup.redactor.masked = 0  # this worker's copy counts its own masks, which the parent adds to its own
+    _state["setup"] = setup
 
 
 def _masked() -> int:
     """Return how many secrets this worker's redactor masked since last asked (the parent adds them up)."""
-    redactor: boundary.Redactor | None = _state["redactor"]
+    redactor = _state["setup"].redactor
     if redactor is None:
         return 0
     count, redactor.masked = redactor.masked, 0
@@ -87,21 +99,58 @@ def _failure(exc: BaseException) -> tuple[str, Any]:
     return "other", f"{type(exc).__name__}: {exc}"
 
 
+def _stored(ids: list[str]) -> set[str]:
+    """Return which of the ids the store holds already (none when it cannot be read from here)."""
+    setup: Setup = _state["setup"]
+    if setup.store is None:
+        return set()
+    if "store" not in _state:
+        from .store import open_store
+
+        try:
+            _state["store"] = open_store(setup.store, setup.schema)
+        except MempError:
+            _state["store"] = None
+    store = _state["store"]
+    return set() if store is None else store.memories.known(ids)
+
+
+Parts = tuple[Script | None, str | None, int, str | None]
+
+
+def _made(prepared: list[boundary.Prepared]) -> list[tuple[boundary.Prepared, Parts | None]]:
+    """Return each run with its memory's parts (script, text, tokens, flag), made for the runs not stored yet."""
+    setup: Setup = _state["setup"]
+    if not setup.make:
+        return [(p, None) for p in prepared]
+    known = _stored([p.trajectory.id for p in prepared])
+    out: list[tuple[boundary.Prepared, Parts | None]] = []
+    for p in prepared:
+        if p.trajectory.id in known:
+            out.append((p, None))
+            continue
+        item = derive(Derive(p, setup.build, None, setup.build != "trajectory"), setup.redactor)
+        out.append((p, (item.script, item.trajectory_text, item.tokens, item.flag)))
+    return out
+
+
 def _read_files(sources: Sequence[formats.Source]) -> tuple[str, Any, int]:
+    setup: Setup = _state["setup"]
     try:
-        prepared = [boundary.prepare(t, _state["redactor"]) for src in sources
-                    for t in formats.read(src, _state["fmt"], _state["options"])]
+        prepared = [boundary.prepare(t, setup.redactor) for src in sources
+                    for t in formats.read(src, setup.fmt, setup.options)]
+        made = _made(prepared)
     except Exception as exc:  # noqa: BLE001 - raised again in the parent
         return "error", _failure(exc), 0
-    return "ok", prepared, _masked()
+    return "ok", made, _masked()
 
 
 def _prepare_runs(runs: Sequence[Trajectory]) -> tuple[str, Any, int]:
     try:
-        prepared = [boundary.prepare(t, _state["redactor"]) for t in runs]
+        made = _made([boundary.prepare(t, _state["setup"].redactor) for t in runs])
     except Exception as exc:  # noqa: BLE001
         return "error", _failure(exc), 0
-    return "ok", prepared, _masked()
+    return "ok", made, _masked()
 
 
 def derive(job: Derive, redactor: boundary.Redactor | None) -> NewMemory:
@@ -109,24 +158,6 @@ def derive(job: Derive, redactor: boundary.Redactor | None) -> NewMemory:
     distiller's) checked, its text and token count."""
     script = job.cached or (offline_script(job.prepared.trajectory) if job.offline else None)
     return boundary.new_memory(job.prepared, job.build, script, [], redactor)
-
-
-def _parts(item: NewMemory) -> tuple[Script | None, str | None, int, str | None]:
-    return item.script, item.trajectory_text, item.tokens, item.flag
-
-
-def _derive(work: tuple[Sequence[Derive], Sequence[str]]) -> tuple[str, Any, int]:
-    jobs, tasks = work
-    try:
-        # The run itself is the parent's already: only what was made from it comes back.
-        made: list[Any] = [_parts(derive(job, _state["redactor"])) for job in jobs]
-        if tasks:
-            from .embed import get_embedder
-
-            made.append(dict(zip(tasks, get_embedder().embed(list(tasks)))))
-    except Exception as exc:  # noqa: BLE001
-        return "error", _failure(exc), 0
-    return "ok", made, _masked()
 
 
 # -- in the parent --------------------------------------------------------------------------------------------------
@@ -144,16 +175,16 @@ def _raise(failure: tuple[str, Any]) -> None:
 class Workers:
     """A pool of worker processes for one ingest; a context manager that stops them however the ingest ends."""
 
-    def __init__(self, count: int, redactor: boundary.Redactor | None, fmt: str, options: formats.ReadOptions) -> None:
+    def __init__(self, count: int, setup: Setup) -> None:
         import multiprocessing
 
         self.count = count
-        self.redactor = redactor
+        self.setup = setup
         # Forked, the workers start at once with memp already imported; with other threads about (a progress bar's),
         # a fork could copy a lock one of them holds, so then they start from a fresh interpreter instead.
         method = "fork" if threading.active_count() == 1 else "forkserver"
         context = multiprocessing.get_context(method)
-        self._pool = context.Pool(count, initializer=_init, initargs=(redactor, fmt, options))
+        self._pool = context.Pool(count, initializer=_init, initargs=(setup,))
 
     def __enter__(self) -> Self:
         return self
@@ -176,19 +207,22 @@ class Workers:
         status, value, masked = answer
         if status == "error":
             _raise(value)
-        if self.redactor is not None:
-            self.redactor.masked += masked
+        if self.setup.redactor is not None:
+            self.setup.redactor.masked += masked
         return list(value)
 
-    def read(self, sources: Sequence[formats.Source], fmt: str, options: formats.ReadOptions) -> Iterator[
-            boundary.Prepared]:
-        """Yield every run of `sources` past the boundary, in order: small files read by the workers, large ones
-        streamed here with their runs redacted and guarded by the workers."""
-        for batch in self._ordered(self._read_calls(sources, fmt, options)):
-            yield from batch
+    def read(self, sources: Sequence[formats.Source]) -> Iterator[tuple[boundary.Prepared, NewMemory | None]]:
+        """Yield every run of `sources` past the boundary, in order, with its memory's record (vector to come) when
+        the workers made one: small files read by the workers, large ones streamed here and their runs sent on."""
+        for batch in self._ordered(self._read_calls(sources)):
+            for prepared, parts in batch:
+                if parts is None:
+                    yield prepared, None
+                    continue
+                script, text, tokens, flag = parts
+                yield prepared, NewMemory(prepared.trajectory, self.setup.build, script, text, tokens, [], flag)
 
-    def _read_calls(self, sources: Sequence[formats.Source], fmt: str, options: formats.ReadOptions) -> Iterator[
-            tuple[Any, Any]]:
+    def _read_calls(self, sources: Sequence[formats.Source]) -> Iterator[tuple[Any, Any]]:
         small: list[formats.Source] = []
         for src in sources:
             if _size(src) <= WHOLE_FILE_BYTES:
@@ -201,7 +235,7 @@ class Workers:
                 yield _read_files, small
                 small = []
             runs: list[Trajectory] = []
-            for traj in formats.read(src, fmt, options):
+            for traj in formats.read(src, self.setup.fmt, self.setup.options):
                 runs.append(traj)
                 if len(runs) >= CHUNK:
                     yield _prepare_runs, runs
@@ -210,53 +244,6 @@ class Workers:
                 yield _prepare_runs, runs
         if small:
             yield _read_files, small
-
-    def derive(self, jobs: Sequence[Derive], tasks: Sequence[str] = ()) -> Derived:
-        """Start making the records of `jobs` on the workers, and embedding `tasks` with memp's embedded model
-        (distinct texts); return a handle whose `get()` gives the records in order, and `vectors()` the vectors."""
-        # A task's runs go to one worker, which embeds it once: split by task, not by position.
-        parts: list[tuple[list[int], list[str]]] = [([], []) for _ in range(self.count)]
-        wanted = set(tasks)
-        for i, job in enumerate(jobs):
-            part = parts[hash(job.prepared.trajectory.task) % self.count]
-            part[0].append(i)
-            if job.prepared.trajectory.task in wanted:
-                wanted.discard(job.prepared.trajectory.task)
-                part[1].append(job.prepared.trajectory.task)
-        started = [(idx, self._pool.apply_async(_derive, (([jobs[i] for i in idx], texts),)))
-                   for idx, texts in parts if idx]
-        return Derived(self, jobs, started, bool(tasks))
-
-
-class Derived:
-    """Records (and vectors) being made on the workers, put back together with their runs."""
-
-    def __init__(self, owner: Workers, jobs: Sequence[Derive], parts: list[tuple[list[int], Any]],
-                 embedding: bool) -> None:
-        self._owner, self._jobs, self._parts, self._embedding = owner, jobs, parts, embedding
-        self._done: tuple[list[NewMemory], dict[str, list[float]]] | None = None
-
-    def _gather(self) -> tuple[list[NewMemory], dict[str, list[float]]]:
-        if self._done is None:
-            made: list[NewMemory | None] = [None] * len(self._jobs)
-            vectors: dict[str, list[float]] = {}
-            for idx, part in self._parts:
-                answer = self._owner._result(part.get())
-                if self._embedding:
-                    vectors.update(answer.pop())
-                for i, (script, text, tokens, flag) in zip(idx, answer):
-                    job = self._jobs[i]
-                    made[i] = NewMemory(job.prepared.trajectory, job.build, script, text, tokens, [], flag)
-            self._done = [m for m in made if m is not None], vectors
-        return self._done
-
-    def get(self) -> list[NewMemory]:
-        """Return the records, in the order of the jobs."""
-        return self._gather()[0]
-
-    def vectors(self) -> dict[str, list[float]]:
-        """Return task -> vector for the tasks asked to be embedded."""
-        return self._gather()[1]
 
 
 def _size(src: formats.Source) -> int:

@@ -6,7 +6,7 @@ from __future__ import annotations
 from collections import OrderedDict
 from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 from functools import partial
 from itertools import islice
 from typing import TYPE_CHECKING, Any, TypeVar
@@ -16,10 +16,9 @@ from .boundary import build_memory
 from .distill import Distiller, offline_script
 from .distill_pool import LazyDistiller
 from .distill_pool import Waiting as _Waiting
-from .embed import DEFAULT_EMBED_MODEL, Embedder, get_embedder, is_default, resolve_embed_model
+from .embed import Embedder, get_embedder, is_default, resolve_embed_model
 from .errors import MempError
 from .ingest_records import IngestOptions, IngestReport
-from .ingest_workers import Derive, Derived, Workers
 from .pool import CallPool, resolve_jobs
 from .records import Script, Trajectory
 from .scopes import DEFAULT as DEFAULT_SCOPE
@@ -66,7 +65,7 @@ def store_trajectories(
     with Side() as side:
         for batch in batches(iter(runs), BATCH):
             # Every path into the store passes the boundary: here, as ingest's read pass does.
-            prepared = [boundary.prepare(t, redactor) for t in batch]
+            prepared = ReadBatch([boundary.prepare(t, redactor) for t in batch])
             ids.extend(store_batch(store, prepared, options.build, scripts, embedder, embed_id, report, redactor,
                                    scope, side))
     if scripts is not None:
@@ -98,13 +97,7 @@ _VECTOR_CACHE = 4096
 _vectors: dict[str, OrderedDict[str, list[float]]] = {}
 
 
-def _uncached(embedder: Embedder, tasks: Sequence[str]) -> list[str]:
-    """Return the distinct tasks with no vector kept for this embedder, in order."""
-    cache: dict[str, list[float]] = _vectors.get(embedder.model_id, {})
-    return list(dict.fromkeys(t for t in tasks if t not in cache))
-
-
-def _embed_tasks(
+def embed_tasks(
     embedder: Embedder, tasks: Sequence[str], computed: dict[str, list[float]] | None = None
 ) -> list[list[float]]:
     """Return a vector per task, embedding each distinct text not seen lately once (`computed`: vectors the
@@ -125,10 +118,9 @@ def _embed_tasks(
 
 class Side:
     """The threads a store pass works on beside its own: one embeds (onnxruntime, off the GIL), one makes records
-    (tiktoken's counts, off the GIL too); and the worker processes, when the ingest started some."""
+    (tiktoken's counts, off the GIL too)."""
 
-    def __init__(self, pool: Workers | None = None) -> None:
-        self.pool = pool
+    def __init__(self) -> None:
         self.embed = ThreadPoolExecutor(1, thread_name_prefix="memp-embed")
         self.records = ThreadPoolExecutor(1, thread_name_prefix="memp-records")
         # Runs planned in a batch not written yet: a later batch holding one again skips it, as if stored.
@@ -143,19 +135,29 @@ class Side:
 
 
 @dataclass
+class ReadBatch:
+    """Runs past the boundary, as ingest's read pass spools them: with the records the workers made for new runs
+    (by trajectory id; their vectors still to come) and vectors of their tasks made meanwhile (by task text)."""
+
+    runs: list[boundary.Prepared]
+    made: dict[str, NewMemory] = field(default_factory=dict)
+    vectors: dict[str, list[float]] = field(default_factory=dict)
+
+
+@dataclass
 class Planned:
     """A batch whose records and vectors are being made: what `write_batch` stores."""
 
     runs: list[boundary.Prepared]
     waiting: dict[str, _Waiting]
     later: list[_Waiting]
-    records: Any
+    records: list[Any]
     vectors: Any
 
 
 def plan_batch(
     store: Store,
-    batch: Sequence[boundary.Prepared],
+    batch: ReadBatch,
     build: str,
     scripts: LazyDistiller | None,
     embedder: Embedder,
@@ -168,9 +170,9 @@ def plan_batch(
 
     With a model, its first calls go out now, so the pool is busy while the batch is written.
     """
-    known = store.memories.scopes_of([p.trajectory.id for p in batch])
+    known = store.memories.scopes_of([p.trajectory.id for p in batch.runs])
     fresh: dict[str, boundary.Prepared] = {}
-    for run in batch:
+    for run in batch.runs:
         tid = run.trajectory.id
         if tid in known or tid in fresh or tid in side.planned:
             report.skipped += 1
@@ -190,48 +192,22 @@ def plan_batch(
     if scripts is not None:
         # The offline script each run is stored with now (kept, or replaced when the model answers).
         scripts.get().fallbacks += sum(1 for cached, ask in plans if cached is None and not ask)
-    tasks = [p.trajectory.task for p in runs]
     try:
-        jobs = [Derive(run, build, cached, scripts is not None) for run, (cached, _) in zip(runs, plans)]
-        records: Derived | _Gathered
-        if side.pool is not None:
-            # memp's embedded model runs in the workers too (the same model and session options give the same
-            # vectors anywhere); another embedding model is called from here.
-            local = embedder.model_id != DEFAULT_EMBED_MODEL
-            records = side.pool.derive(jobs, [] if local else _uncached(embedder, tasks))
-            vectors = side.embed.submit(_embed_tasks, embedder, tasks) if local else _Vectors(embedder, tasks, records)
-        else:
-            vectors = side.embed.submit(_embed_tasks, embedder, tasks)
-            # The offline distiller's Python here, the records (token counts) on the side thread meanwhile.
-            made = [side.records.submit(boundary.new_memory, job.prepared, build,
-                                        job.cached or (offline_script(job.prepared.trajectory) if job.offline else None),
-                                        [], redactor) for job in jobs]
-            records = _Gathered(made)
+        vectors = side.embed.submit(embed_tasks, embedder, [p.trajectory.task for p in runs], batch.vectors)
+        records: list[Any] = []
+        for run, (cached, _) in zip(runs, plans):
+            made = batch.made.get(run.trajectory.id)
+            if made is not None and made.trajectory is run.trajectory and cached is None:
+                records.append(made)  # made by a worker from this very run (not a judged copy), as below
+                continue
+            # The offline distiller's Python here, the record (its token count) on the side thread meanwhile.
+            script = cached or (offline_script(run.trajectory) if scripts is not None else None)
+            records.append(side.records.submit(boundary.new_memory, run, build, script, [], redactor))
     except BaseException:
         if scripts is not None:
             scripts.close()  # nothing of this batch is stored: the calls sent for it are not waited for
         raise
     return Planned(runs, waiting, later, records, vectors)
-
-
-class _Vectors:
-    """Vectors the workers make, read once they are done (as a Future's `result()`)."""
-
-    def __init__(self, embedder: Embedder, tasks: list[str], records: Derived) -> None:
-        self._embedder, self._tasks, self._records = embedder, tasks, records
-
-    def result(self) -> list[list[float]]:
-        return _embed_tasks(self._embedder, self._tasks, self._records.vectors())
-
-
-class _Gathered:
-    """Records made on the side thread, handed back in order."""
-
-    def __init__(self, futures: list[Any]) -> None:
-        self._futures = futures
-
-    def get(self) -> list[NewMemory]:
-        return [f.result() for f in self._futures]
 
 
 def write_batch(
@@ -247,8 +223,8 @@ def write_batch(
     """Store a planned batch in one transaction (runs stored meanwhile by another process skipped); return the new
     memory ids."""
     try:
-        items = [replace(item, vector=vector, scope=scope)
-                 for item, vector in zip(planned.records.get(), planned.vectors.result())]
+        records = [r if isinstance(r, NewMemory) else r.result() for r in planned.records]
+        items = [replace(item, vector=vector, scope=scope) for item, vector in zip(records, planned.vectors.result())]
         added = store.memories.add(items, embed_id)
     except BaseException:
         if scripts is not None:
@@ -275,7 +251,7 @@ def write_batch(
 
 def store_batch(
     store: Store,
-    batch: Sequence[boundary.Prepared],
+    batch: ReadBatch,
     build: str,
     scripts: LazyDistiller | None,
     embedder: Embedder,

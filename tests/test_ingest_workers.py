@@ -80,7 +80,9 @@ def test_workers_redact_and_guard_every_run(tmp_path: Path, monkeypatch: pytest.
     monkeypatch.setattr(ingest_workers, "MIN_RUNS", 2)
     secret = traj("deploy the app", actions=(f"git push https://{TOKEN}@github.com/acme/app", "make deploy"))
     orders = traj("set up the helper", actions=("read README", PIPE_TO_SHELL))
-    folder = _runs(tmp_path / "runs", 40, {3: secret, 17: orders, 30: secret | {"task": f"deploy with {TOKEN}"}})
+    twice = traj("put the mug in the sink", actions=("go to sink 1", "put mug 1 in sink 1"))
+    folder = _runs(tmp_path / "runs", 40, {3: secret, 17: orders, 30: secret | {"task": f"deploy with {TOKEN}"},
+                                           24: twice, 25: twice})
     one, _ = _ingest(tmp_path / "one.db", [str(folder)], monkeypatch, workers=1)
     two, made = _ingest(tmp_path / "two.db", [str(folder)], monkeypatch, workers=2)
     assert made == [2]
@@ -90,6 +92,9 @@ def test_workers_redact_and_guard_every_run(tmp_path: Path, monkeypatch: pytest.
     assert rows == _rows(tmp_path / "one.db")
     assert not any(TOKEN in str(row) for table in rows.values() for row in table)
     assert sum("[REDACTED" in str(row) for row in rows["trajectories"]) == 2
+    # The same run in two files is stored once, from the first.
+    assert two["skipped"] == 1
+    assert [r[6] for r in rows["trajectories"] if r[1] == "put the mug in the sink"] == [str(folder / "run-0024.jsonl")]
 
 
 def test_a_bad_line_read_by_a_worker_stores_nothing(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
