@@ -1,10 +1,12 @@
-"""Ingest's pure work on every core: files read, redacted and guarded, and each new run's script checked and counted,
-in worker processes; the store, the judge, the model and the embedder stay in the parent.
+"""Ingest's pure work on every core: files read, redacted and guarded, and each new run's record made (its offline
+script checked, its text, its token count), in worker processes; the parent embeds the new runs' tasks meanwhile,
+and the store, the judge and the model stay in the parent.
 
 The workers run the same functions the parent would (`formats.read`, `boundary.prepare`, `offline_script`,
-`boundary.new_memory`), so what is stored is the same; only where the CPU time is spent changes. Results come back
-in the order asked, at most WINDOW tasks a worker in flight, so memory stays bounded whatever the input's size.
-A worker's error (a bad line in a file) comes back as a value and is raised in the parent, as reading there would.
+`boundary.new_memory`), so what is stored is the same; only where the CPU time goes changes. A worker asks the store
+(its own read-only use of it) which runs it holds already, so a re-ingest distils nothing. Results come back in the
+order asked, at most WINDOW tasks a worker in flight, so memory stays bounded whatever the input's size. A worker's
+error (a bad line in a file) comes back as a value and is raised in the parent, as reading there would.
 """
 
 from __future__ import annotations
@@ -183,6 +185,8 @@ class Workers:
         # Forked, the workers start at once with memp already imported; with other threads about (a progress bar's),
         # a fork could copy a lock one of them holds, so then they start from a fresh interpreter instead.
         method = "fork" if threading.active_count() == 1 else "forkserver"
+        if method == "fork":
+            _warm()
         context = multiprocessing.get_context(method)
         self._pool = context.Pool(count, initializer=_init, initargs=(setup,))
 
@@ -244,6 +248,18 @@ class Workers:
                 yield _prepare_runs, runs
         if small:
             yield _read_files, small
+
+
+def _warm() -> None:
+    """Load what every worker needs once, here, so forked workers share it rather than each loading its own (the
+    token encoding and detect-secrets' rules take ~1.5 s of CPU together)."""
+    from . import secrets
+    from .offline import procedure  # noqa: F401 - imported for the workers
+    from .tokens import count_tokens
+
+    secrets.detector_rules()
+    boundary.flag("warm up the guard's rules")
+    count_tokens("warm up the encoding")
 
 
 def _size(src: formats.Source) -> int:

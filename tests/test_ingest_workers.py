@@ -114,3 +114,25 @@ def test_workers_env_is_checked(monkeypatch: pytest.MonkeyPatch) -> None:
         ingest_workers.workers()
     monkeypatch.setenv("MEMP_WORKERS", "3")
     assert ingest_workers.workers() == 3
+
+
+def test_workers_make_records_only_for_runs_not_stored(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(ingest_workers, "MIN_RUNS", 2)
+    made: list[bool] = []
+    real = ingest_workers.Workers.read
+
+    def counted(self: Any, sources: Any) -> Any:
+        for prepared, record in real(self, sources):
+            made.append(record is not None)
+            yield prepared, record
+
+    monkeypatch.setattr(ingest_workers.Workers, "read", counted)
+    folder = _runs(tmp_path / "runs", 30)
+    first, _ = _ingest(tmp_path / "two.db", [str(folder)], monkeypatch, workers=2)
+    assert first["added"] == 30 and made == [True] * 30
+    _runs(tmp_path / "more", 0)
+    write_jsonl(tmp_path / "more" / "new.jsonl", [traj("water the plant", actions=("go to plant 1", "water it"))])
+    made.clear()
+    again, _ = _ingest(tmp_path / "two.db", [str(folder), str(tmp_path / "more")], monkeypatch, workers=2)
+    assert (again["added"], again["skipped"]) == (1, 30)
+    assert made == [False] * 30 + [True]  # a re-ingest distils nothing it stored before
