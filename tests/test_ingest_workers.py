@@ -136,3 +136,35 @@ def test_workers_make_records_only_for_runs_not_stored(tmp_path: Path, monkeypat
     again, _ = _ingest(tmp_path / "two.db", [str(folder), str(tmp_path / "more")], monkeypatch, workers=2)
     assert (again["added"], again["skipped"]) == (1, 30)
     assert made == [False] * 30 + [True]  # a re-ingest distils nothing it stored before
+
+
+def test_workers_start_from_a_fresh_interpreter_beside_other_threads(tmp_path: Path,
+                                                                     monkeypatch: pytest.MonkeyPatch) -> None:
+    import threading
+
+    monkeypatch.setattr(ingest_workers, "MIN_RUNS", 2)
+    methods: list[str] = []
+    real = ingest_workers._warm
+    monkeypatch.setattr(ingest_workers, "_warm", lambda: methods.append("fork") or real())
+    folder = _runs(tmp_path / "runs", 20)
+    one, _ = _ingest(tmp_path / "one.db", [str(folder)], monkeypatch, workers=1)
+    stop = threading.Event()
+    bar = threading.Thread(target=stop.wait)  # as a progress bar's refresh thread would be
+    bar.start()
+    try:
+        two, made = _ingest(tmp_path / "two.db", [str(folder)], monkeypatch, workers=2)
+    finally:
+        stop.set()
+        bar.join()
+    assert made == [2] and methods == []  # not forked: started by the fork server
+    assert one == two
+    assert _rows(tmp_path / "one.db") == _rows(tmp_path / "two.db")
+
+
+def test_workers_default_to_the_idle_cores(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.delenv("MEMP_WORKERS", raising=False)
+    monkeypatch.setattr(ingest_workers.os, "cpu_count", lambda: 4)
+    monkeypatch.setattr(ingest_workers.os, "getloadavg", lambda: (1.2, 0.0, 0.0))
+    assert ingest_workers.workers() == 3
+    monkeypatch.setattr(ingest_workers.os, "getloadavg", lambda: (6.0, 0.0, 0.0))
+    assert ingest_workers.workers() == 1  # a busy machine: all in one process
