@@ -100,8 +100,8 @@ _vectors: dict[str, OrderedDict[str, list[float]]] = {}
 def embed_tasks(
     embedder: Embedder, tasks: Sequence[str], computed: dict[str, list[float]] | None = None
 ) -> list[list[float]]:
-    """Return a vector per task, embedding each distinct text not seen lately once (`computed`: vectors the
-    workers made with the same model)."""
+    """Return a vector per task, embedding each distinct text not seen lately once (`computed`: vectors of this
+    embedder made earlier, by ingest's read pass)."""
     cache = _vectors.setdefault(embedder.model_id, OrderedDict())
     cache.update(computed or {})
     missing = list(dict.fromkeys(t for t in tasks if t not in cache))
