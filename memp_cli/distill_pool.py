@@ -13,7 +13,7 @@ from functools import partial
 
 from . import boundary
 from .boundary import build_memory
-from .distill import Distiller, offline_script
+from .distill import Distiller
 from .pool import CallPool, resolve_jobs
 from .records import Script, Trajectory
 from .store import Store
@@ -58,12 +58,6 @@ class LazyDistiller:
         distiller = self.get()
         cached = store.memories.cached_script(traj.id, distiller.model_name, distiller.version)
         return cached, cached is None and distiller.online
-
-    def offline(self, traj: Trajectory, asked: bool) -> Script:
-        """Return the offline script stored for `traj` now: kept, or (`asked`) replaced when the model answers."""
-        if not asked:
-            self.get().fallbacks += 1
-        return offline_script(traj)
 
     def ask(self, store: Store, waiting: Sequence[Waiting], redactor: boundary.Redactor | None,
             wait: bool = True) -> list[Waiting]:

@@ -6,13 +6,14 @@ from __future__ import annotations
 from collections import OrderedDict
 from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import replace
+from dataclasses import dataclass, field, replace
 from functools import partial
 from itertools import islice
+from typing import TYPE_CHECKING, Any, TypeVar
 
 from . import boundary
 from .boundary import build_memory
-from .distill import Distiller
+from .distill import Distiller, offline_script
 from .distill_pool import LazyDistiller
 from .distill_pool import Waiting as _Waiting
 from .embed import Embedder, get_embedder, is_default, resolve_embed_model
@@ -22,13 +23,19 @@ from .pool import CallPool, resolve_jobs
 from .records import Script, Trajectory
 from .scopes import DEFAULT as DEFAULT_SCOPE
 from .scopes import write_scope
-from .store import Store
+from .store import NewMemory, Store
+
+if TYPE_CHECKING:
+    from typing_extensions import Self
 
 # Each batch is one short write transaction: a kill loses at most the batch in flight, and a re-run redoes it.
 BATCH = 64
 
 
-def batches(items: Iterator[Trajectory], size: int) -> Iterator[list[Trajectory]]:
+T = TypeVar("T")
+
+
+def batches(items: Iterator[T], size: int) -> Iterator[list[T]]:
     """Yield lists of up to `size` items."""
     while batch := list(islice(items, size)):
         yield batch
@@ -55,8 +62,12 @@ def store_trajectories(
     report = IngestReport()
     scope = write_scope(options.scope)
     ids: list[int] = []
-    for batch in batches(iter(runs), BATCH):
-        ids.extend(store_batch(store, batch, options.build, scripts, embedder, embed_id, report, redactor, scope))
+    with Side() as side:
+        for batch in batches(iter(runs), BATCH):
+            # Every path into the store passes the boundary: here, as ingest's read pass does.
+            prepared = ReadBatch([boundary.prepare(t, redactor) for t in batch])
+            ids.extend(store_batch(store, prepared, options.build, scripts, embedder, embed_id, report, redactor,
+                                   scope, side))
     if scripts is not None:
         scripts.finish(store, redactor)
     if scripts is not None and ids:
@@ -86,9 +97,13 @@ _VECTOR_CACHE = 4096
 _vectors: dict[str, OrderedDict[str, list[float]]] = {}
 
 
-def _embed_tasks(embedder: Embedder, tasks: Sequence[str]) -> list[list[float]]:
-    """Return a vector per task, embedding each distinct text not seen lately once."""
+def embed_tasks(
+    embedder: Embedder, tasks: Sequence[str], computed: dict[str, list[float]] | None = None
+) -> list[list[float]]:
+    """Return a vector per task, embedding each distinct text not seen lately once (`computed`: vectors of this
+    embedder made earlier, by ingest's read pass)."""
     cache = _vectors.setdefault(embedder.model_id, OrderedDict())
+    cache.update(computed or {})
     missing = list(dict.fromkeys(t for t in tasks if t not in cache))
     for task, vector in zip(missing, embedder.embed(missing) if missing else []):
         cache[task] = vector
@@ -101,56 +116,122 @@ def _embed_tasks(embedder: Embedder, tasks: Sequence[str]) -> list[list[float]]:
     return out
 
 
-def store_batch(
+class Side:
+    """The threads a store pass works on beside its own: one embeds (onnxruntime, off the GIL), one makes records
+    (tiktoken's counts, off the GIL too)."""
+
+    def __init__(self) -> None:
+        self.embed = ThreadPoolExecutor(1, thread_name_prefix="memp-embed")
+        self.records = ThreadPoolExecutor(1, thread_name_prefix="memp-records")
+        # Runs planned in a batch not written yet: a later batch holding one again skips it, as if stored.
+        self.planned: set[str] = set()
+
+    def __enter__(self) -> Self:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.embed.shutdown(wait=True, cancel_futures=True)
+        self.records.shutdown(wait=True, cancel_futures=True)
+
+
+@dataclass
+class ReadBatch:
+    """Runs past the boundary, as ingest's read pass spools them: with the records the workers made for new runs
+    (by trajectory id; their vectors still to come) and vectors of their tasks made meanwhile (by task text)."""
+
+    runs: list[boundary.Prepared]
+    made: dict[str, NewMemory] = field(default_factory=dict)
+    vectors: dict[str, list[float]] = field(default_factory=dict)
+
+
+@dataclass
+class Planned:
+    """A batch whose records and vectors are being made: what `write_batch` stores."""
+
+    runs: list[boundary.Prepared]
+    waiting: dict[str, _Waiting]
+    later: list[_Waiting]
+    records: list[Any]
+    vectors: Any
+
+
+def plan_batch(
     store: Store,
-    batch: list[Trajectory],
+    batch: ReadBatch,
     build: str,
     scripts: LazyDistiller | None,
     embedder: Embedder,
-    embed_id: str,
     report: IngestReport,
     redactor: boundary.Redactor | None,
-    scope: str = DEFAULT_SCOPE,
-) -> list[int]:
-    """Store the new trajectories of a batch in `scope`, in one transaction; return their memory ids.
+    scope: str,
+    side: Side,
+) -> Planned | None:
+    """Start making the records and vectors of the batch's new runs (None when it has none); skipped ones counted.
 
-    With a model, the memories are stored with offline scripts first and the model's arrive after (LazyDistiller).
+    With a model, its first calls go out now, so the pool is busy while the batch is written.
     """
-    # Every path into the store passes the boundary here, whatever it did before (redacting again changes nothing).
-    prepared = [boundary.prepare(t, redactor) for t in batch]
-    known = store.memories.scopes_of([p.trajectory.id for p in prepared])
+    known = store.memories.scopes_of([p.trajectory.id for p in batch.runs])
     fresh: dict[str, boundary.Prepared] = {}
-    for run in prepared:
-        if run.trajectory.id in known or run.trajectory.id in fresh:
+    for run in batch.runs:
+        tid = run.trajectory.id
+        if tid in known or tid in fresh or tid in side.planned:
             report.skipped += 1
             # A run is stored once (its id is a hash of it): not copied into a second scope, but said so.
-            elsewhere = known.get(run.trajectory.id, scope)
+            elsewhere = known.get(tid, scope)
             if elsewhere != scope:
                 report.other_scopes[elsewhere] = report.other_scopes.get(elsewhere, 0) + 1
         else:
-            fresh[run.trajectory.id] = run
+            fresh[tid] = run
     if not fresh:
-        return []
+        return None
     runs = list(fresh.values())
+    side.planned.update(fresh)
     plans = [scripts.cached(store, run.trajectory) if scripts is not None else (None, False) for run in runs]
     waiting = {run.trajectory.id: _Waiting(run.trajectory, build) for run, (_, ask) in zip(runs, plans) if ask}
-    # The model's first calls go out before this batch is written, so the pool is busy while it is.
     later = scripts.ask(store, list(waiting.values()), redactor, wait=False) if scripts is not None else []
+    if scripts is not None:
+        # The offline script each run is stored with now (kept, or replaced when the model answers).
+        scripts.get().fallbacks += sum(1 for cached, ask in plans if cached is None and not ask)
     try:
-        # Beside the offline distiller's Python, on the other core: the embedding (onnxruntime) on one thread, and on
-        # another each memory's record as its script is ready (its token count runs in tiktoken, off the GIL too).
-        with ThreadPoolExecutor(2) as side:
-            vectors = side.submit(_embed_tasks, embedder, [p.trajectory.task for p in runs])
-            made = []
-            for run, (cached, ask) in zip(runs, plans):
-                script = None if scripts is None else cached or scripts.offline(run.trajectory, ask)
-                made.append(side.submit(boundary.new_memory, run, build, script, [], redactor))
-            items = [replace(item.result(), vector=vector, scope=scope) for item, vector in zip(made, vectors.result())]
+        vectors = side.embed.submit(embed_tasks, embedder, [p.trajectory.task for p in runs], batch.vectors)
+        records: list[Any] = []
+        for run, (cached, _) in zip(runs, plans):
+            made = batch.made.get(run.trajectory.id)
+            if made is not None and made.trajectory is run.trajectory and cached is None:
+                records.append(made)  # made by a worker from this very run (not a judged copy), as below
+                continue
+            # The offline distiller's Python here, the record (its token count) on the side thread meanwhile.
+            script = cached or (offline_script(run.trajectory) if scripts is not None else None)
+            records.append(side.records.submit(boundary.new_memory, run, build, script, [], redactor))
     except BaseException:
         if scripts is not None:
             scripts.close()  # nothing of this batch is stored: the calls sent for it are not waited for
         raise
-    added = store.memories.add(items, embed_id)
+    return Planned(runs, waiting, later, records, vectors)
+
+
+def write_batch(
+    store: Store,
+    planned: Planned,
+    scripts: LazyDistiller | None,
+    embed_id: str,
+    report: IngestReport,
+    redactor: boundary.Redactor | None,
+    scope: str,
+    side: Side,
+) -> list[int]:
+    """Store a planned batch in one transaction (runs stored meanwhile by another process skipped); return the new
+    memory ids."""
+    try:
+        records = [r if isinstance(r, NewMemory) else r.result() for r in planned.records]
+        items = [replace(item, vector=vector, scope=scope) for item, vector in zip(records, planned.vectors.result())]
+        added = store.memories.add(items, embed_id)
+    except BaseException:
+        if scripts is not None:
+            scripts.close()
+        raise
+    finally:
+        side.planned.difference_update(p.trajectory.id for p in planned.runs)
     report.added += len(added)
     report.skipped += len(items) - len(added)
     for item in items:
@@ -158,14 +239,40 @@ def store_batch(
             report.held += bool(item.flag)
             outcome = str(item.trajectory.outcome)
             report.outcomes[outcome] = report.outcomes.get(outcome, 0) + 1
-        if (wait := waiting.get(item.trajectory.id)) is not None:
+        if (wait := planned.waiting.get(item.trajectory.id)) is not None:
             wait.dropped = item.trajectory.id not in added
             wait.memory_id = added.get(item.trajectory.id)
             wait.pending, wait.flag = (item.script.text if item.script else None), item.flag
     if scripts is not None:
         scripts.stored(store, redactor)
-        scripts.ask(store, later, redactor)
+        scripts.ask(store, planned.later, redactor)
     return list(added.values())
+
+
+def store_batch(
+    store: Store,
+    batch: ReadBatch,
+    build: str,
+    scripts: LazyDistiller | None,
+    embedder: Embedder,
+    embed_id: str,
+    report: IngestReport,
+    redactor: boundary.Redactor | None,
+    scope: str = DEFAULT_SCOPE,
+    side: Side | None = None,
+) -> list[int]:
+    """Store the new runs of a batch (past the boundary: `boundary.prepare`'s) in `scope`, in one transaction;
+    return their memory ids.
+
+    With a model, the memories are stored with offline scripts first and the model's arrive after (LazyDistiller).
+    """
+    if side is None:
+        with Side() as own:
+            return store_batch(store, batch, build, scripts, embedder, embed_id, report, redactor, scope, own)
+    planned = plan_batch(store, batch, build, scripts, embedder, report, redactor, scope, side)
+    if planned is None:
+        return []
+    return write_batch(store, planned, scripts, embed_id, report, redactor, scope, side)
 
 
 def rebuild_scripts(

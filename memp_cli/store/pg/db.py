@@ -99,6 +99,7 @@ class PgConnection:
         self.schema = schema
         self._depth = 0
         self._write_key = lock_key(schema, "write")
+        self._pipeline: Any = None
 
     @property
     def in_transaction(self) -> bool:
@@ -106,10 +107,12 @@ class PgConnection:
         return self._depth > 0
 
     def execute(self, sql: str, params: Sequence[Any] | None = None, binary: bool = False) -> Any:
-        """Run one statement (`?` placeholders) and return its cursor."""
+        """Run one statement (`?` placeholders) and return its cursor (inside a write, sent without waiting)."""
         if params is None:
-            return self.raw.execute(sql, binary=binary)
-        return self.raw.execute(_placeholders(sql), list(params), binary=binary)
+            cursor = self.raw.execute(sql, binary=binary)
+        else:
+            cursor = self.raw.execute(_placeholders(sql), list(params), binary=binary)
+        return cursor if self._pipeline is None else _Sent(cursor, self._pipeline)
 
     def executemany(self, sql: str, rows: Any) -> Any:
         """Run one statement for each row of parameters (sent in one pipeline)."""
@@ -117,7 +120,7 @@ class PgConnection:
         cursor = self.raw.cursor()
         if rows:
             cursor.executemany(_placeholders(sql), rows)
-        return cursor
+        return cursor if self._pipeline is None else _Sent(cursor, self._pipeline)
 
     @contextmanager
     def write(self) -> Iterator[None]:
@@ -134,13 +137,16 @@ class PgConnection:
             finally:
                 self._depth -= 1
             return
-        with self.raw.transaction():
+        # In pipeline mode: a statement whose result nobody reads (most inserts of a batch) goes out without a round
+        # trip of its own; reading a result (a row, a row count) waits for it, and an error surfaces there or at
+        # the end of the block, rolling the whole transaction back as before.
+        with self.raw.transaction(), self.raw.pipeline() as pipeline:
             self.raw.execute("SELECT pg_advisory_xact_lock(%s)", [self._write_key])
-            self._depth = 1
+            self._depth, self._pipeline = 1, pipeline
             try:
                 yield
             finally:
-                self._depth = 0
+                self._depth, self._pipeline = 0, None
             # The generation counter (see migrations.py), moved once when the block changed memories.
             self.raw.execute(
                 "UPDATE meta SET value = (value::bigint + 1)::text WHERE key = 'generation' "
@@ -150,6 +156,28 @@ class PgConnection:
     def close(self) -> None:
         """Close the connection."""
         self.raw.close()
+
+
+class _Sent:
+    """A cursor whose statement went out in a write's pipeline: its rows are fetched when read (psycopg waits for
+    them), and its row count once the pipeline has caught up."""
+
+    __slots__ = ("_cursor", "_pipeline")
+
+    def __init__(self, cursor: Any, pipeline: Any) -> None:
+        self._cursor, self._pipeline = cursor, pipeline
+
+    @property
+    def rowcount(self) -> int:
+        """Return the rows the statement changed, once its result is in."""
+        self._pipeline.sync()
+        return int(self._cursor.rowcount)
+
+    def __iter__(self) -> Iterator[Any]:
+        return iter(self._cursor)
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._cursor, name)
 
 
 def connect(url: str, schema: str) -> PgConnection:

@@ -8,7 +8,8 @@ the cosines SQLite computes from its float16 copies, to float16's precision (tes
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 from typing import Any
 
 from ...errors import NotFoundError
@@ -31,20 +32,39 @@ class PgVectors(SqliteVectors):
         super().__init__(conn, settings)
         self._conn: PgConnection = conn
         self._indexed: bool | None = None
+        self._deferred = False
 
     def add(self, memory_ids: Sequence[int], vectors: Sequence[Sequence[float]], embed_model: str) -> None:
-        """Store the memories' vectors (inside a write), building the HNSW index when the store grows past it."""
+        """Store the memories' vectors (inside a write), building the HNSW index when the store grows past it
+        (within `bulk()`, once at its end instead)."""
         if not memory_ids:
             return
         import numpy as np
 
         self._settings.claim_embed_model(embed_model, len(vectors[0]))
+        # One pipelined statement per batch (COPY would not run inside the write's pipeline).
         self._conn.executemany(
             f"INSERT INTO {TABLE}(memory_id, embedding) VALUES (?, ?)",
             [(memory_id, np.asarray(vector, dtype=np.float32)) for memory_id, vector in zip(memory_ids, vectors)],
         )
-        if not self.indexed() and self.count() >= HNSW_ABOVE:
+        if not self._deferred and not self.indexed() and self.count() >= HNSW_ABOVE:
             self.build_index()
+
+    @contextmanager
+    def bulk(self) -> Iterator[None]:
+        """Within the block (a bulk ingest's batches), leave the HNSW index unbuilt when the store grows past
+        HNSW_ABOVE, and build it once at the end: built first, every later batch would insert into the graph one
+        vector at a time. Searches meanwhile scan exactly (the same answers); a kill before the end leaves the
+        index to the next write, as a store that crossed the threshold unindexed."""
+        outer = self._deferred
+        self._deferred = True
+        try:
+            yield
+        finally:
+            self._deferred = outer
+            if not outer and not self.indexed() and self.count() >= HNSW_ABOVE:
+                with self._conn.write():
+                    self.build_index()
 
     def indexed(self) -> bool:
         """Return True when the HNSW index exists."""
