@@ -196,6 +196,10 @@ def rank(
     from .procedure_index import index_for
 
     index = index_for(store, embedder, embed_id)
+    if scopes is not None and set(index.scope_names) <= set(scopes):
+        # Every active memory is of `scopes` (the index, just checked against the store, names the scopes that hold
+        # one): the search need not look up which are (a read of every active id), nor the keys leave any out.
+        scopes = None
     nearest = store.vectors.nearest_many(vectors, max(NEIGHBOURS, pool), scopes)
     # Other scopes' keys may match best: they are no candidates (the neighbours above are of `scopes` already).
     keep = index.in_scopes(scopes) if scopes is not None else None

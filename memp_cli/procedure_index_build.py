@@ -160,6 +160,12 @@ class Writer:
         import numpy as np
 
         self._embed()
+        scope_of = np.frombuffer(self.scope_of, dtype=np.int32) if self.scope_of else np.zeros(0, dtype=np.int32)
+        held = np.bincount(scope_of, minlength=len(self.scope_names)) > 0
+        if not held.all():
+            # Only scopes that hold a row are named: recall takes a search of all of them as one of every scope.
+            scope_of = (np.cumsum(held) - 1).astype(np.int32)[scope_of]
+            self.scope_names = [name for name, kept in zip(self.scope_names, held) if kept]
         key_of = np.frombuffer(self.key_of, dtype=np.int64) if self.key_of else np.zeros(0, dtype=np.int64)
         key_rows = np.argsort(key_of, kind="stable")
         key_starts = np.searchsorted(key_of[key_rows], np.arange(self.keys + 1))
@@ -178,7 +184,7 @@ class Writer:
             "blob": (np.uint8, (self.blob_size,), self.blob),
             "offsets": np.concatenate([np.zeros(1, dtype=np.int64), numbers(self.ends, np.int64)]),
             "key_rows": key_rows, "key_starts": key_starts,
-            "scope_of": numbers(self.scope_of, np.int32), "tids": numbers(self.tids, np.uint64),
+            "scope_of": scope_of, "tids": numbers(self.tids, np.uint64),
         }, list(self.texts))
         self.close()
         return save
