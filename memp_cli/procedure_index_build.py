@@ -19,7 +19,7 @@ from pathlib import Path
 from typing import IO, TYPE_CHECKING, Any
 
 from .procedural import arguments, key_words, memory_key, task_words, verbs
-from .procedure_index_file import INDEX_VERSION, tid_hash, write_index
+from .procedure_index_file import INDEX_VERSION, release, tid_hash, write_index
 
 if TYPE_CHECKING:
     from .embed import Embedder
@@ -116,6 +116,7 @@ class Writer:
             start, stop = int(starts[first]), int(stops[last - 1])
             for at in range(start, stop, 1 << 22):
                 self.blob.write(old._blob[at : min(stop, at + (1 << 22))].tobytes())
+                release(old._blob, at, min(stop, at + (1 << 22)))
         self.ends.frombytes((self.blob_size + np.cumsum(stops - starts)).astype(np.int64).tobytes())
         self.blob_size = self.ends[-1]
         self.ids.frombytes(old.ids[rows].astype(np.int64).tobytes())

@@ -69,6 +69,24 @@ def mapped_npz(path: Path) -> tuple[dict[str, Any], int]:
     return arrays, inode
 
 
+def release(array: Any, start: int, stop: int) -> None:
+    """Drop the pages of a mapped array's bytes start..stop from this process's resident set (they stay in the page
+    cache): copying a whole index out of its map would otherwise hold the old file resident as it is read."""
+    import mmap
+
+    import numpy as np
+
+    owner = array
+    while owner is not None and not isinstance(owner, mmap.mmap):
+        owner = owner.obj if isinstance(owner, memoryview) else getattr(owner, "base", None)
+    if owner is None or not hasattr(owner, "madvise"):
+        return
+    at = array.ctypes.data + start - np.frombuffer(owner, dtype=np.uint8, count=1).ctypes.data
+    first = at - at % mmap.PAGESIZE
+    if stop > start:
+        owner.madvise(mmap.MADV_DONTNEED, first, at + stop - start - first)
+
+
 # A member: its name, and either an array or (dtype, shape, an open file holding its bytes from offset 0).
 Member = tuple[str, Any]
 
