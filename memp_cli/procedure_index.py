@@ -313,7 +313,10 @@ def index_for(store: Store, embedder: Embedder, embed_id: str) -> ProcedureIndex
         if texts is None:  # the side file changed under it (a concurrent recall saved its own): start afresh
             index = ProcedureIndex()
         # Written beside the store and renamed into place; a read-only folder only costs the next process the rebuild.
-        index.refresh(store, embedder, state, texts, path)
+        try:
+            index.refresh(store, embedder, state, texts, path)
+        except OSError:  # writable but failing there (a full disk): this process's own copy, in the temporary folder
+            index.refresh(store, embedder, state, texts)
     _indexes[key] = index
     return index
 

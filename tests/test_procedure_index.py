@@ -124,3 +124,25 @@ def test_a_deleted_torn_or_stale_side_file_is_rebuilt(memp, isolated: Path) -> N
     stale.save(path)
     rebuilt = again()
     assert _members(rebuilt) == good and rebuilt.state != stale.state
+
+
+def test_an_index_that_cannot_be_written_beside_the_store_is_held_by_the_process(memp, isolated: Path,
+                                                                                  monkeypatch) -> None:
+    from memp_cli import procedure_index_file
+
+    memp("ingest", str(EXAMPLES))
+    store: Any = open_store(isolated / "memp.db")
+    embedder = OnnxEmbedder()
+    good = _members(index_for(store, embedder, "memp-minilm"))
+    index_path(store).unlink()
+    real = procedure_index_file.open_private
+
+    def full(path: Path) -> Any:
+        if path.parent == isolated:
+            raise OSError(28, "No space left on device")
+        return real(path)
+
+    monkeypatch.setattr(procedure_index_file, "open_private", full)
+    procedure_index._indexes.clear()
+    assert _members(index_for(store, embedder, "memp-minilm")) == good
+    assert not index_path(store).exists() and not list(isolated.glob("*.tmp"))
