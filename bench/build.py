@@ -80,6 +80,8 @@ class Built:
     seconds: float
     ingest_path_per_s: float  # memories/s of the part built through `store.memories.add`
     side_file_seconds: float
+    clone_path_per_s: float = 0.0  # memories/s of the part copied inside SQLite (0: none)
+    peak_rss_mb: int = 0  # of the process that built it, when built by `python bench/build.py` (build_apart)
 
 
 class Vectors:
@@ -149,7 +151,11 @@ def build_store(folder: Path, n: int, seed: int, real_limit: int = 20_000, say: 
     dim = vectors.base.shape[1]
     db: Path | str = where if where is not None else folder / "memp.db"
     vec_path = folder / "vectors.npy"
-    matrix = np.lib.format.open_memmap(vec_path, mode="w+", dtype=np.float32, shape=(n, dim))
+    # Written a batch at a time, in id order, with plain writes: pages written through a memory map stay in the
+    # builder's resident set (1.5 GB at 1M), pages written to a file go to the page cache and are the kernel's.
+    matrix = vec_path.open("wb")
+    np.lib.format.write_array_header_1_0(matrix, {"descr": "<f4", "fortran_order": False, "shape": (n, dim)})
+    row_start = matrix.tell()
     store: Any = open_store(db)
     real = min(n, real_limit)
     task_of = np.empty(real, dtype=np.int64)  # the template task of each memory built in Python (bounded)
@@ -158,7 +164,7 @@ def build_store(folder: Path, n: int, seed: int, real_limit: int = 20_000, say: 
         runs = [trajectory(rng, i) for i in range(start, min(real, start + BATCH))]
         task_of[start : start + len(runs)] = [vectors.index[r.task] for r in runs]
         vecs = vectors.of(task_of[start : start + len(runs)])
-        matrix[start : start + len(runs)] = vecs
+        matrix.write(vecs.tobytes())
         items = []
         for run, vec in zip(runs, vecs):
             script = offline_script(run)
@@ -167,20 +173,57 @@ def build_store(folder: Path, n: int, seed: int, real_limit: int = 20_000, say: 
         store.memories.add(items, "memp-minilm")
     real_seconds = time.perf_counter() - started
     start = real
+    cloning = time.perf_counter()
     while start < n:
         count = min(CLONE_BATCH, n - start, real)
         vecs = vectors.of(task_of[:count])
         with store.write():
             first = _clone(store, count, start)
             store.vectors.add(list(range(first, first + count)), vecs, "memp-minilm")
-        matrix[first - 1 : first - 1 + count] = vecs
+        assert matrix.tell() == row_start + (first - 1) * dim * 4, "memory ids follow the rows"
+        matrix.write(vecs.tobytes())
         start += count
         if say:
             say(f"  {start:,} memories, {time.perf_counter() - started:.0f} s")
-    matrix.flush()
-    del matrix
+    clone_seconds = time.perf_counter() - cloning
+    matrix.close()
     settle(store)
     side = time.perf_counter()
     store.close()  # brings the side file up to date, as the end of an ingest does
     done = time.perf_counter()
-    return Built(db, vec_path, n, done - started, real / max(real_seconds, 1e-9), done - side)
+    return Built(db, vec_path, n, done - started, real / max(real_seconds, 1e-9), done - side,
+                 (n - real) / clone_seconds if n > real else 0.0)
+
+
+def build_apart(folder: Path, n: int, seed: int, real_limit: int, where: str | None = None) -> Built:
+    """Return build_store's result from a process of its own, with that process's peak RSS (the bench's own process
+    holds other sizes' arrays, and a child's high-water mark would start at its parent's)."""
+    import json
+    import subprocess
+    import sys
+
+    args = [sys.executable, __file__, str(folder), str(n), str(seed), str(real_limit), where or ""]
+    # Progress goes to stderr, as the bench's own does; the result is the last line of stdout.
+    out = subprocess.run(args, stdout=subprocess.PIPE, text=True, check=True).stdout.splitlines()[-1]
+    data = json.loads(out)
+    db = data.pop("db")
+    return Built(Path(db) if where is None else db, Path(data.pop("vectors")), **data)
+
+
+def main() -> None:
+    """Build one store (`build.py FOLDER N SEED REAL_LIMIT [URL]`) and print what build_store returns, as JSON."""
+    import dataclasses
+    import json
+    import resource
+    import sys
+
+    folder, n, seed, real, where = sys.argv[1], *map(int, sys.argv[2:5]), (sys.argv[5:6] or [""])[0]
+    say = (lambda text: print(text, file=sys.stderr, flush=True)) if n >= 100_000 else None
+    built = build_store(Path(folder), n, seed, real, say, where or None)
+    data = {**dataclasses.asdict(built), "db": str(built.db), "vectors": str(built.vectors)}
+    data["peak_rss_mb"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss // 1024
+    print(json.dumps(data))
+
+
+if __name__ == "__main__":
+    main()

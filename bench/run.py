@@ -43,7 +43,7 @@ sys.path.insert(0, str(ROOT))
 
 from memp_cli.store import is_url, open_store
 
-from build import Built, build_store, task, trajectory
+from build import Built, build_apart, task, trajectory
 from peers import all_peers
 from pg_build import size_bytes, store_at
 
@@ -219,10 +219,18 @@ def ingest_throughput(tmp: Path, n: int, seed: int, where: str | None = None) ->
 
 def bench_size(n: int, args: argparse.Namespace) -> dict[str, Any]:
     """Return every figure for one store size."""
-    say = (lambda text: print(text, file=sys.stderr, flush=True)) if n >= 100_000 else None
+    phases: dict[str, float] = {}  # wall seconds of each part of this size's run: where the bench's time goes
+    clock = [time.perf_counter()]
+
+    def phase(name: str) -> None:
+        now = time.perf_counter()
+        phases[name] = round(now - clock[0], 1)
+        clock[0] = now
+
     with tempfile.TemporaryDirectory(prefix="memp-bench-") as tmpdir, store_at(args.db, Path(tmpdir), str(n)) as where:
         tmp = Path(tmpdir)
-        built = build_store(tmp, n, args.seed, args.real_limit, say, where if is_url(where) else None)
+        built = build_apart(tmp, n, args.seed, args.real_limit, where if is_url(where) else None)
+        phase("build")
         db = built.db
         side = Path(db).with_name(Path(db).name + "-bits") if isinstance(db, Path) else None
         size = {
@@ -232,11 +240,16 @@ def bench_size(n: int, args: argparse.Namespace) -> dict[str, Any]:
             "build_seconds": round(built.seconds, 1),
             "build_per_second": round(n / built.seconds),
             "ingest_path_per_second": round(built.ingest_path_per_s),
+            "clone_path_per_second": round(built.clone_path_per_s),
+            "build_peak_rss_mb": built.peak_rss_mb,
             "side_file_build_seconds": round(built.side_file_seconds, 2),
+            "phase_seconds": phases,
         }
         exact_runs = 5 if n > 100_000 else 100
         if args.search_only:
-            return {**size, "search": in_process_search(built, min(100, args.runs * 5), args.seed, exact_runs, args.chroma_limit)}
+            search = in_process_search(built, min(100, args.runs * 5), args.seed, exact_runs, args.chroma_limit)
+            phase("search")
+            return {**size, "search": search}
         rng = random.Random(args.seed + 2)
         queries = [task(rng) for _ in range(args.runs)]
         # One recall first, so the per-machine model cache (and the procedure index) exist as after a first call.
@@ -244,15 +257,19 @@ def bench_size(n: int, args: argparse.Namespace) -> dict[str, Any]:
         started = time.perf_counter()
         timed_process([*MEMP, "recall", queries[0], "--db", str(db), "-f", "json", *policy])
         first_s = time.perf_counter() - started
+        phase("first_recall")
         fresh, rss = [], []
         for q in queries:
             seconds, peak = timed_process([*MEMP, "recall", q, "--db", str(db), "-f", "json", *policy])
             fresh.append(1000 * seconds)
             rss.append(peak)
+        phase("fresh_recalls")
         batch_tasks = [task(rng) for _ in range(args.batch)]
         batch_s, _ = timed_process([*MEMP, "recall", "-", "--db", str(db), *policy],
                                    stdin="\n".join(batch_tasks) + "\n")
+        phase("batch_recall")
         search = in_process_search(built, min(100, args.runs * 5), args.seed, exact_runs, args.chroma_limit)
+        phase("search_and_peers")
         row: dict[str, Any] = {
             **size,
             "first_recall_seconds": round(first_s, 1),
@@ -267,6 +284,7 @@ def bench_size(n: int, args: argparse.Namespace) -> dict[str, Any]:
             row["llm_similar"] = base
             row["speedup_in_process"] = round(base["in_process_ms_median"] / max(search["default"]["ms_median"], 1e-3), 1)
             row["speedup_fresh_process"] = round(base["fresh_process_ms_median"] / row["recall_fresh_ms_median"], 2)
+            phase("llm_similar")
         elif not args.no_llm:
             print(f"bench: llm similar skipped at {n:,} memories: above --llm-limit {args.llm_limit:,}",
                   file=sys.stderr)
@@ -315,7 +333,11 @@ def table(rows: list[dict[str, Any]], ingest: dict[str, Any], help_ms: float, in
     line("batch recall (memp recall -), q/s", lambda r: f"{r['batch_recall_qps']:.0f}")
     line("store bytes per memory (+ side file)",
          lambda r: f"{r['store_bytes_per_memory']:,} + {r['side_file_bytes_per_memory']:,}")
-    line("build: memories/s (ingest path / all)", lambda r: f"{r['ingest_path_per_second']:,} / {r['build_per_second']:,}")
+    line("build: memories/s (ingest path / clone path / all)", lambda r: (
+        f"{r['ingest_path_per_second']:,} / {r['clone_path_per_second']:,} / {r['build_per_second']:,}"))
+    line("build: peak RSS, MB", lambda r: f"{r['build_peak_rss_mb']:,}")
+    line("bench time, s (" + " / ".join(rows[0]["phase_seconds"]) + ")" if rows else "bench time, s",
+         lambda r: " / ".join(f"{v:.0f}" for v in r["phase_seconds"].values()))
     if rows and any("llm_similar" in r for r in rows):
         line("llm similar ms, in process / fresh", lambda r: (
             f"{r['llm_similar']['in_process_ms_median']:.0f} / {r['llm_similar']['fresh_process_ms_median']:.0f}"

@@ -24,7 +24,7 @@ from .keywords import STOPWORDS
 
 if TYPE_CHECKING:
     from .embed import Embedder
-    from .procedure_index import Entry
+    from .procedure_index import Entry, ProcedureIndex
     from .store import Store
 
 PLACEHOLDER = "something"
@@ -76,9 +76,12 @@ def words(text: str) -> list[str]:
 # A store's runs repeat their actions ("go to countertop 1"): the procedure index reads each one's words once.
 @lru_cache(maxsize=65536)
 def _words(text: str) -> tuple[str, ...]:
+    if text.isascii():  # lower-cased first: the same words (no ASCII letter comes of lower-casing another one)
+        return tuple(_WORD.findall(text.lower()))
     return tuple(w.lower() for w in _WORD.findall(text))
 
 
+@lru_cache(maxsize=65536)
 def _forms(word: str) -> tuple[str, ...]:
     """Return a word and its likely singulars ("apples" -> "apple"), so plurals find their argument."""
     forms = [word]
@@ -96,22 +99,29 @@ def canonical(text: str) -> str:
 
 def arguments(actions: Iterable[str]) -> frozenset[str]:
     """Return the words a run's actions take as arguments: every word of an action but its first (the verb)."""
-    found: dict[str, None] = {}
-    for action in actions:
-        for word in words(action)[1:]:
-            found.setdefault(word)
-    return frozenset(list(found)[:MAX_ARGUMENTS])
+    found = dict.fromkeys(itertools.chain.from_iterable(ws[1:] for ws in map(_words, actions)))
+    return frozenset(itertools.islice(found, MAX_ARGUMENTS))
 
 
 def verbs(actions: Iterable[str]) -> frozenset[str]:
     """Return the first words of a run's actions: what its steps do, without their parameters."""
-    return frozenset(ws[0] for ws in (words(a) for a in actions) if ws)
+    return frozenset(ws[0] for ws in map(_words, actions) if ws)
 
 
-def _masked(text: str, pick: Callable[[list[str]], set[int]]) -> str:
-    """Return the text with the words at the positions `pick` chooses replaced by one placeholder per run of them."""
-    spans = [(m.start(), m.end()) for m in _WORD.finditer(text)]
-    chosen = pick([text[a:b].lower() for a, b in spans])
+# A task's canonical text, its words' spans in it and the words lower-cased: parsed once per distinct task (runs of one
+# task repeat it, and the procedure index keys every memory by it).
+@lru_cache(maxsize=16384)
+def _parsed(task: str) -> tuple[str, tuple[tuple[int, int], ...], tuple[str, ...]]:
+    text = canonical(task)
+    spans = tuple((m.start(), m.end()) for m in _WORD.finditer(text))
+    return text, spans, tuple(text[a:b].lower() for a, b in spans)
+
+
+def _masked(task: str, is_argument: Callable[[tuple[str, ...]], bool]) -> str:
+    """Return the task, canonical, with its parameter words (as `is_argument` tells them) replaced by one placeholder
+    per run of them."""
+    text, spans, lowered = _parsed(task)
+    chosen = {i for positions, forms in _checks(lowered) if is_argument(forms) for i in positions}
     out, last, masking = [], 0, False
     for i, (start, end) in enumerate(spans):
         if i in chosen:
@@ -126,27 +136,30 @@ def _masked(text: str, pick: Callable[[list[str]], set[int]]) -> str:
     return "".join(out)
 
 
-def _parameters(task_words: list[str], is_argument: Callable[[tuple[str, ...]], bool]) -> set[int]:
-    """Return positions of parameter words: single words, or two words that the runs write as one ("dining table")."""
-    chosen = set()
+@lru_cache(maxsize=16384)
+def _checks(task_words: tuple[str, ...]) -> tuple[tuple[tuple[int, ...], tuple[str, ...]], ...]:
+    """Return what may be a parameter in a task's words: (positions, the forms to look up), single words or two
+    words that the runs write as one ("dining table")."""
+    checks: list[tuple[tuple[int, ...], tuple[str, ...]]] = []
     for i, word in enumerate(task_words):
-        if word not in _KEEP and len(word) > 2 and is_argument(_forms(word)):
-            chosen.add(i)
+        if word not in _KEEP and len(word) > 2:
+            checks.append(((i,), _forms(word)))
         # The second word may be a stopword too: "garbage can" is the runs' `garbagecan`.
-        if i + 1 < len(task_words) and word not in _KEEP and is_argument(_forms(word + task_words[i + 1])):
-            chosen.update((i, i + 1))
-    return chosen
+        if i + 1 < len(task_words) and word not in _KEEP:
+            checks.append(((i, i + 1), _forms(word + task_words[i + 1])))
+    return tuple(checks)
 
 
+@lru_cache(maxsize=16384)
 def task_words(task: str) -> frozenset[str]:
-    """Return a task's words and its adjacent pairs written as one, with their singulars, as `_parameters` looks up."""
+    """Return a task's words and its adjacent pairs written as one, with their singulars, as `_checks` looks up."""
     ws = words(task)
     return frozenset(f for w in ws + [a + b for a, b in itertools.pairwise(ws)] for f in _forms(w))
 
 
 def memory_key(task: str, args: frozenset[str]) -> str:
     """Return a memory's procedure key: its task, canonical, with the words its own run used as arguments masked."""
-    return _masked(canonical(task), lambda ws: _parameters(ws, lambda forms: any(f in args for f in forms)))
+    return _masked(task, lambda forms: any(f in args for f in forms))
 
 
 def query_key(task: str, neighbours: Sequence[tuple[frozenset[str], frozenset[str]]]) -> str:
@@ -160,7 +173,7 @@ def query_key(task: str, neighbours: Sequence[tuple[frozenset[str], frozenset[st
             return sum(any(f in args for f in forms) for args in having) >= PARAMETER_SHARE * len(having)
         return sum(any(f in args for f in forms) for _, args in neighbours) >= ARGUMENT_SHARE * len(neighbours)
 
-    return _masked(canonical(task), lambda ws: _parameters(ws, is_argument))
+    return _masked(task, is_argument)
 
 
 def fuse(task_cosine: float, key_cosine: float, word_overlap: float) -> float:
@@ -168,6 +181,7 @@ def fuse(task_cosine: float, key_cosine: float, word_overlap: float) -> float:
     return TASK_WEIGHT * task_cosine + KEY_WEIGHT * key_cosine + (1.0 - TASK_WEIGHT - KEY_WEIGHT) * word_overlap
 
 
+@lru_cache(maxsize=16384)
 def key_words(key: str) -> frozenset[str]:
     """Return a procedure key's content words: what is left of the task once its parameters are masked."""
     return frozenset(w for w in words(key) if w not in STOPWORDS and w != PLACEHOLDER and len(w) > 1)
@@ -175,13 +189,21 @@ def key_words(key: str) -> frozenset[str]:
 
 def rank(
     store: Store, tasks: Sequence[str], vectors: Sequence[Sequence[float]], embedder: Embedder,
-    embed_id: str, pool: int, scopes: Sequence[str] | None = None,
+    embed_id: str, pool: int, scopes: Sequence[str] | None = None, index: ProcedureIndex | None = None,
 ) -> list[list[tuple[int, float, float]]]:
-    """Return, per task, the best `pool` (memory id, procedural score, task cosine) of `scopes`, best first."""
+    """Return, per task, the best `pool` (memory id, procedural score, task cosine) of `scopes`, best first.
+
+    `index` is the store's procedure index when the caller holds it already (one check of the store's state per
+    batch of tasks, not one per task: a count of the active memories, ~75 ms at 1M).
+    """
 
     from .procedure_index import index_for
 
-    index = index_for(store, embedder, embed_id)
+    index = index if index is not None else index_for(store, embedder, embed_id)
+    if scopes is not None and set(index.scope_names) <= set(scopes):
+        # Every active memory is of `scopes` (the index, just checked against the store, names the scopes that hold
+        # one): the search need not look up which are (a read of every active id), nor the keys leave any out.
+        scopes = None
     nearest = store.vectors.nearest_many(vectors, max(NEIGHBOURS, pool), scopes)
     # Other scopes' keys may match best: they are no candidates (the neighbours above are of `scopes` already).
     keep = index.in_scopes(scopes) if scopes is not None else None
@@ -215,14 +237,15 @@ def pool_for(k: int, pool: int) -> int:
 
 
 def collapse(
-    store: Store, embedder: Embedder, embed_id: str, ranked: Sequence[int], k: int
+    store: Store, embedder: Embedder, embed_id: str, ranked: Sequence[int], k: int,
+    index: ProcedureIndex | None = None,
 ) -> list[tuple[int, int]]:
     """Return the best `k` groups of near-copies among memories ranked best first: (best member, group size)."""
     import numpy as np
 
     from .procedure_index import index_for
 
-    index = index_for(store, embedder, embed_id)
+    index = index if index is not None else index_for(store, embedder, embed_id)
     groups: list[tuple[int, list[tuple[Any, Entry]]]] = []  # (best member, [(unit vector, entry) of each member])
     for memory_id in ranked:
         entry = index.entry(memory_id)

@@ -1,22 +1,22 @@
 """The procedure index: each active memory's procedure key, its vector and what recall needs of its run.
 
 Derived from the store and kept in a side file beside it (`<store>-procedures.npz`, readable by its owner only, as
-the store is), brought up to date when the store's memories change: new ones are read and embedded, gone ones
-dropped. In the store's schema it would be one more vector per memory, its argument words and action verbs,
-written at ingest.
+the store is; its format: procedure_index_file.py), brought up to date when the store's memories change: new ones are
+read and embedded, gone ones dropped (procedure_index_build.py, in bounded memory). In the store's schema it would be
+one more vector per memory, its argument words and action verbs, written at ingest.
 
 It scales with the store: a fresh process maps the file's arrays (an uncompressed .npz, each member read in place)
 and reads only the entries a recall touches; a key's cosine is computed once per distinct key, not per memory; and
-memories added since the file was written are appended to it (their runs read and their new keys embedded), so only
-a change of status (retire, approve, purge) makes the index read every active memory again.
+memories added since the file was written are appended to it (their runs read and their new keys embedded), while a
+change of status (retire, approve, purge) copies the rows of memories still there and reads only the others.
 """
 
 from __future__ import annotations
 
-import json
 import math
 import os
 import struct
+import tempfile
 import zipfile
 from collections.abc import Iterable
 from dataclasses import dataclass
@@ -24,11 +24,13 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from .errors import MempError
-from .procedural import arguments, key_words, memory_key, task_words, verbs
+from .procedure_index_file import INDEX_VERSION, OLDER_VERSIONS, index_path, mapped_npz, read_meta, saved_key_texts
 
 if TYPE_CHECKING:
     from .embed import Embedder
     from .store import Store
+
+__all__ = ["COPY_STEPS", "COPY_TASK", "SAME_TASK", "Entry", "ProcedureIndex", "index_for", "index_path"]
 
 # Near-copies: the same outcome and the same task (cosine SAME_TASK), or a task at least COPY_TASK alike with procedure
 # keys as close and the runs' verbs alike by at least COPY_STEPS: the Jaccard of the two sets of action verbs,
@@ -37,10 +39,6 @@ if TYPE_CHECKING:
 COPY_TASK = 0.95
 SAME_TASK = 0.99
 COPY_STEPS = 0.5
-INDEX_VERSION = "9"
-# Files of these versions (7: before scopes; 8: read whole, before the mapped layout) lend their key texts and key
-# vectors to the index built afresh from the store, so that its keys are not embedded again (minutes at 100k).
-OLDER_VERSIONS = ("7", "8")
 
 
 @dataclass
@@ -57,47 +55,9 @@ class Entry:
     scope: str = "default"
 
 
-def _count(df: dict[str, int], sets: Iterable[frozenset[str]]) -> dict[str, int]:
-    """Return the document frequencies `df` with the sets (one per memory) counted in."""
-    for words_ in sets:
-        for word in words_:
-            df[word] = df.get(word, 0) + 1
-    return df
-
-
 def _idf(df: dict[str, int], n: int) -> dict[str, float]:
     """Return each word's inverse document frequency over `n` memories, from its document frequency."""
     return {word: math.log((1 + n) / count) for word, count in df.items()}
-
-
-def _mapped_npz(path: Path) -> tuple[dict[str, Any], int]:
-    """Return the arrays of an uncompressed .npz as read-only views of one memory map (nothing read up front), and
-    the inode of the file mapped."""
-    import mmap
-
-    import numpy as np
-
-    arrays: dict[str, Any] = {}
-    with open(path, "rb") as f, zipfile.ZipFile(f) as archive:
-        inode = os.fstat(f.fileno()).st_ino
-        mapped = mmap.mmap(f.fileno(), 0, prot=mmap.PROT_READ)
-        for info in archive.infolist():
-            if info.compress_type != zipfile.ZIP_STORED:
-                raise ValueError("compressed member")
-            f.seek(info.header_offset)
-            local = f.read(30)
-            name_length, extra_length = struct.unpack("<HH", local[26:30])
-            f.seek(info.header_offset + 30 + name_length + extra_length)
-            version = np.lib.format.read_magic(f)
-            read_header = np.lib.format.read_array_header_1_0 if version == (1, 0) else (
-                np.lib.format.read_array_header_2_0)
-            shape, fortran, dtype = read_header(f)
-            if fortran or dtype.hasobject:
-                raise ValueError("unexpected array layout")
-            count = int(np.prod(shape)) if shape else 1
-            arrays[info.filename.removesuffix(".npy")] = np.frombuffer(
-                mapped, dtype=dtype, count=count, offset=f.tell()).reshape(shape)
-    return arrays, inode
 
 
 class ProcedureIndex:
@@ -111,7 +71,7 @@ class ProcedureIndex:
                  blob: Any = None, offsets: Any = None, df: dict[str, int] | None = None,
                  word_df: dict[str, int] | None = None, key_texts: list[str] | None = None,
                  key_rows: Any = None, key_starts: Any = None, scope_names: list[str] | None = None,
-                 scope_of: Any = None) -> None:
+                 scope_of: Any = None, tids: Any = None) -> None:
         import numpy as np
 
         self.state = state
@@ -128,6 +88,8 @@ class ProcedureIndex:
         # Each indexed memory's scope, as a position in `scope_names`: candidates are kept to the scopes asked for.
         self.scope_names = scope_names or []
         self.scope_of = scope_of if scope_of is not None else np.zeros(0, dtype=np.int32)
+        # A hash of each row's trajectory id (procedure_index_file.tid_hash); zeros match none, so are read again.
+        self.tids = tids if tids is not None else np.zeros(len(self.ids), dtype=np.uint64)
         self._path: Path | None = None
         self._save = ""
         self._decoded: dict[int, Entry] = {}
@@ -168,22 +130,45 @@ class ProcedureIndex:
         return union == 0 or sum(self.idf.get(v, 0.0) for v in a.verbs & b.verbs) / union >= COPY_STEPS
 
     def refresh(self, source: Store, embedder: Embedder, state: tuple[Any, ...],
-                key_texts: list[str] | None = None) -> None:
-        """Bring the index in line with the store's active memories (new ones read and embedded, gone ones dropped)."""
+                key_texts: list[str] | None = None, path: Path | None = None) -> None:
+        """Bring the index in line with the store's active memories (new ones read and embedded, gone ones dropped),
+        written to `path` (or a temporary file) and mapped from there."""
+        from . import procedure_index_build as build
+
         known = list(key_texts if key_texts is not None else self._key_texts or [])
-        if self._extends(source, state):
-            texts = {t: n for n, t in enumerate(known)}
-            new_keys: list[str] = []
-            entries: dict[int, Entry] = {}
-            for page in _pages(source, int(self.ids[-1])):
-                entries.update(self._entries(source, page, texts, new_keys))
-            # state ends with (active memories, largest memory id): see index_for.
-            if len(self.ids) + len(entries) == int(state[-2]):
-                self._extend(embedder, entries, new_keys, texts)
-                self.state = state
-                return
-        self._rebuild(source, embedder, {t: n for n, t in enumerate(known)})
-        self.state = state
+        vectors = self.key_vectors[: len(known)] if len(known) else self.key_vectors[:0]
+        # Written beside its place, then renamed into it; where that folder is read-only, to a temporary file only.
+        folder = path.parent if path is not None and os.access(path.parent, os.W_OK) else Path(tempfile.gettempdir())
+        tmp = folder / f"{path.name if path is not None else 'procedures.npz'}.{os.getpid()}.{os.urandom(4).hex()}.tmp"
+        old = self if len(self.ids) or self.df else None
+        writer = build.Writer(folder, embedder, known, vectors, old)
+        # state ends with (active memories, largest memory id): see index_for.
+        if not (old is not None and self._extends(source, state) and build.extend(writer, source, self, int(state[-2]))):
+            writer.close()
+            writer = build.Writer(folder, embedder, known, vectors, old)
+            self._rebuild(writer, source, old)
+        try:
+            save = writer.finish(tmp, state)
+            fresh = ProcedureIndex.load(tmp)
+            if fresh is None:
+                raise OSError(f"{tmp}: the index just written does not read back")
+            if path is not None and folder == path.parent:
+                os.replace(tmp, path)
+                fresh._path, fresh._save = path, save
+            else:
+                fresh._path = None
+        finally:
+            if tmp.exists():
+                tmp.unlink()
+        fresh._key_texts = list(writer.texts)
+        self.__dict__.update(fresh.__dict__)
+
+    @staticmethod
+    def _rebuild(writer: Any, source: Store, old: ProcedureIndex | None) -> None:
+        """Index every active memory again, copying the rows of those the old index holds as they are."""
+        from .procedure_index_build import rebuild
+
+        rebuild(writer, source, old)
 
     def _extends(self, source: Store, state: tuple[Any, ...]) -> bool:
         """Return True when the store may only have added memories since the index was made (checked after)."""
@@ -197,94 +182,10 @@ class ProcedureIndex:
         except MempError:
             return False
 
-    def _entries(self, source: Store, memories: Iterable[Any], texts: dict[str, int],
-                 new_keys: list[str]) -> dict[int, Entry]:
-        """Return the entries of memories read from the store, naming new keys in `texts` and `new_keys`."""
-        out = {}
-        for memory in memories:
-            actions = [step.action for step in source.memories.trajectory(memory.trajectory_id).steps]
-            args = arguments(actions)
-            key = memory_key(memory.task, args)
-            if key not in texts:
-                texts[key] = len(texts)
-                new_keys.append(key)
-            out[memory.id] = Entry(memory.trajectory_id, memory.outcome, task_words(memory.task), args,
-                                   verbs(actions), texts[key], key_words(key), memory.scope)
-        return out
-
-    def _embed_keys(self, embedder: Embedder, new_keys: list[str], texts: dict[str, int]) -> None:
-        import numpy as np
-
-        if new_keys:
-            vectors = np.asarray(embedder.embed(new_keys), dtype=np.float32)
-            self.key_vectors = vectors if not len(self.key_vectors) else np.vstack([self.key_vectors, vectors])
-        self._key_texts = list(texts)
-
-    @staticmethod
-    def _raw(entries: Iterable[Entry]) -> list[bytes]:
-        return [
-            "\t".join(
-                [e.trajectory_id, e.outcome, *(" ".join(ws) for ws in (e.task_words, e.args, e.verbs, e.key_words)),
-                 e.scope]
-            ).encode()
-            for e in entries
-        ]
-
-    def _extend(self, embedder: Embedder, entries: dict[int, Entry], new_keys: list[str],
-                texts: dict[str, int]) -> None:
-        """Append the entries of memories added since (ids above every indexed one)."""
-        import numpy as np
-
-        self._embed_keys(embedder, new_keys, texts)
-        order = sorted(entries)
-        raws = self._raw(entries[i] for i in order)
-        self.ids = np.concatenate([self.ids, np.array(order, dtype=np.int64)])
-        self.key_of = np.concatenate([self.key_of, np.array([entries[i].key for i in order], dtype=np.int64)])
-        self._blob = np.concatenate([self._blob, np.frombuffer(b"".join(raws), dtype=np.uint8)])
-        ends = int(self._offsets[-1]) + np.cumsum([len(r) for r in raws], dtype=np.int64)
-        self._offsets = np.concatenate([self._offsets, ends])
-        self.scope_names = self.scope_names + sorted({e.scope for e in entries.values()} - set(self.scope_names))
-        self.scope_of = np.concatenate([self.scope_of, self._scope_numbers(entries[i] for i in order)])
-        self._decoded.update(entries)
-        _count(self.df, (e.verbs for e in entries.values()))
-        _count(self.word_df, (e.key_words for e in entries.values()))
-        self._regroup()
-
-    def _rebuild(self, source: Store, embedder: Embedder, texts: dict[str, int]) -> None:
-        """Index every active memory again, reusing the entries of those already indexed."""
-        import numpy as np
-
-        entries: dict[int, Entry] = {}
-        new_keys: list[str] = []
-        for page in _pages(source, 0):
-            reused = {m.id: e for m in page if (e := self.entry(m.id)) is not None and e.trajectory_id == m.trajectory_id}
-            entries.update(reused)
-            entries.update(self._entries(source, (m for m in page if m.id not in reused), texts, new_keys))
-        self._embed_keys(embedder, new_keys, texts)
-        self.ids = np.array(sorted(entries), dtype=np.int64)
-        self.key_of = np.array([entries[int(i)].key for i in self.ids], dtype=np.int64)
-        raws = self._raw(entries[int(i)] for i in self.ids)
-        self._blob = np.frombuffer(b"".join(raws), dtype=np.uint8)
-        self._offsets = np.cumsum([0] + [len(r) for r in raws], dtype=np.int64)
-        self.scope_names = sorted({e.scope for e in entries.values()})
-        self.scope_of = self._scope_numbers(entries[int(i)] for i in self.ids)
-        self._decoded = entries
-        self.df = _count({}, (e.verbs for e in entries.values()))
-        self.word_df = _count({}, (e.key_words for e in entries.values()))
-        self._regroup()
-
-    def _scope_numbers(self, entries: Iterable[Entry]) -> Any:
-        """Return the entries' scopes as positions in `scope_names`."""
-        import numpy as np
-
-        number = {name: n for n, name in enumerate(self.scope_names)}
-        return np.array([number[e.scope] for e in entries], dtype=np.int32)
-
     def _regroup(self) -> None:
-        """Recompute the words' IDF and each key's rows after the entries changed."""
+        """Recompute each key's rows (for an index made in memory, not loaded)."""
         import numpy as np
 
-        self.idf, self.word_idf = _idf(self.df, len(self.ids)), _idf(self.word_df, len(self.ids))
         self._key_rows = np.argsort(self.key_of, kind="stable")
         self._key_starts = np.searchsorted(self.key_of[self._key_rows], np.arange(len(self.key_vectors) + 1))
 
@@ -329,34 +230,30 @@ class ProcedureIndex:
 
     def save(self, path: Path) -> None:
         """Write the index to one file, atomically (concurrent recalls each write their own; the last one wins)."""
-        import numpy as np
+        from .procedure_index_file import write_index
 
         if self._key_rows is None or self._key_starts is None:
             self._regroup()
-        # A random id of this save: key_texts() reads the keys later and must find the same save (inode numbers are
-        # reused as concurrent recalls replace the file, so they cannot tell one save from another).
         meta = {"version": INDEX_VERSION, "state": list(self.state), "df": self.df, "word_df": self.word_df,
                 "scopes": self.scope_names, "save": os.urandom(8).hex()}
-        keys = json.dumps(self._key_texts or []).encode()
         tmp = path.with_name(f"{path.name}.{os.getpid()}.tmp")
-        # Task words and arguments come from the store, which is readable by its owner only: so is this file.
-        with os.fdopen(os.open(tmp, os.O_CREAT | os.O_TRUNC | os.O_WRONLY, 0o600), "wb") as f:
-            np.savez(
-                f, meta=np.frombuffer(json.dumps(meta).encode(), dtype=np.uint8), ids=self.ids, key_of=self.key_of,
-                vectors=self.key_vectors, blob=self._blob, offsets=self._offsets,
-                keys=np.frombuffer(keys, dtype=np.uint8), key_rows=self._key_rows, key_starts=self._key_starts,
-                scope_of=self.scope_of,
-            )
+        write_index(tmp, meta, {"ids": self.ids, "key_of": self.key_of, "vectors": self.key_vectors,
+                                "blob": self._blob, "offsets": self._offsets, "key_rows": self._key_rows,
+                                "key_starts": self._key_starts, "scope_of": self.scope_of, "tids": self.tids},
+                    self._key_texts or [])
         os.replace(tmp, path)
 
     @classmethod
     def load(cls, path: Path) -> ProcedureIndex | None:
-        """Return the index saved at `path` (mapped; its key texts left unread), or None when missing, unreadable or stale."""
+        """Return the index saved at `path` (mapped; its key texts left unread), or None when missing, unreadable,
+        torn or stale."""
+        import json
+
         import numpy as np
 
         try:
-            data, _ = _mapped_npz(path)
-            meta = json.loads(data["meta"].tobytes())
+            data, _ = mapped_npz(path)
+            meta = read_meta(data)
             if meta.get("version") in OLDER_VERSIONS:
                 # Only the store's file and model (the state's first two) and the keys are kept: the entries are
                 # read again from the store, and the keys already embedded are not embedded again.
@@ -364,10 +261,13 @@ class ProcedureIndex:
                 return cls(tuple(meta["state"][:2]), key_vectors=np.array(data["vectors"]), key_texts=texts)
             if meta.get("version") != INDEX_VERSION:
                 return None
+            # A torn file fails to map (its central directory or a member cut short); these hold for every save.
+            if int(data["offsets"][-1]) > len(data["blob"]) or len(data["key_starts"]) != len(data["vectors"]) + 1:
+                raise ValueError("members that do not fit together")
             index = cls(tuple(meta["state"]), data["ids"], data["key_of"], data["vectors"], data["blob"],
                         data["offsets"], meta["df"], meta["word_df"], None, data["key_rows"], data["key_starts"],
-                        meta["scopes"], data["scope_of"])
-        except (OSError, ValueError, KeyError, zipfile.BadZipFile, json.JSONDecodeError, struct.error):
+                        meta["scopes"], data["scope_of"], data["tids"])
+        except (OSError, ValueError, KeyError, TypeError, zipfile.BadZipFile, json.JSONDecodeError, struct.error):
             return None
         index._path, index._save = path, str(meta.get("save", ""))
         return index
@@ -379,64 +279,17 @@ class ProcedureIndex:
         match this index's key vectors.
         """
         if self._key_texts is None:
-            import numpy as np
-
             if self._path is None:
                 self._key_texts = []
                 return self._key_texts
-            try:
-                with open(self._path, "rb") as handle, np.load(handle, allow_pickle=False) as data:
-                    meta = json.loads(data["meta"].tobytes())
-                    # Files saved before save ids carry none: the length check below is what they get.
-                    if meta.get("save", "") != self._save:
-                        return None
-                    texts = json.loads(data["keys"].tobytes())
-            except (OSError, ValueError, KeyError, json.JSONDecodeError):
-                return None
-            if len(texts) != len(self.key_vectors):
+            texts = saved_key_texts(self._path, self._save)
+            if texts is None or len(texts) != len(self.key_vectors):
                 return None
             self._key_texts = texts
         return self._key_texts
 
 
-# Active memories read from the store at a time: whole memories (scripts, runs) are big, only their entries are kept.
-PAGE = 5000
-
-
-def _pages(source: Store, above: int) -> Iterable[list[Any]]:
-    """Yield the active memories with ids above `above`, newest first, PAGE at a time."""
-    offset = 0
-    while True:
-        page = source.memories.list(status="active", limit=PAGE, offset=offset)
-        fresh = [m for m in page if m.id > above]
-        if fresh:
-            yield fresh
-        if len(fresh) < len(page) or len(page) < PAGE:
-            return
-        offset += PAGE
-
-
 _indexes: dict[tuple[str, str], ProcedureIndex] = {}
-
-
-def index_path(store: Store) -> Path:
-    """Return the side file beside the store that keeps its procedure index (derived, rebuilt from the store)."""
-    if "://" in str(store.path):
-        # A database has no folder beside it: this machine's cache, named by its URL and schema. Its state (the
-        # store's id and generation counter, see store/pg/migrations.py) says when the store changed.
-        import hashlib
-
-        from .embed import cache_dir
-
-        name = hashlib.blake2b(str(store.path).encode(), digest_size=12).hexdigest()
-        folder = cache_dir() / "procedures"
-        try:
-            folder.mkdir(mode=0o700, parents=True, exist_ok=True)
-        except OSError:
-            pass  # saving fails quietly then, and only costs the next process the rebuild
-        return folder / f"{name}-procedures.npz"
-    path = Path(store.path)
-    return path.with_name(path.name + "-procedures.npz")
 
 
 def index_for(store: Store, embedder: Embedder, embed_id: str) -> ProcedureIndex:
@@ -459,11 +312,11 @@ def index_for(store: Store, embedder: Embedder, embed_id: str) -> ProcedureIndex
         texts = index.key_texts()
         if texts is None:  # the side file changed under it (a concurrent recall saved its own): start afresh
             index = ProcedureIndex()
-        index.refresh(store, embedder, state, texts)
+        # Written beside the store and renamed into place; a read-only folder only costs the next process the rebuild.
         try:
-            index.save(path)
-        except OSError:
-            pass  # a read-only folder only costs the next process the rebuild
+            index.refresh(store, embedder, state, texts, path)
+        except OSError:  # writable but failing there (a full disk): this process's own copy, in the temporary folder
+            index.refresh(store, embedder, state, texts)
     _indexes[key] = index
     return index
 

@@ -125,6 +125,12 @@ class Memories(Protocol):
     def trajectory(self, trajectory_id: str) -> Trajectory:
         """Return a stored trajectory, or raise NotFoundError."""
 
+    def active_page(self, above: int, limit: int) -> builtins.list[tuple[int, str]]:
+        """Return (memory id, trajectory id) of up to `limit` active memories with ids above `above`, by id."""
+
+    def index_rows(self, memory_ids: Sequence[int]) -> builtins.list[tuple[int, str, str, str, str, str]]:
+        """Return (id, trajectory id, task, outcome, scope, steps as JSON text) of these memories, by id."""
+
     def set_script(
         self, memory_id: int, trajectory_id: str, script: Script, tokens: int, flag: str | None = None,
         expected_version: int | None = None,

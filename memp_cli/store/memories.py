@@ -390,3 +390,23 @@ class SqliteMemories(Retirement):
             sql += " LIMIT ? OFFSET ?"
             params.extend([NO_LIMIT if limit is None else limit, offset])
         return [Memory.from_row(r) for r in self._conn.execute(sql, params).fetchall()]
+
+    # Read in pages by the procedure index (procedure_index_build.py): the few columns it needs, no Memory objects.
+    def active_page(self, above: int, limit: int) -> builtins.list[tuple[int, str]]:
+        """Return (memory id, trajectory id) of up to `limit` active memories with ids above `above`, by id."""
+        rows = self._conn.execute(
+            "SELECT id, trajectory_id FROM memories WHERE status = 'active' AND id > ? ORDER BY id LIMIT ?",
+            [above, limit],
+        ).fetchall()
+        return [(int(r[0]), str(r[1])) for r in rows]
+
+    def index_rows(self, memory_ids: Sequence[int]) -> builtins.list[tuple[int, str, str, str, str, str]]:
+        """Return (id, trajectory id, task, outcome, scope, steps as JSON text) of these memories, by id."""
+        out: builtins.list[tuple[int, str, str, str, str, str]] = []
+        for start in range(0, len(memory_ids), 500):
+            chunk = list(memory_ids[start : start + 500])
+            out.extend((int(r[0]), r[1], r[2], r[3], r[4], r[5]) for r in self._conn.execute(
+                "SELECT m.id, m.trajectory_id, m.task, t.outcome, m.scope, t.steps FROM memories m "
+                f"JOIN trajectories t ON t.id = m.trajectory_id WHERE m.id IN ({','.join('?' * len(chunk))})", chunk,
+            ).fetchall())
+        return sorted(out)
