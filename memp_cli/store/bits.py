@@ -148,13 +148,13 @@ def gather(blocks: Sequence[tuple[Any, Any]], positions: Any) -> Any:
 
 
 def _nearest(values: Any, n: int) -> Any:
-    """Return the positions of the `n` smallest values, every one tied with the n-th kept."""
+    """Return the ascending positions of `n` smallest values (at the n-th, ties cut by partition order)."""
     import numpy as np
 
     if len(values) <= n:
         return np.arange(len(values))
-    limit = np.partition(values, n - 1)[n - 1]
-    return np.flatnonzero(values <= limit)
+    # Not every tie: far from the query, Hamming distances tie in their tens of thousands.
+    return np.sort(np.argpartition(values, n - 1)[:n])
 
 
 def _within(values: Any, n: int) -> Any:
