@@ -147,14 +147,32 @@ def gather(blocks: Sequence[tuple[Any, Any]], positions: Any) -> Any:
     return out
 
 
+def _limit(values: Any, n: int) -> int:
+    """Return the least small integer that at least `n` of `values` are within (len(values) > n)."""
+    import numpy as np
+
+    # Guessed from every 64th value, then moved until it holds n: a few passes over the values, where a partition
+    # or a histogram of them all took 3-8 ms at 1M under load.
+    sample = values[::64]
+    at = min(len(sample) - 1, n // 64)
+    limit = int(np.partition(sample, at)[at])
+    while limit > 0 and np.count_nonzero(values < limit) >= n:
+        limit -= 1
+    while np.count_nonzero(values <= limit) < n:
+        limit += 1
+    return limit
+
+
 def _nearest(values: Any, n: int) -> Any:
-    """Return the ascending positions of `n` smallest values (at the n-th, ties cut by partition order)."""
+    """Return the ascending positions of `n` smallest small integers (ties at the n-th cut by position)."""
     import numpy as np
 
     if len(values) <= n:
         return np.arange(len(values))
+    limit = _limit(values, n)
     # Not every tie: far from the query, Hamming distances tie in their tens of thousands.
-    return np.sort(np.argpartition(values, n - 1)[:n])
+    below, tied = np.flatnonzero(values < limit), np.flatnonzero(values == limit)
+    return np.union1d(below, tied[: n - len(below)])
 
 
 def _within(values: Any, n: int) -> Any:
@@ -163,15 +181,7 @@ def _within(values: Any, n: int) -> Any:
 
     if len(values) <= n:
         return np.arange(len(values))
-    # The limit guessed from every 64th value, then moved until it holds n: a few passes over 1M bytes (a bincount
-    # or a partition of them all took 3-8 ms).
-    sample = values[::64]
-    limit = int(np.partition(sample, min(len(sample) - 1, n // 64))[min(len(sample) - 1, n // 64)])
-    while limit > 0 and np.count_nonzero(values <= limit - 1) >= n:
-        limit -= 1
-    while np.count_nonzero(values <= limit) < n:
-        limit += 1
-    return np.flatnonzero(values <= limit)
+    return np.flatnonzero(values <= _limit(values, n))
 
 
 def asymmetric(columns: Any, weights: Any) -> Any:
@@ -183,9 +193,10 @@ def asymmetric(columns: Any, weights: Any) -> Any:
     # per byte of each row (the rows' bits unpacked and multiplied took 16 ms for 2,000 rows; this takes ~0.3).
     padded = np.zeros(8 * 8 * len(columns), dtype=np.float32)
     padded[: len(weights)] = weights
-    table = _byte_bits() @ padded.reshape(-1, 8).T  # (256, bytes)
+    table = np.ascontiguousarray((_byte_bits() @ padded.reshape(-1, 8).T).T).ravel()  # byte b's 256 sums at 256 b
     row_bytes = np.ascontiguousarray(columns.T).view(np.uint8)  # (rows, bytes)
-    return table[row_bytes, np.arange(row_bytes.shape[1])].sum(axis=1)
+    index = row_bytes + (256 * np.arange(row_bytes.shape[1], dtype=np.intp))
+    return np.take(table, index).sum(axis=1)
 
 
 @lru_cache(maxsize=1)
@@ -220,11 +231,11 @@ def candidates(blocks: Sequence[tuple[Any, Any]], query: Sequence[float], centre
         dist = distances([(pool, pool_bits)], q)
     else:
         dist = distances(blocks, q)
-        pool = np.arange(total) if keep is None else keep
+        pool = keep
         dist = dist if keep is None else dist[keep]
     scanned = time.perf_counter()
     best = _nearest(dist, RERANK)
-    pool = pool[best]
+    pool = best if pool is None else pool[best]
     if len(pool) > n:
         # Hamming distances tie in their hundreds; the query's own components against the bits break them.
         scores = asymmetric(gather(blocks, pool), weights)

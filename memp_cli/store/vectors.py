@@ -7,7 +7,8 @@ are computed in numpy, on the vectors read by id (rescoring, similarities) or st
 QUANTIZED_ABOVE, scan.py). Scoped searches read the scopes' active ids from idx_memories_scope_status and keep to
 them: the bit pass scans only their bits, and a small scope's exact scan reads only its rows.
 From QUANTIZED_ABOVE memories on, the search first scans the sign bits, memory-mapped from the side file
-`<store>-bits` (bitfile.py), and rescores the best candidates with their stored vectors.
+`<store>-bits` (bitfile.py), re-ranks the nearest by the query's components against their bits (bits.candidates),
+and rescores the best candidates with their stored vectors.
 """
 
 from __future__ import annotations
