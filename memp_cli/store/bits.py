@@ -219,8 +219,11 @@ def candidates(blocks: Sequence[tuple[Any, Any]], query: Sequence[float], centre
     import numpy as np
 
     started = time.perf_counter()
-    weights = project(query, centre)[0]
-    q = sign_bits(weights)[0]
+    # The Hamming pass compares the query's bits about the centre with the rows'; the re-ranking weighs the rows'
+    # bits by the query itself (mixed, not centred): the sum estimates query . (row - centre), which orders the rows
+    # as their cosines do, where (query - centre) . (row - centre) would add a term that differs row by row.
+    q = sign_bits(project(query, centre))[0]
+    weights = project(query, np.zeros_like(np.asarray(centre, dtype=np.float32)))[0]
     total = sum(len(ids) for ids, _ in blocks)
     rows = total if keep is None else len(keep)
     if rows > PREFIX_ABOVE:
