@@ -14,7 +14,8 @@ held in memory instead.
 Layout: a header (4,096 bytes at 384 dimensions: the counts, then the centre the bits are taken about, float32),
 then blocks of BLOCK memories: their ids (int64), then their sign bits in 64-bit words, column-major (bits.py scans
 them). Rows are only appended; the unused tail of the last block is never read. The centre is the mean of the first
-CHUNK stored vectors, fixed at each rebuild (rows appended later are taken about the same centre).
+CHUNK stored vectors (the origin below CENTRE_MIN), fixed at each rebuild (rows appended later are taken about the
+same centre).
 """
 
 from __future__ import annotations
@@ -37,6 +38,8 @@ HEADER_BYTES = 4096
 BLOCK = 32768
 # Rows read from SQLite at a time when building or catching up.
 CHUNK = 16384
+# A rebuilt file's bits are taken about the mean of its first CHUNK vectors once the store holds this many.
+CENTRE_MIN = 4096
 STATE_KEYS = ("vectors_generation", "vectors_removals", "vectors_count", "vectors_token")
 
 
@@ -145,7 +148,8 @@ def _centre(conn: Any, dim: int) -> bytes:
     import numpy as np
 
     rows = conn.execute(f"SELECT embedding FROM memory_vectors ORDER BY memory_id LIMIT {CHUNK}").fetchall()
-    if not rows:
+    if len(rows) < CENTRE_MIN:
+        # The mean of a few rows lies close to each of them, whose bits about it would then be noise: the origin.
         return bytes(4 * dim)
     halves = np.frombuffer(b"".join(r[0] for r in rows), dtype="<f2").reshape(len(rows), dim)
     return halves.astype(np.float32).mean(axis=0).astype("<f4").tobytes()

@@ -219,11 +219,8 @@ def candidates(blocks: Sequence[tuple[Any, Any]], query: Sequence[float], centre
     import numpy as np
 
     started = time.perf_counter()
-    # The Hamming pass compares the query's bits about the centre with the rows'; the re-ranking weighs the rows'
-    # bits by the query itself (mixed, not centred): the sum estimates query . (row - centre), which orders the rows
-    # as their cosines do, where (query - centre) . (row - centre) would add a term that differs row by row.
-    q = sign_bits(project(query, centre))[0]
-    weights = project(query, np.zeros_like(np.asarray(centre, dtype=np.float32)))[0]
+    weights = project(query, centre)[0]
+    q = sign_bits(weights)[0]
     total = sum(len(ids) for ids, _ in blocks)
     rows = total if keep is None else len(keep)
     if rows > PREFIX_ABOVE:
@@ -238,11 +235,15 @@ def candidates(blocks: Sequence[tuple[Any, Any]], query: Sequence[float], centre
         dist = dist if keep is None else dist[keep]
     scanned = time.perf_counter()
     best = _nearest(dist, RERANK)
-    pool = best if pool is None else pool[best]
+    pool, dist = (best if pool is None else pool[best]), dist[best]
     if len(pool) > n:
-        # Hamming distances tie in their hundreds; the query's own components against the bits break them.
+        # Hamming distances tie in their hundreds; the query's own components against the bits break them. The
+        # asymmetric score leaves out each row's distance from the centre, so the nearest half as many by Hamming distance
+        # are kept as well: where the centre lies far from a cluster (rows added since it was fixed), they hold
+        # what the score misses.
         scores = asymmetric(gather(blocks, pool), weights)
-        pool = np.sort(pool[np.argpartition(-scores, n - 1)[:n]])
+        chosen = np.union1d(np.argpartition(-scores, n - 1)[:n], _nearest(dist, max(1, n // 2)))
+        pool = pool[chosen]
     if timings is not None:
         timings["scan_ms"] = 1000 * (scanned - started)
         timings["rerank_ms"] = 1000 * (time.perf_counter() - scanned)
