@@ -1,4 +1,4 @@
-"""How much a compact vector form loses: recall@5 of float16 and int8 cosines against float32, on real tasks.
+"""How much a compact vector form loses: recall@5 of float16 and int8 cosines, and of the bit pass, against float32.
 
     python bench/compact.py [--sizes 100000,1000000] [--queries 200]
 
@@ -6,6 +6,8 @@ The memories are MiniLM embeddings of the real tasks in ../shared/data (ALFWorld
 padded to each size with pairwise mixes of them (a task plus 0.3 of another, renormalised); the queries are real
 tasks held out of the memories. A result counts when its float32 cosine is at least the exact 5th best's (less 1e-5):
 ties between near-identical tasks are not misses. int8 keeps one scale per vector (its largest component -> 127).
+`bits` is the store's bit pass (store/bits.py: sign bits about the centre of the first 16,384 rows, the candidates
+it keeps rescored in float32), for the held-out tasks and for bench/quality's paraphrases (`bits_paraphrases`).
 """
 
 from __future__ import annotations
@@ -38,6 +40,32 @@ def recall_at_5(exact: Any, approx: Any, queries: Any) -> float:
     return hits / (5 * len(queries))
 
 
+def bit_pass_recall(exact: Any, queries: Any, candidates: int = 200) -> float:
+    """Return the mean recall@5 of the store's bit pass (its `candidates` rescored exactly) against float32."""
+    import numpy as np
+
+    from memp_cli.store import bits
+    from memp_cli.store.bitfile import BLOCK, CHUNK
+
+    centre = exact[:CHUNK].mean(axis=0)
+    blocks = [(np.arange(s, min(len(exact), s + BLOCK)), np.ascontiguousarray(bits.codes(exact[s : s + BLOCK], centre).T))
+              for s in range(0, len(exact), BLOCK)]
+    hits = 0
+    for q in queries:
+        sims = exact @ q
+        fifth = -np.partition(-sims, 4)[4]
+        found = bits.candidates(blocks, q, centre, candidates)
+        top = found[np.argsort(-sims[found])[:5]]
+        hits += int(np.sum(sims[top] >= fifth - 1e-5))
+    return hits / (5 * len(queries))
+
+
+def paraphrases() -> list[str]:
+    """Return bench/quality's hand-written paraphrases of tasks."""
+    lines = (ROOT / "bench" / "quality" / "paraphrases.jsonl").read_text().splitlines()
+    return [json.loads(line)["task"] for line in lines if line.strip()]
+
+
 def main() -> None:
     import numpy as np
 
@@ -48,7 +76,9 @@ def main() -> None:
     args = parser.parse_args()
     if not real_tasks.available():
         raise SystemExit("bench/compact.py: ../shared/data (real trajectories) is absent")
-    embedded = np.asarray(OnnxEmbedder().embed(real_tasks.real_tasks()), dtype=np.float32)
+    embedder = OnnxEmbedder()
+    embedded = np.asarray(embedder.embed(real_tasks.real_tasks()), dtype=np.float32)
+    para = np.asarray(embedder.embed(paraphrases()), dtype=np.float32)
     rng = np.random.default_rng(args.seed)
     order = rng.permutation(len(embedded))
     queries, base = embedded[order[: args.queries]], embedded[order[args.queries :]]
@@ -63,6 +93,8 @@ def main() -> None:
             "memories": n,
             "float16": recall_at_5(exact, exact.astype(np.float16).astype(np.float32), queries),
             "int8": recall_at_5(exact, int8.astype(np.float32), queries),
+            "bits": bit_pass_recall(exact, queries),
+            "bits_paraphrases": bit_pass_recall(exact, para),
         })
         print(json.dumps(rows[-1]), flush=True)
 

@@ -72,6 +72,40 @@ def test_float16_and_the_side_file_return_the_float32_top_results(real, real_sto
     assert bitfile.side_path(real_store).exists()
 
 
+@needs_data
+def test_the_prefix_pass_and_re_ranking_return_the_exact_top_results(real, real_store: Path, monkeypatch) -> None:
+    from memp_cli.store import bits
+    from memp_cli.store import vectors as vectors_module
+
+    # The store is small: make it take the large-store path (first word, then all words of a share, then the
+    # asymmetric re-ranking), keeping a fraction of the rows at each step.
+    monkeypatch.setattr(bits, "PREFIX_ABOVE", 1000)
+    monkeypatch.setattr(bits, "PREFIX_MIN", 1000)
+    monkeypatch.setattr(bits, "RERANK", 400)
+    monkeypatch.setattr(vectors_module, "MIN_CANDIDATES", 100)
+    _, queries = real
+    store = open_store(real_store)
+    for q in queries:
+        assert store.vectors.nearest(q.tolist(), 5, exact=False) == store.vectors.nearest(q.tolist(), 5, exact=True)
+    # Each step kept fewer rows than it was given.
+    blocks = store.vectors._bits()
+    total = sum(len(ids) for ids, _ in blocks)
+    assert len(bits.candidates(blocks, queries[0], _side(store).centre, 100)) == 100 < bits.RERANK < total
+
+
+def test_the_mixing_is_orthogonal_and_the_bits_are_taken_about_the_centre() -> None:
+    from memp_cli.store import bits
+
+    mix = bits.mixing(384)
+    assert np.abs(mix @ mix.T - np.eye(384)).max() < 1e-5
+    assert np.count_nonzero(mix) > 384 * 300  # every output mixes most inputs, not a few
+    rng = np.random.default_rng(0)
+    vectors = rng.standard_normal((50, 384)).astype(np.float32)
+    centre = vectors.mean(axis=0)
+    assert (bits.codes(vectors, centre) == bits.sign_bits((vectors - centre) @ mix)).all()
+    assert not (bits.codes(vectors, centre) == bits.codes(vectors, np.zeros(384, dtype=np.float32))).all()
+
+
 def _side(store: Any) -> Any:
     return store.vectors.side_file
 

@@ -7,7 +7,8 @@ are computed in numpy, on the vectors read by id (rescoring, similarities) or st
 QUANTIZED_ABOVE, scan.py). Scoped searches read the scopes' active ids from idx_memories_scope_status and keep to
 them: the bit pass scans only their bits, and a small scope's exact scan reads only its rows.
 From QUANTIZED_ABOVE memories on, the search first scans the sign bits, memory-mapped from the side file
-`<store>-bits` (bitfile.py), and rescores the best candidates with their stored vectors.
+`<store>-bits` (bitfile.py), re-ranks the nearest by the query's components against their bits (bits.candidates),
+and rescores the best candidates with their stored vectors.
 """
 
 from __future__ import annotations
@@ -229,28 +230,30 @@ class SqliteVectors:
         t1 = time.perf_counter()
         if blocks is None:
             return None
-        ids, dist = bits.distances(blocks, vector)
+        keep = None
         if members is not None:
             # The side file holds its rows in id order (built and appended so), so each member is found by bisection.
+            ids = bits.all_ids(blocks)
             if len(ids) > 1 and not bool((ids[1:] > ids[:-1]).all()):
                 keep = np.flatnonzero(np.isin(ids, members))
             else:
                 keep = np.searchsorted(ids, members).clip(0, max(len(ids) - 1, 0))
-                keep = keep[ids[keep] == members] if len(ids) else keep[:0]
-            ids, dist = ids[keep], dist[keep]
-        t2 = time.perf_counter()
+                keep = np.unique(keep[ids[keep] == members] if len(ids) else keep[:0])
+        rows = sum(len(ids) for ids, _ in blocks) if keep is None else len(keep)
         n = min(MAX_CANDIDATES, max(MIN_CANDIDATES, OVERSAMPLE * k))
+        centre = self._side.centre
         while True:
-            t3 = time.perf_counter()
-            candidates = bits.top(ids, dist, n, 64 * bits.words(self._dim()))
+            parts: dict[str, float] = {}
+            positions = bits.candidates(blocks, vector, centre, n, keep, parts)
+            candidates = bits.ids_at(blocks, positions).tolist()
             t4 = time.perf_counter()
-            found, matrix = self._read(candidates, active_only=True) if candidates else (ids[:0], None)
+            found, matrix = self._read(candidates, active_only=True) if candidates else (np.empty(0), None)
             top = best(found, cosines(matrix, _unit(vector)), k) if len(found) else []
-            self.timings = {"state_ms": 1000 * (t1 - t0), "bit_scan_ms": 1000 * (t2 - t1),
-                            "top_n_ms": 1000 * (t4 - t3), "rescore_ms": 1000 * (time.perf_counter() - t4)}
+            self.timings = {"state_ms": 1000 * (t1 - t0), "bit_scan_ms": parts["scan_ms"],
+                            "top_n_ms": parts["rerank_ms"], "rescore_ms": 1000 * (time.perf_counter() - t4)}
             # Held and retired memories (and, unscoped, every scope's) are among the candidates too; when they crowd
             # out the ones asked for, more candidates are looked at, and past MAX_CANDIDATES the exact scan settles it.
-            if len(top) >= k or len(candidates) >= len(ids):
+            if len(top) >= k or len(candidates) >= rows:
                 return top
             if n >= MAX_CANDIDATES:
                 return None
