@@ -364,7 +364,13 @@ def main() -> None:
     parser.add_argument("--search-only", action="store_true", help="only build the stores and time the search (JSON)")
     parser.add_argument("--db", help="a postgresql:// URL: build each store in a schema of that database (pg_build.py)")
     args = parser.parse_args()
-    os.environ.setdefault("LLM_USER_PATH", tempfile.mkdtemp(prefix="memp-bench-llm-"))
+    if "LLM_USER_PATH" not in os.environ:  # llm's collections and logs of this run, removed when it ends
+        import atexit
+        import shutil
+
+        llm_home = tempfile.mkdtemp(prefix="memp-bench-llm-")
+        atexit.register(shutil.rmtree, llm_home, True)
+        os.environ["LLM_USER_PATH"] = llm_home
     # Byte-compile memp as an install does: with PYTHONDONTWRITEBYTECODE set (as on some CI machines), every fresh
     # process would otherwise compile memp's modules from source (~50 ms) and time that instead of memp.
     import compileall
