@@ -10,7 +10,7 @@ import pytest
 from conftest import SHARED, traj, write_jsonl
 
 from memp_cli import ingest_workers
-from memp_cli.errors import InputError
+from memp_cli.errors import InputError, MempError
 from memp_cli.ingest import IngestOptions, ingest
 from memp_cli.store import open_store
 
@@ -161,10 +161,12 @@ def test_workers_start_from_a_fresh_interpreter_beside_other_threads(tmp_path: P
     assert _rows(tmp_path / "one.db") == _rows(tmp_path / "two.db")
 
 
-def test_workers_default_to_the_idle_cores(monkeypatch: pytest.MonkeyPatch) -> None:
+def test_workers_default_to_the_usable_cores(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.delenv("MEMP_WORKERS", raising=False)
-    monkeypatch.setattr(ingest_workers.os, "cpu_count", lambda: 4)
-    monkeypatch.setattr(ingest_workers.os, "getloadavg", lambda: (1.2, 0.0, 0.0))
+    monkeypatch.setattr(ingest_workers.os, "sched_getaffinity", lambda pid: {0, 1, 2}, raising=False)
     assert ingest_workers.workers() == 3
-    monkeypatch.setattr(ingest_workers.os, "getloadavg", lambda: (6.0, 0.0, 0.0))
-    assert ingest_workers.workers() == 1  # a busy machine: all in one process
+    monkeypatch.setenv("MEMP_WORKERS", "1")
+    assert ingest_workers.workers() == 1  # all in one process
+    monkeypatch.setenv("MEMP_WORKERS", "two")
+    with pytest.raises(MempError):
+        ingest_workers.workers()
