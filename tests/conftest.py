@@ -14,7 +14,7 @@ sys._called_from_test = True  # type: ignore[attr-defined]
 
 import llm
 import pytest
-from pg import backend, parametrize_backends, pg_url  # noqa: F401  (fixtures for the tests of both backends)
+from pg import backend, parametrize_backends, pg, pg_url  # noqa: F401  (fixtures for the tests of both backends)
 from typer.testing import CliRunner
 
 import memp_cli.llm_plugin

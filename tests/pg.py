@@ -56,6 +56,18 @@ def drop_schema(url: str, schema: str) -> None:
 
 
 @pytest.fixture
+def pg(pg_url: str, monkeypatch: pytest.MonkeyPatch) -> Iterator[tuple[str, str]]:
+    """Point $MEMP_DB and $MEMP_SCHEMA at a fresh schema of the test server; return (url, schema)."""
+    schema = new_schema(pg_url)
+    monkeypatch.setenv("MEMP_DB", pg_url)
+    monkeypatch.setenv("MEMP_SCHEMA", schema)
+    try:
+        yield pg_url, schema
+    finally:
+        drop_schema(pg_url, schema)
+
+
+@pytest.fixture
 def backend(request: Any, monkeypatch: pytest.MonkeyPatch) -> Iterator[str]:
     """Run a test on SQLite (the store file `isolated` set) or on a fresh schema of the test PostgreSQL."""
     if request.param == "sqlite":

@@ -8,7 +8,6 @@ import json
 import os
 import subprocess
 import sys
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -25,18 +24,6 @@ FAILED_RUN = {
     "steps": [{"action": "go to sinkbasin 1", "observation": "On the sinkbasin 1, you see nothing."}],
     "outcome": "failure",
 }
-
-
-@pytest.fixture
-def pg(pg_url: str, monkeypatch: pytest.MonkeyPatch) -> Iterator[tuple[str, str]]:
-    """Point $MEMP_DB and $MEMP_SCHEMA at a fresh schema of the test server; return (url, schema)."""
-    schema = new_schema(pg_url)
-    monkeypatch.setenv("MEMP_DB", pg_url)
-    monkeypatch.setenv("MEMP_SCHEMA", schema)
-    try:
-        yield pg_url, schema
-    finally:
-        drop_schema(pg_url, schema)
 
 
 def _rows(store: Any) -> dict[str, list[tuple[Any, ...]]]:

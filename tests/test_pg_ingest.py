@@ -3,28 +3,14 @@ the end of a bulk ingest, and what is stored the same as SQLite stores from the 
 
 from __future__ import annotations
 
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
 from conftest import EXAMPLES, SHARED, traj, write_jsonl
-from pg import drop_schema, new_schema
 
 from memp_cli.ingest import IngestOptions, ingest
 from memp_cli.store import open_store
-
-
-@pytest.fixture
-def pg(pg_url: str, monkeypatch: pytest.MonkeyPatch) -> Iterator[tuple[str, str]]:
-    """Point $MEMP_DB and $MEMP_SCHEMA at a fresh schema of the test server; return (url, schema)."""
-    schema = new_schema(pg_url)
-    monkeypatch.setenv("MEMP_DB", pg_url)
-    monkeypatch.setenv("MEMP_SCHEMA", schema)
-    try:
-        yield pg_url, schema
-    finally:
-        drop_schema(pg_url, schema)
 
 
 def _runs(path: Path, count: int) -> Path:
