@@ -137,21 +137,24 @@ def merge_problems(conn: Any) -> list[str]:
     return problems
 
 
+def _counted(conn: Any, sql: str, what: str, first: str) -> list[str]:
+    """Return a problem line for the rows `sql` counts (it selects count and the first id), or none."""
+    row = conn.execute(sql).fetchone()
+    if not row[0]:
+        return []
+    return [f"{row[0]} {what} (first {first + ' ' if first else ''}{row[1]})"]
+
+
 def outcome_problems(conn: Any) -> list[str]:
     """Return outcomes applied twice, memories credited with more than was reported, pending outcomes applied."""
-    problems = []
-    twice = conn.execute(
-        "SELECT count(*), min(memory_id) FROM (SELECT memory_id FROM memory_history WHERE event = 'revised' "
-        "GROUP BY memory_id, coalesce(CAST(outcome_id AS TEXT), reason) HAVING count(*) > 1)"
-    ).fetchone()
-    if twice[0]:
-        problems.append(f"{twice[0]} (memory, outcome) pairs were revised more than once (first memory {twice[1]})")
-    early = conn.execute(
-        "SELECT count(DISTINCT o.id), min(o.id) FROM outcomes o JOIN memory_history h ON h.outcome_id = o.id "
-        "WHERE o.applied = 0"
-    ).fetchone()
-    if early[0]:
-        problems.append(f"{early[0]} pending outcomes were applied already (first outcome {early[1]})")
+    problems: list[str] = []
+    problems += _counted(
+        conn, "SELECT count(*), min(memory_id) FROM (SELECT memory_id FROM memory_history WHERE event = 'revised' "
+        "GROUP BY memory_id, coalesce(CAST(outcome_id AS TEXT), reason) HAVING count(*) > 1)",
+        "(memory, outcome) pairs were revised more than once", "memory")
+    problems += _counted(
+        conn, "SELECT count(DISTINCT o.id), min(o.id) FROM outcomes o JOIN memory_history h ON h.outcome_id = o.id "
+        "WHERE o.applied = 0", "pending outcomes were applied already", "outcome")
     # Each memory's credit is the outcomes that name it, plus what merges moved into it.
     allowed: dict[int, list[int]] = {}
     for memory_id, outcome, n in conn.execute(
@@ -186,28 +189,21 @@ _REVISIONS = "('rebuilt', 'revised', 'reverted')"
 def history_problems(conn: Any) -> list[str]:
     """Return memories whose history does not end where they are, and revisions that did not start from the text
     the revision before them left."""
-    problems = []
-    behind = conn.execute(
-        "SELECT count(*), min(m.id) FROM memories m "
-        "WHERE m.version != (SELECT max(h.version) FROM memory_history h WHERE h.memory_id = m.id)"
-    ).fetchone()
-    if behind[0]:
-        problems.append(f"{behind[0]} memories are not at the last version of their history (first {behind[1]})")
-    moved = conn.execute(
-        "SELECT count(*), min(m.id) FROM memories m JOIN memory_history h ON h.id = (SELECT max(x.id) FROM "
+    problems: list[str] = []
+    problems += _counted(
+        conn, "SELECT count(*), min(m.id) FROM memories m "
+        "WHERE m.version != (SELECT max(h.version) FROM memory_history h WHERE h.memory_id = m.id)",
+        "memories are not at the last version of their history", "")
+    problems += _counted(
+        conn, "SELECT count(*), min(m.id) FROM memories m JOIN memory_history h ON h.id = (SELECT max(x.id) FROM "
         f"memory_history x WHERE x.memory_id = m.id AND x.event IN {_REVISIONS}) "
-        "WHERE h.new_script IS DISTINCT FROM m.script OR h.new_trajectory IS DISTINCT FROM m.trajectory"
-    ).fetchone()
-    if moved[0]:
-        problems.append(f"{moved[0]} memories do not hold the text of their last revision (first {moved[1]})")
-    broken = conn.execute(
-        "SELECT count(*), min(memory_id) FROM (SELECT memory_id, old_script, old_trajectory, "
+        "WHERE h.new_script IS DISTINCT FROM m.script OR h.new_trajectory IS DISTINCT FROM m.trajectory",
+        "memories do not hold the text of their last revision", "")
+    problems += _counted(
+        conn, "SELECT count(*), min(memory_id) FROM (SELECT memory_id, old_script, old_trajectory, "
         "lag(id) OVER w AS before_id, lag(new_script) OVER w AS before_script, "
         f"lag(new_trajectory) OVER w AS before_trajectory FROM memory_history WHERE event IN {_REVISIONS} "
         "WINDOW w AS (PARTITION BY memory_id ORDER BY id)) r WHERE before_id IS NOT NULL AND "
-        "(old_script IS DISTINCT FROM before_script OR old_trajectory IS DISTINCT FROM before_trajectory)"
-    ).fetchone()
-    if broken[0]:
-        problems.append(f"{broken[0]} revisions do not start from the text the revision before them left "
-                        f"(first memory {broken[1]})")
+        "(old_script IS DISTINCT FROM before_script OR old_trajectory IS DISTINCT FROM before_trajectory)",
+        "revisions do not start from the text the revision before them left", "memory")
     return problems
