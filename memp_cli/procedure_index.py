@@ -141,11 +141,13 @@ class ProcedureIndex:
         folder = path.parent if path is not None and os.access(path.parent, os.W_OK) else Path(tempfile.gettempdir())
         tmp = folder / f"{path.name if path is not None else 'procedures.npz'}.{os.getpid()}.{os.urandom(4).hex()}.tmp"
         old = self if len(self.ids) or self.df else None
+        extendable = old is not None and self._extends(source, state)
         writer = build.Writer(folder, embedder, known, vectors, old)
         # state ends with (active memories, largest memory id): see index_for.
-        if not (old is not None and self._extends(source, state) and build.extend(writer, source, self, int(state[-2]))):
-            writer.close()
-            writer = build.Writer(folder, embedder, known, vectors, old)
+        if not (extendable and build.extend(writer, source, self, int(state[-2]))):
+            if extendable:  # the extension gave up part way: start from the known keys again
+                writer.close()
+                writer = build.Writer(folder, embedder, known, vectors, old)
             self._rebuild(writer, source, old)
         try:
             save = writer.finish(tmp, state)
@@ -252,7 +254,7 @@ class ProcedureIndex:
         import numpy as np
 
         try:
-            data, _ = mapped_npz(path)
+            data = mapped_npz(path)
             meta = read_meta(data)
             if meta.get("version") in OLDER_VERSIONS:
                 # Only the store's file and model (the state's first two) and the keys are kept: the entries are

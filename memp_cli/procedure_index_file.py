@@ -37,16 +37,14 @@ def tid_hash(trajectory_id: str) -> int:
     return int.from_bytes(blake2b(trajectory_id.encode(), digest_size=8).digest(), "little")
 
 
-def mapped_npz(path: Path) -> tuple[dict[str, Any], int]:
-    """Return the arrays of an uncompressed .npz as read-only views of one memory map (nothing read up front), and
-    the inode of the file mapped."""
+def mapped_npz(path: Path) -> dict[str, Any]:
+    """Return the arrays of an uncompressed .npz as read-only views of one memory map (nothing read up front)."""
     import mmap
 
     import numpy as np
 
     arrays: dict[str, Any] = {}
     with open(path, "rb") as f, zipfile.ZipFile(f) as archive:
-        inode = os.fstat(f.fileno()).st_ino
         mapped = mmap.mmap(f.fileno(), 0, prot=mmap.PROT_READ)
         for info in archive.infolist():
             if info.compress_type != zipfile.ZIP_STORED:
@@ -66,7 +64,7 @@ def mapped_npz(path: Path) -> tuple[dict[str, Any], int]:
                 raise ValueError("truncated member")
             arrays[info.filename.removesuffix(".npy")] = np.frombuffer(
                 mapped, dtype=dtype, count=count, offset=f.tell()).reshape(shape)
-    return arrays, inode
+    return arrays
 
 
 def release(array: Any, start: int, stop: int) -> None:

@@ -20,10 +20,9 @@ from typing import Any
 
 from ..errors import NotFoundError
 from .db import scope_filter
-from .scan import STORED_DTYPE, best, cosines
+from .scan import FLOAT_TABLE, STORED_DTYPE, best, cosines
 from .settings import SqliteSettings
 
-FLOAT_TABLE = "memory_vectors"
 # From this many memories on, the default search scans the sign bits first and rescores the best OVERSAMPLE × k (at
 # least MIN_CANDIDATES) with the stored vectors; below it, an exact scan is as fast. bench/run.py measures both paths
 # and recall@5 against the exact scan at each size.
@@ -206,7 +205,7 @@ class SqliteVectors:
             found = self._bit_pass(vector, k, members)
             if found is not None:
                 return found
-        return self._exact(vector, k, scopes)
+        return self._exact(vector, k, scopes, members)
 
     def _members(self, scopes: Sequence[str]) -> Any:
         """Return the ids of the active memories of `scopes`, ascending."""
@@ -269,11 +268,15 @@ class SqliteVectors:
             "WHERE m.status = 'active'"
         )
 
-    def _exact(self, vector: Sequence[float], k: int, scopes: Sequence[str] | None = None) -> list[tuple[int, float]]:
-        """Return the exact `k` nearest active memories of `scopes`: their stored vectors streamed and compared."""
+    def _exact(self, vector: Sequence[float], k: int, scopes: Sequence[str] | None = None,
+               members: Any = None) -> list[tuple[int, float]]:
+        """Return the exact `k` nearest active memories of `scopes` (whose ids `members` holds, when read already):
+        their stored vectors streamed and compared."""
         from . import scan
 
-        return scan.exact(self._conn, _unit(vector), k, self._dim(), None if scopes is None else self._members(scopes))
+        if members is None and scopes is not None:
+            members = self._members(scopes)
+        return scan.exact(self._conn, _unit(vector), k, self._dim(), members)
 
     def preload(self) -> None:
         """Make many searches in one process fast (batch recall, the MCP server): the bits mapped, small stores held.
