@@ -42,6 +42,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from memp_cli.store import is_url, open_store
+from memp_cli.store.bitfile import side_path
 
 from build import Built, build_apart, task, trajectory
 from peers import all_peers
@@ -132,7 +133,7 @@ def in_process_search(built: Built, queries: int, seed: int, exact_runs: int, ch
 
     db = built.db
     # A store file and its side file; a PostgreSQL store has none here (its pages are the server's).
-    files = [Path(db), Path(db).with_name(Path(db).name + "-bits")] if isinstance(db, Path) else []
+    files = [Path(db), side_path(Path(db))] if isinstance(db, Path) else []
     evict(*files)
     store: Any = open_store(db)
     started = time.perf_counter()
@@ -232,7 +233,7 @@ def bench_size(n: int, args: argparse.Namespace) -> dict[str, Any]:
         built = build_apart(tmp, n, args.seed, args.real_limit, where if is_url(where) else None)
         phase("build")
         db = built.db
-        side = Path(db).with_name(Path(db).name + "-bits") if isinstance(db, Path) else None
+        side = side_path(Path(db)) if isinstance(db, Path) else None
         size = {
             "size": n,
             "store_bytes_per_memory": round(size_bytes(str(db)) / n),

@@ -303,7 +303,9 @@ def _store_pass(
                 report.dropped += size - len(batch.runs)
             ahead.append((plan_batch(store, batch, options.build, scripts, embedder, report, redactor, report.scope,
                                      side), size))
-            lookahead = 0 if scripts is not None and scripts.get().online else 1
+            # The distiller exists once a batch held a new run; a re-ingest that stores nothing never makes it
+            # (nor warns about its model).
+            lookahead = 0 if scripts is not None and scripts.distiller is not None and scripts.distiller.online else 1
             while len(ahead) > lookahead:
                 _write_next(store, ahead, scripts, embed_id, report, redactor, side, added, on_progress)
         while ahead:

@@ -46,11 +46,6 @@ def redactor_for(options: IngestOptions) -> boundary.Redactor | None:
     return boundary.Redactor(options.redact_patterns) if options.redact else None
 
 
-def script_for(store: Store, distiller: Distiller, traj: Trajectory) -> Script:
-    """Return the script cached for this trajectory, model and prompt version, else a newly distilled one."""
-    return store.memories.cached_script(traj.id, distiller.model_name, distiller.version) or distiller.distill(traj)
-
-
 def store_trajectories(
     store: Store, runs: Sequence[Trajectory], options: IngestOptions, warn: Callable[[str], None] | None = None
 ) -> list[int]:
