@@ -56,17 +56,6 @@ def workers() -> int:
         return max(1, os.cpu_count() or 1)
 
 
-@dataclass(frozen=True)
-class Derive:
-    """What a new run's memory needs besides its vector: the run past the boundary, its build, and its script (the
-    cached one, else None for the offline distiller's; `offline` False for a build that keeps no script)."""
-
-    prepared: boundary.Prepared
-    build: str
-    cached: Script | None
-    offline: bool
-
-
 # -- in the workers -------------------------------------------------------------------------------------------------
 
 _state: dict[str, Any] = {}
@@ -140,7 +129,7 @@ def _made(prepared: list[boundary.Prepared]) -> list[tuple[boundary.Prepared, Pa
         if p.trajectory.id in known:
             out.append((p, None))
             continue
-        item = derive(Derive(p, setup.build, None, setup.build != "trajectory"), setup.redactor)
+        item = derive(p, setup.build, setup.redactor)
         out.append((p, (item.script, item.trajectory_text, item.tokens, item.flag)))
     return out
 
@@ -164,11 +153,11 @@ def _prepare_runs(runs: Sequence[Trajectory]) -> tuple[str, Any, int]:
     return "ok", made, _masked()
 
 
-def derive(job: Derive, redactor: boundary.Redactor | None) -> NewMemory:
-    """Return the store's record for a new run, its vector still to come: its script (cached, else the offline
-    distiller's) checked, its text and token count."""
-    script = job.cached or (offline_script(job.prepared.trajectory) if job.offline else None)
-    return boundary.new_memory(job.prepared, job.build, script, [], redactor)
+def derive(prepared: boundary.Prepared, build: str, redactor: boundary.Redactor | None) -> NewMemory:
+    """Return the store's record for a new run, its vector still to come: its offline script (none for the
+    `trajectory` build) checked, its text and token count."""
+    script = offline_script(prepared.trajectory) if build != "trajectory" else None
+    return boundary.new_memory(prepared, build, script, [], redactor)
 
 
 # -- in the parent --------------------------------------------------------------------------------------------------

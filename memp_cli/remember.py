@@ -21,7 +21,6 @@ from .errors import MempError
 from .ingest_records import IngestOptions, IngestReport
 from .pool import CallPool, resolve_jobs
 from .records import Script, Trajectory
-from .scopes import DEFAULT as DEFAULT_SCOPE
 from .scopes import write_scope
 from .store import NewMemory, Store
 
@@ -253,17 +252,14 @@ def store_batch(
     embed_id: str,
     report: IngestReport,
     redactor: boundary.Redactor | None,
-    scope: str = DEFAULT_SCOPE,
-    side: Side | None = None,
+    scope: str,
+    side: Side,
 ) -> list[int]:
     """Store the new runs of a batch (past the boundary: `boundary.prepare`'s) in `scope`, in one transaction;
     return their memory ids.
 
     With a model, the memories are stored with offline scripts first and the model's arrive after (LazyDistiller).
     """
-    if side is None:
-        with Side() as own:
-            return store_batch(store, batch, build, scripts, embedder, embed_id, report, redactor, scope, own)
     planned = plan_batch(store, batch, build, scripts, embedder, report, redactor, scope, side)
     if planned is None:
         return []
