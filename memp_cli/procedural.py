@@ -189,17 +189,13 @@ def key_words(key: str) -> frozenset[str]:
 
 def rank(
     store: Store, tasks: Sequence[str], vectors: Sequence[Sequence[float]], embedder: Embedder,
-    embed_id: str, pool: int, scopes: Sequence[str] | None = None, index: ProcedureIndex | None = None,
+    index: ProcedureIndex, pool: int, scopes: Sequence[str] | None = None,
 ) -> list[list[tuple[int, float, float]]]:
     """Return, per task, the best `pool` (memory id, procedural score, task cosine) of `scopes`, best first.
 
-    `index` is the store's procedure index when the caller holds it already (one check of the store's state per
-    batch of tasks, not one per task: a count of the active memories, ~75 ms at 1M).
+    `index` is the store's procedure index (`index_for`), looked up once per batch of tasks: each lookup checks the
+    store's state, a count of the active memories (~75 ms at 1M).
     """
-
-    from .procedure_index import index_for
-
-    index = index if index is not None else index_for(store, embedder, embed_id)
     if scopes is not None and set(index.scope_names) <= set(scopes):
         # Every active memory is of `scopes` (the index, just checked against the store, names the scopes that hold
         # one): the search need not look up which are (a read of every active id), nor the keys leave any out.
@@ -237,15 +233,11 @@ def pool_for(k: int, pool: int) -> int:
 
 
 def collapse(
-    store: Store, embedder: Embedder, embed_id: str, ranked: Sequence[int], k: int,
-    index: ProcedureIndex | None = None,
+    store: Store, index: ProcedureIndex, ranked: Sequence[int], k: int,
 ) -> list[tuple[int, int]]:
     """Return the best `k` groups of near-copies among memories ranked best first: (best member, group size)."""
     import numpy as np
 
-    from .procedure_index import index_for
-
-    index = index if index is not None else index_for(store, embedder, embed_id)
     groups: list[tuple[int, list[tuple[Any, Entry]]]] = []  # (best member, [(unit vector, entry) of each member])
     for memory_id in ranked:
         entry = index.entry(memory_id)

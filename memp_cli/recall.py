@@ -187,7 +187,7 @@ def recall_many(
         from .procedure_index import index_for
 
         index = index_for(store, embedder, embed_id)
-        ranked = procedural.rank(store, tasks, vectors, embedder, embed_id, procedural.pool_for(k, pool), scopes, index)
+        ranked = procedural.rank(store, tasks, vectors, embedder, index, procedural.pool_for(k, pool), scopes)
         all_hits = [[(i, score) for i, score, _ in hits] for hits in ranked]
         cosines = [{i: cos for i, _, cos in hits} for hits in ranked]
     else:
@@ -220,8 +220,7 @@ def recall_many(
         if policy == "procedural":
             # After utility, so that a group of near-copies is represented by its most useful member.
             # Every group is kept here: successes and failed runs are told apart after, each to their own k.
-            groups = dict(procedural.collapse(store, embedder, embed_id, [m.memory.id for m in matches], len(matches),
-                                              index))
+            groups = dict(procedural.collapse(store, index, [m.memory.id for m in matches], len(matches)))
             matches = [m for m in matches if m.memory.id in groups]
             for match in matches:
                 match.count = groups[match.memory.id]
