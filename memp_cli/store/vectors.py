@@ -77,6 +77,7 @@ class SqliteVectors:
         self._preloaded_scopes: Any = None  # each preloaded memory's scope, row by row
         self._scoped: dict[tuple[str, ...], Any] = {}
         self._side: Any = None
+        self._ids_of: tuple[Any, Any, bool] | None = None  # (blocks, their row ids, ascending): see _row_ids
         self._wrote = False
         # Where the last search's time went, in ms (bench/run.py reports it): state, bit scan, top-n, rescore.
         self.timings: dict[str, float] = {}
@@ -217,6 +218,16 @@ class SqliteVectors:
         cursor.execute(f"SELECT id FROM memories WHERE {scoped} AND status = 'active' ORDER BY id", params)
         return np.fromiter((r[0] for r in cursor), dtype=np.int64)
 
+    def _row_ids(self, blocks: list[tuple[Any, Any]]) -> tuple[Any, bool]:
+        """Return every row's memory id in the side file's order, and whether they ascend: worked out once per set of
+        blocks (the side file keeps one list of views per header), not per scoped search (~11 ms at 1M)."""
+        from . import bits
+
+        if self._ids_of is None or self._ids_of[0] is not blocks:
+            ids = bits.all_ids(blocks)
+            self._ids_of = (blocks, ids, len(ids) < 2 or bool((ids[1:] > ids[:-1]).all()))
+        return self._ids_of[1], self._ids_of[2]
+
     def _bit_pass(self, vector: Sequence[float], k: int, members: Any) -> list[tuple[int, float]] | None:
         """Return the `k` best by the bit pass and rescoring (of `members` only, unless None); None when the exact
         scan must settle it."""
@@ -232,8 +243,8 @@ class SqliteVectors:
         keep = None
         if members is not None:
             # The side file holds its rows in id order (built and appended so), so each member is found by bisection.
-            ids = bits.all_ids(blocks)
-            if len(ids) > 1 and not bool((ids[1:] > ids[:-1]).all()):
+            ids, ordered = self._row_ids(blocks)
+            if not ordered:
                 keep = np.flatnonzero(np.isin(ids, members))
             else:
                 keep = np.searchsorted(ids, members).clip(0, max(len(ids) - 1, 0))
