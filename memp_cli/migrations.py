@@ -395,3 +395,46 @@ def m015_history_and_cache_without_copies(db: Database) -> None:
         db.conn.executemany(insert, rows)
         start = end
     finish(aside, indexes)
+
+
+@migrations()
+def m017_row_counters(db: Database) -> None:
+    """Counters in `meta` of the active memories and the keyword memberships, kept by triggers.
+
+    Every fresh recall asked the store for both counts (the state its procedure index is checked against): at 1M
+    memories counting the active ones took ~70 ms. Triggers move the counters in the transaction of every write,
+    whoever makes it (memp, an import, a copy made in SQL), so they never disagree with the rows; `memp check`
+    compares them. Seeded here with the real counts; run again, it seeds them again.
+    """
+    active = db.execute("SELECT count(*) FROM memories WHERE status = 'active'").fetchone()[0]
+    members = db.execute("SELECT count(*) FROM memory_keywords").fetchone()[0]
+    db.conn.executemany(
+        "INSERT OR REPLACE INTO meta(key, value) VALUES (?, ?)",
+        [("active_memories", str(active)), ("memory_keywords", str(members))],
+    )
+
+    def bump(key: str, by: str) -> str:
+        return f"UPDATE meta SET value = CAST(value AS INTEGER) + ({by}) WHERE key = '{key}';"
+
+    is_active = "coalesce({}.status = 'active', 0)"
+    db.execute(
+        "CREATE TRIGGER IF NOT EXISTS memp_count_active_insert AFTER INSERT ON memories WHEN NEW.status = 'active' "
+        f"BEGIN {bump('active_memories', '1')} END"
+    )
+    db.execute(
+        "CREATE TRIGGER IF NOT EXISTS memp_count_active_delete AFTER DELETE ON memories WHEN OLD.status = 'active' "
+        f"BEGIN {bump('active_memories', '-1')} END"
+    )
+    db.execute(
+        "CREATE TRIGGER IF NOT EXISTS memp_count_active_update AFTER UPDATE OF status ON memories "
+        f"WHEN {is_active.format('OLD')} != {is_active.format('NEW')} "
+        f"BEGIN {bump('active_memories', is_active.format('NEW') + ' - ' + is_active.format('OLD'))} END"
+    )
+    db.execute(
+        "CREATE TRIGGER IF NOT EXISTS memp_count_keywords_insert AFTER INSERT ON memory_keywords "
+        f"BEGIN {bump('memory_keywords', '1')} END"
+    )
+    db.execute(
+        "CREATE TRIGGER IF NOT EXISTS memp_count_keywords_delete AFTER DELETE ON memory_keywords "
+        f"BEGIN {bump('memory_keywords', '-1')} END"
+    )

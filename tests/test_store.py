@@ -233,3 +233,37 @@ def test_check_finds_vectors_that_do_not_match(memp, isolated: Path) -> None:
     assert "the vector count in meta is 5, not 4" in problems
     assert "the side file memp.db-bits holds 5 vectors, not 4" in problems
     assert any("sign bits in the side file memp.db-bits do not match" in p for p in problems)
+
+
+def test_the_counters_in_meta_follow_every_write_and_check_compares_them(memp, isolated: Path) -> None:
+    memp("ingest", str(EXAMPLES / "devops.jsonl"))
+    store: Any = open_store(isolated / "memp.db")
+
+    def real() -> tuple[int, int]:
+        one = store.db.execute
+        return (one("SELECT count(*) FROM memory_keywords").fetchone()[0],
+                one("SELECT count(*) FROM memories WHERE status = 'active'").fetchone()[0])
+
+    def counted() -> tuple[int, int]:
+        return tuple(store.keywords.state()[1:3])  # type: ignore[return-value]
+
+    assert counted() == real() and real()[1] > 3
+    recall_many(store, ["nginx will not start"], 3, "avefact", log=False)  # extracts every memory's keywords
+    assert counted() == real() and real()[0] > 0
+    store.memories.retire(1, "test")
+    store.memories.retire(2, "test")
+    store.memories.retire(2, "again")
+    assert counted() == real()
+    store.memories.restore(1)
+    assert counted() == real()
+    assert store.memories.purge_retired() == 1
+    assert counted() == real()
+    with pytest.raises(RuntimeError), store.write():
+        store.memories.retire(3, "test")
+        raise RuntimeError("interrupted")  # the counter's move is undone with the write
+    store.keywords.reset()
+    assert counted() == real() and real()[0] == 0
+    assert store.check()["ok"]
+    with store.write():
+        store.db.execute("UPDATE meta SET value = '7' WHERE key = 'active_memories'")  # behind the triggers' back
+    assert store.check()["problems"] == [f"meta counter active_memories says 7, the store holds {real()[1]}"]

@@ -1,7 +1,7 @@
-"""`memp check`: SQLite's own integrity checks, the rows of a store that should match and do not, and the lifecycle's
-invariants: merges that cycle, chain or point nowhere, tasks that merges left without an active memory, outcomes
-applied twice or credited more than reported, pending outcomes already applied, and histories whose versions and
-texts do not follow on from each other."""
+"""`memp check`: SQLite's own integrity checks, the counters in `meta` against the rows they count, the rows of a
+store that should match and do not, and the lifecycle's invariants: merges that cycle, chain or point nowhere, tasks
+that merges left without an active memory, outcomes applied twice or credited more than reported, pending outcomes
+already applied, and histories whose versions and texts do not follow on from each other."""
 
 from __future__ import annotations
 
@@ -9,6 +9,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+from .keywords import SqliteKeywords
 from .settings import SqliteSettings
 from .sql import dialect
 from .vectors import FLOAT_TABLE
@@ -23,6 +24,7 @@ def check(conn: Any, path: Path, settings: SqliteSettings) -> dict[str, Any]:
     fk = conn.execute("PRAGMA foreign_key_check").fetchall()
     if fk:
         problems.append(f"{len(fk)} rows point at rows that do not exist (first in table {fk[0][0]})")
+    problems.extend(SqliteKeywords(conn).counter_problems())
 
     def side_file_problems(conn: Any, vectors: int) -> list[str]:
         from .bitfile import vector_problems
