@@ -179,14 +179,16 @@ def recall_many(
     # Each task is embedded on its own run (int8 activations are quantised per run, so batch-mates would nudge it);
     # many tasks spread those runs over the machine's cores. Searching each as it arrived, beside the embedding
     # threads, measured slower: every numpy call then waited its turn for the GIL.
+    if policy == "procedural":
+        from . import procedural
+        from .procedure_index import index_for
+
+        # Read before the tasks are embedded: the embedded model's session is still being made on another thread.
+        index = index_for(store, embedder, embed_id)
     vectors = embedder.embed(tasks)
     if policy == "query":
         all_hits = store.vectors.nearest_many(vectors, pool, scopes)
     elif policy == "procedural":
-        from . import procedural
-        from .procedure_index import index_for
-
-        index = index_for(store, embedder, embed_id)
         ranked = procedural.rank(store, tasks, vectors, embedder, index, procedural.pool_for(k, pool), scopes)
         all_hits = [[(i, score) for i, score, _ in hits] for hits in ranked]
         cosines = [{i: cos for i, _, cos in hits} for hits in ranked]
