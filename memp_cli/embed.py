@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import os
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from functools import lru_cache
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Protocol
@@ -36,12 +36,18 @@ class OnnxEmbedder:
     model_id = DEFAULT_EMBED_MODEL
 
     def __init__(self, folder: Path = MODEL_DIR) -> None:
+        from concurrent.futures import ThreadPoolExecutor
+
         import onnxruntime
 
         model_file = _model_file(folder)
         # The session is made on a thread of its own: onnxruntime releases the GIL while it builds one (~60-90 ms of
         # a fresh recall), so the tokenizer loads, and the caller reads its store, meanwhile. Its first use waits.
-        self._loading = _Background(lambda: _load_session(onnxruntime, model_file))
+        # A pool's worker, not a daemon: a process that ends before using the session waits for it, rather than
+        # exiting while onnxruntime's native code still runs; shutdown(wait=False) lets the worker end once it is made.
+        loader = ThreadPoolExecutor(1, thread_name_prefix="memp-model-load")
+        self._loading = loader.submit(_load_session, onnxruntime, model_file)
+        loader.shutdown(wait=False)
         self._tokenizer = _tokenizer(folder)
 
     @property
@@ -71,33 +77,6 @@ class OnnxEmbedder:
         )
         pooled = hidden[0].mean(axis=0)
         return (pooled / max(float(np.linalg.norm(pooled)), 1e-12)).tolist()
-
-
-class _Background:
-    """One call run on a thread of its own; `result` waits for it and returns its value or raises its exception."""
-
-    def __init__(self, call: Callable[[], Any]) -> None:
-        import threading
-
-        # Not a daemon: a process that ends before using the session waits for it, rather than exiting while
-        # onnxruntime's native code still runs.
-        self._value: Any = None
-        self._error: BaseException | None = None
-        self._thread = threading.Thread(target=self._run, args=(call,), name="memp-model-load")
-        self._thread.start()
-
-    def _run(self, call: Callable[[], Any]) -> None:
-        try:
-            self._value = call()
-        except BaseException as exc:  # noqa: BLE001 - handed to the thread that waits for the value
-            self._error = exc
-
-    def result(self) -> Any:
-        """Return the call's value (waiting for it), or raise what it raised."""
-        self._thread.join()
-        if self._error is not None:
-            raise self._error
-        return self._value
 
 
 def _model_file(folder: Path) -> Path:

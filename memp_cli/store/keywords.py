@@ -68,8 +68,8 @@ class SqliteKeywords:
         # memories took ~70 ms of every fresh recall at 1M); the largest ids are one index step each.
         row = self._conn.execute(
             "SELECT (SELECT coalesce(max(id), 0) FROM keywords), "
-            f"coalesce({_counter('memory_keywords')}, (SELECT count(*) FROM memory_keywords)), "
-            f"coalesce({_counter('active_memories')}, (SELECT count(*) FROM memories WHERE status = 'active')), "
+            f"coalesce({_counter('memory_keywords')}, ({COUNTED['memory_keywords']})), "
+            f"coalesce({_counter('active_memories')}, ({COUNTED['active_memories']})), "
             "(SELECT coalesce(max(id), 0) FROM memories)"
         ).fetchone()
         return tuple(int(v) for v in row)
