@@ -398,7 +398,7 @@ def m015_history_and_cache_without_copies(db: Database) -> None:
 
 
 @migrations()
-def m017_row_counters(db: Database) -> None:
+def m016_row_counters(db: Database) -> None:
     """Counters in `meta` of the active memories and the keyword memberships, kept by triggers.
 
     Every fresh recall asked the store for both counts (the state its procedure index is checked against): at 1M

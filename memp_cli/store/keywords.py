@@ -7,7 +7,7 @@ from typing import Any
 
 from .db import pack, scope_filter, write
 
-# The counters in `meta` (kept by triggers: migrations.m017_row_counters) and what each counts.
+# The counters in `meta` (kept by triggers: migrations.m016_row_counters) and what each counts.
 COUNTED = {
     "memory_keywords": "SELECT count(*) FROM memory_keywords",
     "active_memories": "SELECT count(*) FROM memories WHERE status = 'active'",
@@ -64,7 +64,7 @@ class SqliteKeywords:
     def state(self) -> tuple[int, ...]:
         """Return numbers that change whenever keywords, memberships or memory statuses change: the largest keyword
         id, the memberships, the active memories and the largest memory id."""
-        # The two counts are counters in `meta`, kept by the triggers of migration m017 (counting the active
+        # The two counts are counters in `meta`, kept by the triggers of migration m016 (counting the active
         # memories took ~70 ms of every fresh recall at 1M); the largest ids are one index step each.
         row = self._conn.execute(
             "SELECT (SELECT coalesce(max(id), 0) FROM keywords), "
