@@ -58,10 +58,12 @@ class Trajectory:
 
     @classmethod
     def from_row(cls, row: Any) -> Trajectory:
-        """Return the trajectory in a store row, read by column name (steps and metadata as JSON text)."""
+        """Return the trajectory in a store row, read by column name (steps as stored, metadata as JSON text)."""
+        from .store.runs import decode_steps
+
         return cls(
             task=row["task"],
-            steps=[Step.from_dict(s) for s in json.loads(row["steps"])],
+            steps=decode_steps(row["steps"]),
             outcome=row["outcome"],
             score=row["score"],
             source_id=row["source_id"],
@@ -121,9 +123,14 @@ class Script:
     output_tokens: int | None = None
 
 
-@dataclass
+@dataclass(kw_only=True)
 class Memory:
-    """A stored unit of procedural knowledge built from one trajectory."""
+    """A stored unit of procedural knowledge built from one trajectory.
+
+    `trajectory`, the memory's text of its run, is read as `memories.trajectory` holds it (`stored_trajectory`):
+    NULL there stands for the render of the stored run (`run_task`, `run_steps`, outcome and score), rendered on
+    first access only, so a recall renders none of the memories it does not output (store/runs.py).
+    """
 
     id: int
     trajectory_id: str
@@ -132,7 +139,7 @@ class Memory:
     outcome: str
     outcome_score: float | None
     script: str | None
-    trajectory: str | None
+    stored_trajectory: str | None  # as stored: None is the render of the run, '' no run (store/runs.py)
     tokens: int
     model: str | None
     prompt_version: str | None
@@ -150,12 +157,22 @@ class Memory:
     source_line: int | None
     source_id: str | None
     metadata: dict[str, Any] = field(default_factory=dict)
+    run_task: str | None = None  # the stored run's task and steps (as stored), to render `trajectory` from
+    run_steps: str | bytes | None = field(default=None, repr=False)
 
     @classmethod
     def from_row(cls, row: Any) -> Memory:
         """Return the memory in a store row whose columns are named as the fields (metadata as JSON text)."""
         values = {name: row[name] for name in _MEMORY_COLUMNS}
         return cls(**values, metadata=json.loads(row["metadata"]) if row["metadata"] else {})
+
+    @cached_property
+    def trajectory(self) -> str | None:
+        """Return the memory's text of its run (the example run an agent reads), None when it keeps none."""
+        from .store.runs import run_text
+
+        return run_text(self.stored_trajectory, self.run_task or self.task, self.run_steps, self.outcome,
+                        self.outcome_score)
 
     def success_mean(self) -> float:
         """Return the posterior mean success rate: Beta(1, 1), plus the run it was built from, plus each report."""
@@ -183,7 +200,8 @@ class Memory:
         # A shallow copy of the fields: asdict's deep copy cost batch recall ~1 ms a memory.
         data: dict[str, Any] = {"memory_id": self.id}
         data.update(
-            (f.name, getattr(self, f.name)) for f in fields(self) if f.name != "id" and not f.name.startswith("source_")
+            (_SHOWN.get(f.name, f.name), getattr(self, _SHOWN.get(f.name, f.name))) for f in fields(self)
+            if f.name not in _HIDDEN and not f.name.startswith("source_")
         )
         data["source"] = self.source()
         low, high = self.success_bounds()
@@ -197,6 +215,9 @@ class Memory:
 
 # The fields a store row holds as they are (metadata is JSON text): named once, not on every row.
 _MEMORY_COLUMNS = tuple(f.name for f in fields(Memory) if f.name != "metadata")
+# to_dict shows the text of the run where its stored form is, and not the run's columns it is rendered from.
+_SHOWN = {"stored_trajectory": "trajectory"}
+_HIDDEN = frozenset({"id", "run_task", "run_steps"})
 
 
 def render_memory(script: str | None, trajectory: str | None) -> str:

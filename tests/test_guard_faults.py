@@ -188,7 +188,7 @@ def test_mcp_recall_never_serves_a_memory_held_elsewhere(memp, isolated: Path, t
 def _memory(memory_id: int, task: str, script: str, trajectory: str, outcome: str = "success") -> Memory:
     return Memory(
         id=memory_id, trajectory_id=f"t{memory_id}", build="proceduralization", task=task, outcome=outcome,
-        outcome_score=None, script=script, trajectory=trajectory, tokens=count_tokens(script) + count_tokens(trajectory),
+        outcome_score=None, script=script, stored_trajectory=trajectory, tokens=count_tokens(script) + count_tokens(trajectory),
         model=None, prompt_version=None, version=1, status="active", recalled=0, succeeded=0, failed=0, created_at="",
         last_recalled_at=None, retired_reason=None, flag=None, scope="default", source_file=None, source_line=None,
         source_id=None,

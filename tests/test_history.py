@@ -14,6 +14,7 @@ from conftest import EXAMPLES
 from memp_cli.records import Script
 from memp_cli.store import open_store
 from memp_cli.store.history import TEXT_COLUMNS, TEXTLESS_EVENTS, fill, slim, stored
+from memp_cli.store.runs import steps_text
 
 pytestmark = pytest.mark.usefixtures("backend")
 
@@ -129,8 +130,16 @@ def _as_released_before_slimming(store: Any) -> None:
             "INSERT INTO script_cache(trajectory_id, model, prompt_version, script, created_at) "
             "SELECT trajectory_id, 'offline', 'offline-v2', script, created_at FROM memories WHERE model = 'offline'"
         )
-        if hasattr(store.db, "dialect"):  # PostgreSQL
-            store.db.execute("DELETE FROM memp_migrations WHERE name = 'p003_history_and_cache_without_copies'")
+        pg = hasattr(store.db, "dialect")
+        # The memories' texts of their runs in full and (SQLite) the steps as JSON text, as memp wrote them then.
+        for memory in store.memories.list():
+            if memory.stored_trajectory is None or (memory.stored_trajectory == "" and not pg):
+                store.db.execute("UPDATE memories SET trajectory = ? WHERE id = ?", [memory.trajectory, memory.id])
+        if not pg:
+            for trajectory_id, steps in store.db.execute("SELECT id, steps FROM trajectories").fetchall():
+                store.db.execute("UPDATE trajectories SET steps = ? WHERE id = ?", [steps_text(steps), trajectory_id])
+        if pg:
+            store.db.execute("DELETE FROM memp_migrations WHERE name >= 'p003_history_and_cache_without_copies'")
         else:
             # The migrations after it are marked not applied too: that release had none of them.
             store.db.execute("DELETE FROM _sqlite_migrations WHERE name >= 'm015_history_and_cache_without_copies'")

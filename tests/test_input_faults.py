@@ -19,6 +19,7 @@ from conftest import EXAMPLES, traj, write_jsonl
 from memp_cli.ingest import IngestOptions, ingest
 from memp_cli.store import db as store_db
 from memp_cli.store import open_store
+from memp_cli.store.runs import steps_text
 
 
 def _rows(n: int, offset: int = 0) -> list[dict]:
@@ -147,8 +148,8 @@ def test_odd_but_readable_values_are_read(memp, tmp_path: Path) -> None:
     assert memp.json("ingest", str(claude), str(log), "--build", "trajectory")["added"] == 2
     rows = dict(sqlite3.connect(tmp_path / "memp.db").execute("SELECT task, score FROM trajectories"))
     assert rows["i want a red scarf"] == 0.5
-    assert "README.md" in sqlite3.connect(tmp_path / "memp.db").execute(
-        "SELECT steps FROM trajectories WHERE task = 'list the files'").fetchone()[0]
+    assert "README.md" in steps_text(sqlite3.connect(tmp_path / "memp.db").execute(
+        "SELECT steps FROM trajectories WHERE task = 'list the files'").fetchone()[0])
 
 
 # -- case 7: pipes are files ----------------------------------------------------------------------------------------

@@ -66,6 +66,7 @@ def consistency(
     if no_history:
         problems.append(f"{no_history} memories have no history")
     problems.extend(history_problems(conn))
+    problems.extend(steps_problems(conn))
     if settings.embed_model() is None:
         if counts["memories"]:
             problems.append("memories exist but no embedding model is recorded")
@@ -139,6 +140,23 @@ def merge_problems(conn: Any) -> list[str]:
     return problems
 
 
+def steps_problems(conn: Any) -> list[str]:
+    """Return the stored runs whose steps do not decode (a deflated value that does not inflate, or not UTF-8)."""
+    import zlib
+
+    bad: list[str] = []
+    cursor = conn.execute("SELECT id, steps FROM trajectories")
+    while rows := cursor.fetchmany(2000):
+        for trajectory_id, value in rows:
+            if isinstance(value, str):
+                continue  # JSON text, as every run was stored before runs were deflated
+            try:
+                zlib.decompress(bytes(value), -15).decode("utf-8")
+            except (zlib.error, UnicodeDecodeError, TypeError):
+                bad.append(str(trajectory_id))
+    return [f"{len(bad)} trajectories have steps that do not decode (first {min(bad)})"] if bad else []
+
+
 def _counted(conn: Any, sql: str, what: str, first: str) -> list[str]:
     """Return a problem line for the rows `sql` counts (it selects count and the first id), or none."""
     row = conn.execute(sql).fetchone()
@@ -199,7 +217,9 @@ def history_problems(conn: Any) -> list[str]:
     problems += _counted(
         conn, "SELECT count(*), min(m.id) FROM memories m JOIN memory_history h ON h.id = (SELECT max(x.id) FROM "
         f"memory_history x WHERE x.memory_id = m.id AND x.event IN {_REVISIONS}) "
-        "WHERE h.new_script IS DISTINCT FROM m.script OR h.new_trajectory IS DISTINCT FROM m.trajectory",
+        # A NULL trajectory is the render of the run (runs.py), which SQL cannot make: those are not compared.
+        "WHERE h.new_script IS DISTINCT FROM m.script OR (m.trajectory IS NOT NULL AND "
+        "h.new_trajectory IS DISTINCT FROM nullif(m.trajectory, ''))",
         "memories do not hold the text of their last revision", "")
     problems += _counted(
         conn, "SELECT count(*), min(memory_id) FROM (SELECT memory_id, old_script, old_trajectory, "

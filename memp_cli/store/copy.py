@@ -16,6 +16,7 @@ from typing import Any
 
 from .db import write
 from .history import HISTORY_FIELDS
+from .runs import pack_steps, steps_text
 from .vectors import FLOAT_TABLE
 
 # The tables in an order where every row's references are copied before it.
@@ -61,6 +62,7 @@ class RowCopy:
 
     _conn: Any
     _vectors: Any
+    _steps_blob: bool
 
     def table_rows(
         self, table: str, after: Sequence[Any] | None, limit: int
@@ -79,6 +81,9 @@ class RowCopy:
             rows = self._vector_rows(sql, [*params, limit])
         else:
             rows = [tuple(r) for r in self._conn.execute(sql, [*params, limit]).fetchall()]
+        if table == "trajectories":  # steps cross as JSON text, which either engine stores its own way (runs.py)
+            at = columns.index("steps")
+            rows = [(*r[:at], steps_text(r[at]), *r[at + 1:]) for r in rows]
         last = [rows[-1][columns.index(k)] for k in keys] if rows else None
         return rows, last
 
@@ -107,6 +112,9 @@ class RowCopy:
         if not rows:
             return 0
         _, columns = specs()[table]
+        if table == "trajectories":
+            at = columns.index("steps")
+            rows = [(*r[:at], pack_steps(r[at], self._steps_blob), *r[at + 1:]) for r in rows]
         with write(self._conn):
             if table == FLOAT_TABLE:
                 added = self._put_vectors(rows, embed_model)

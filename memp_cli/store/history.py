@@ -35,14 +35,18 @@ def stored(conn: Any, memory_id: int) -> tuple[list[dict[str, Any]], Text]:
 
     One statement reads both, so the rows that stand for the memory's text meet the text of the same moment.
     """
+    from .runs import run_text
+
     rows = conn.execute(
-        f"SELECT m.script, m.trajectory, {', '.join('h.' + f for f in HISTORY_FIELDS)} FROM memories m "
+        f"SELECT m.script, m.trajectory, t.task, t.steps, t.outcome, t.score, "
+        f"{', '.join('h.' + f for f in HISTORY_FIELDS)} FROM memories m JOIN trajectories t ON t.id = m.trajectory_id "
         "LEFT JOIN memory_history h ON h.memory_id = m.id WHERE m.id = ? ORDER BY h.id", [memory_id]
     ).fetchall()
     if not rows:
         raise NotFoundError(f"no memory with id {memory_id}")
-    history = [dict(zip(HISTORY_FIELDS, tuple(r)[2:])) for r in rows if r["event"] is not None]
-    return history, (rows[0][0], rows[0][1])
+    history = [dict(zip(HISTORY_FIELDS, tuple(r)[6:])) for r in rows if r["event"] is not None]
+    first = rows[0]
+    return history, (first[0], run_text(first[1], first[2], first[3], first[4], first[5]))
 
 
 def fill(rows: Iterable[Mapping[str, Any]], current: Text) -> list[dict[str, Any]]:

@@ -12,9 +12,11 @@ from pathlib import Path
 from typing import Any
 
 from ..errors import StoreError
+from ..records import Trajectory
 from .copy import RowCopy
 from .db import scope_filter, write
 from .history import HISTORY_FIELDS, fill, slim
+from .runs import decode_steps, pack_steps, run_text, steps_text, stored_text
 from .settings import SqliteSettings
 from .sql import dialect
 from .vectors import FLOAT_TABLE, SqliteVectors
@@ -34,6 +36,8 @@ CHUNK = 500
 class SqliteTransfer(RowCopy):
     """Reads and writes whole memories of one SQLite store, with everything that refers to them (and, from
     RowCopy, every table row by row for `memp migrate`)."""
+
+    _steps_blob = True  # steps stored deflated where smaller (runs.py); PostgreSQL keeps the JSON text
 
     def __init__(self, conn: Any, path: Path, vectors: SqliteVectors, settings: SqliteSettings) -> None:
         self._conn = conn
@@ -71,6 +75,10 @@ class SqliteTransfer(RowCopy):
         )
         while rows := cursor.fetchmany(CHUNK):
             batch = [dict(zip(r.keys(), r)) for r in rows]
+            for r in batch:  # the run's steps as JSON text, the memory's text of it in full (runs.py)
+                r["run_steps"] = steps_text(r["run_steps"])
+                r["trajectory"] = run_text(r["trajectory"], r["run_task"], r["run_steps"], r["run_outcome"],
+                                           r["run_score"])
             self._attach(batch, vectors)
             yield from batch
 
@@ -88,8 +96,11 @@ class SqliteTransfer(RowCopy):
             f"FROM memory_history h JOIN memories m ON m.id = h.memory_id WHERE h.memory_id IN ({marks}) "
             "ORDER BY h.id", ids,
         ):
-            by_id[row[0]]["history"].append(dict(zip(HISTORY_COLUMNS, tuple(row)[3:])))
-            now[row[0]] = (row[1], row[2])
+            r = by_id[row[0]]
+            r["history"].append(dict(zip(HISTORY_COLUMNS, tuple(row)[3:])))
+            if row[0] not in now:
+                now[row[0]] = (row[1], run_text(row[2], r["run_task"], r["run_steps"], r["run_outcome"],
+                                                r["run_score"]))
         for r in batch:  # exported in full, every text filled in (history.py)
             r["history"] = fill(r["history"], now.get(r["memory_id"], (r["script"], r["trajectory"])))
         by_trajectory = {r["run_id"]: r for r in batch}
@@ -176,10 +187,17 @@ class SqliteTransfer(RowCopy):
         """Insert one memory with its run, history and cached scripts inside the open write; return its new id."""
         from ..distill import OFFLINE_MODEL
 
+        # Stored as memp stores a run (runs.py): its steps deflated where smaller, the memory's text of it NULL
+        # where it is the render of the run.
+        stored = {f"run_{c}": item[f"run_{c}"] for c in TRAJECTORY_COLUMNS}
+        stored["run_steps"] = pack_steps(item["run_steps"], self._steps_blob)
+        run = Trajectory(task=item["run_task"], steps=decode_steps(item["run_steps"]) if item["trajectory"] else [],
+                         outcome=item["run_outcome"], score=item["run_score"])
+        stored["trajectory"] = stored_text(item["trajectory"], run)
         cur = self._conn.execute(
             f"INSERT INTO trajectories({', '.join(TRAJECTORY_COLUMNS)}) "
             f"VALUES ({', '.join('?' * len(TRAJECTORY_COLUMNS))}) ON CONFLICT DO NOTHING",
-            [item[f"run_{c}"] for c in TRAJECTORY_COLUMNS],
+            [stored[f"run_{c}"] for c in TRAJECTORY_COLUMNS],
         )
         if cur.rowcount == 0:
             raise StoreError(f"{self._path}: trajectory {item['run_id']} is stored already")
@@ -187,7 +205,8 @@ class SqliteTransfer(RowCopy):
             f"INSERT INTO memories(trajectory_id, {', '.join(MEMORY_COLUMNS)}) "
             f"VALUES (?, {', '.join('?' * len(MEMORY_COLUMNS))}) RETURNING id",
             # An export made before scopes carries none: its memories were all in the one scope there was.
-            [item["run_id"], *(item.get(c, "default") if c == "scope" else item[c] for c in MEMORY_COLUMNS)],
+            [item["run_id"], *(item.get(c, "default") if c == "scope" else stored.get(c, item[c])
+                               for c in MEMORY_COLUMNS)],
         )
         memory_id = int(cur.fetchone()[0])
         # Stored as memp writes history: without the texts that the memory and its revisions hold already.

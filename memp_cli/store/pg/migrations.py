@@ -190,8 +190,17 @@ WHERE h.id = a.id
 DELETE FROM script_cache WHERE model = 'offline';
 """
 
+# SQLite's m017, in part: a memory with no run keeps '' so that NULL can stand for the render of its run
+# (memp_cli/store/runs.py); the renderer those NULLs depend on is recorded. Steps stay JSON text here (the column is
+# text, and TOAST compresses long values), and texts stored before stay as they are: both read the same.
+_LEAN_RUNS = """
+UPDATE memories SET trajectory = '' WHERE trajectory IS NULL;
+INSERT INTO meta(key, value) VALUES ('trajectory_render', '1') ON CONFLICT (key) DO UPDATE SET value = excluded.value;
+"""
+
 MIGRATIONS: list[tuple[str, str]] = [
     ("p001_initial", _INITIAL),
     ("p002_lifecycle_keys", _LIFECYCLE_KEYS),
     ("p003_history_and_cache_without_copies", _WITHOUT_COPIES),
+    ("p004_lean_runs", _LEAN_RUNS),
 ]

@@ -36,6 +36,8 @@ class PgSettings(SqliteSettings):
 class PgMemories(SqliteMemories):
     """Memories with the shared SQL; the store's size is what its tables and indexes take in the database."""
 
+    _steps_blob = False  # the steps column is text: JSON, which TOAST compresses when long (runs.py)
+
     def _bytes(self) -> int:
         row = self._conn.execute(
             "SELECT coalesce(sum(pg_total_relation_size(c.oid)), 0) FROM pg_class c "
@@ -73,6 +75,8 @@ class PgKeywords(SqliteKeywords):
 
 class PgTransfer(SqliteTransfer):
     """Export and import with the shared SQL; a copy of the whole store is `memp migrate`'s to make."""
+
+    _steps_blob = False
 
     def snapshot(self, target: Path) -> None:
         """Refuse: a database is copied by `memp migrate --to FILE`, not as one file."""
