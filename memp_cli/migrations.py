@@ -438,3 +438,65 @@ def m016_row_counters(db: Database) -> None:
         "CREATE TRIGGER IF NOT EXISTS memp_count_keywords_delete AFTER DELETE ON memory_keywords "
         f"BEGIN {bump('memory_keywords', '-1')} END"
     )
+
+
+@migrations()
+def m017_lean_runs(db: Database) -> None:
+    """A run stored once: its steps deflated where smaller, a memory's text of it NULL where it is the run's render.
+
+    `trajectories.steps` becomes the compact JSON of the steps or, when smaller, its raw DEFLATE as a BLOB (the
+    value's type tells them apart). `memories.trajectory` becomes NULL where it equals the render of its stored run,
+    which readers then render (memp_cli/store/runs.py), and '' where the memory keeps no run (a NULL before). The
+    renderer is copied here as it was when released, and recorded as `trajectory_render` 1 in `meta`: the NULLs
+    depend on it. Rows are rewritten in place, CHUNK runs at a time; the space they free is reused by later writes,
+    and `VACUUM` (sqlite3 memp.db VACUUM, the store closed) gives it back to the file system.
+    """
+    import json
+    import zlib
+
+    chunk = 4096
+    observation_chars = 300
+
+    def render(task: str, steps: list[dict[str, str]], outcome: str | None, score: float | None) -> str:
+        lines = [f"Task: {task}"]
+        for step in steps:
+            if step.get("thought"):
+                lines.append(f"Thought: {step['thought']}")
+            lines.append(f"> {step['action']}")
+            if step.get("observation"):
+                obs = " ".join(step["observation"].split())
+                if len(obs) > observation_chars:
+                    obs = obs[:observation_chars] + " ..."
+                lines.append(obs)
+        lines.append(f"Outcome: {outcome}" + (f" (score {score:g})" if score is not None else ""))
+        return "\n".join(lines)
+
+    def pack(steps: object) -> str | bytes:
+        text = json.dumps(steps, ensure_ascii=False, separators=(",", ":"))
+        raw = text.encode("utf-8")
+        packer = zlib.compressobj(6, zlib.DEFLATED, -15)
+        packed = packer.compress(raw) + packer.flush()
+        return packed if len(packed) < len(raw) else text
+
+    db.execute("UPDATE memories SET trajectory = '' WHERE trajectory IS NULL")
+    last = 0
+    while True:
+        rows = db.execute(
+            "SELECT t.rowid, t.task, t.steps, t.outcome, t.score, m.id, m.trajectory FROM trajectories t "
+            "LEFT JOIN memories m ON m.trajectory_id = t.id WHERE t.rowid > ? ORDER BY t.rowid LIMIT ?",
+            [last, chunk],
+        ).fetchall()
+        if not rows:
+            break
+        last = rows[-1][0]
+        packed, emptied = [], []
+        for rowid, task, steps, outcome, score, memory_id, text in rows:
+            if not isinstance(steps, str):
+                continue  # deflated already
+            parsed = json.loads(steps)
+            packed.append((pack(parsed), rowid))
+            if memory_id is not None and text and text == render(task, parsed, outcome, score):
+                emptied.append((memory_id,))
+        db.conn.executemany("UPDATE trajectories SET steps = ? WHERE rowid = ?", packed)
+        db.conn.executemany("UPDATE memories SET trajectory = NULL WHERE id = ?", emptied)
+    db.execute("INSERT OR REPLACE INTO meta(key, value) VALUES ('trajectory_render', '1')")

@@ -17,7 +17,7 @@ BUSY_TIMEOUT_MS = 30_000
 DB_FILENAME = "memp.db"
 # The newest migration in memp_cli/migrations.py. A store whose last applied migration is this one is up to date,
 # which one query tells without importing sqlite-utils (~0.2 s); a test keeps it in step with the migrations.
-LATEST_MIGRATION = "m016_row_counters"
+LATEST_MIGRATION = "m017_lean_runs"
 
 
 def now() -> str:
