@@ -245,3 +245,34 @@ def test_a_text_that_is_not_the_render_is_stored_as_it_is(text: str) -> None:
     assert store.memories.get(memory_id).trajectory == (text or None)
     assert store.db.execute("SELECT trajectory FROM memories").fetchone()[0] == text
     store.close()
+
+
+def test_a_postgresql_store_of_before_reads_no_run_as_none_after_p004(memp, pg) -> None:
+    memp("ingest", str(EXAMPLES / "coding.jsonl"), "-m", "offline", "-b", "script")
+    store: Any = open_store()
+    with store.write():  # as memp wrote a script build before: NULL for no run; p004 not applied
+        store.db.execute("UPDATE memories SET trajectory = NULL")
+        store.db.execute("DELETE FROM meta WHERE key = 'trajectory_render'")
+        store.db.execute("DELETE FROM memp_migrations WHERE name = 'p004_lean_runs'")
+    store.close()
+    upgraded: Any = open_store()
+    assert {m.trajectory for m in upgraded.memories.list()} == {None}
+    assert {r[0] for r in upgraded.db.execute("SELECT trajectory FROM memories")} == {""}
+    assert upgraded.db.execute("SELECT value FROM meta WHERE key = 'trajectory_render'").fetchone()[0] == "1"
+    upgraded.close()
+
+
+def test_a_recall_renders_only_the_memories_it_outputs(memp, monkeypatch: pytest.MonkeyPatch) -> None:
+    memp("ingest", str(EXAMPLES), "-m", "offline", "-b", "proceduralization")
+    rendered: list[str] = []
+    render = Trajectory.render
+
+    def counted(self: Trajectory) -> str:
+        rendered.append(self.task)
+        return render(self)
+
+    monkeypatch.setattr(Trajectory, "render", counted)
+    out = memp.json("recall", "heat an egg and put it on the table", "-k", "1", "--format", "json")
+    shown = [m["task"] for m in out["matches"] + out["warnings"]]
+    assert shown and out["matches"][0]["trajectory"].startswith("Task: ")
+    assert sorted(rendered) == sorted(shown)
