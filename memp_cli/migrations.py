@@ -474,7 +474,7 @@ def m017_lean_runs(db: Database) -> None:
     def pack(steps: object) -> str | bytes:
         text = json.dumps(steps, ensure_ascii=False, separators=(",", ":"))
         raw = text.encode("utf-8")
-        packer = zlib.compressobj(6, zlib.DEFLATED, -15)
+        packer = zlib.compressobj(6, zlib.DEFLATED, -max(9, min(15, (len(raw) - 1).bit_length())))
         packed = packer.compress(raw) + packer.flush()
         return packed if len(packed) < len(raw) else text
 
