@@ -204,11 +204,10 @@ def test_quantized_search_returns_the_exact_top_results(memp, isolated: Path, mo
     import memp_cli.store.vectors as vectors_module
     from memp_cli.store import bitfile, open_store
 
-    # Rescore only 20 of the 41 memories, so the binary pass really chooses; blocks of 8 in the side file, so a
-    # second ingest fills the last block and opens new ones, and a purge rebuilds the file.
+    # Rescore only 20 of the 41 memories, so the binary pass really chooses; a second ingest is appended to the side
+    # file, and a purge rebuilds it.
     monkeypatch.setattr(vectors_module, "MIN_CANDIDATES", 20)
     monkeypatch.setattr(vectors_module, "OVERSAMPLE", 4)
-    monkeypatch.setattr(bitfile, "BLOCK", 8)
     memp("ingest", str(EXAMPLES))
     first = open_store(isolated / "memp.db")
     first.vectors.nearest(OnnxEmbedder().embed(["nginx"])[0], 3, exact=False)  # writes the side file

@@ -216,7 +216,7 @@ def test_search_skips_held_and_retired_memories_on_both_paths(memp, isolated: Pa
 
 
 def test_check_finds_vectors_that_do_not_match(memp, isolated: Path) -> None:
-    from memp_cli.store.bitfile import BLOCK, HEADER_BYTES, side_path
+    from memp_cli.store.bitfile import read_header, side_path
 
     memp("ingest", str(EXAMPLES / "devops.jsonl"))
     store: Any = open_store(isolated / "memp.db")
@@ -224,7 +224,9 @@ def test_check_finds_vectors_that_do_not_match(memp, isolated: Path) -> None:
     store.vectors.nearest(store.vectors.vector(1), 3, exact=False)  # writes the side file
     side = side_path(isolated / "memp.db")
     raw = bytearray(side.read_bytes())
-    raw[HEADER_BYTES + 8 * BLOCK] ^= 0xFF  # memory 1's first sign-bit byte
+    header = read_header(side)
+    assert header is not None
+    raw[header.rows_start() + 16] ^= 0xFF  # memory 1's first code byte (one list: the rows in id order)
     side.write_bytes(bytes(raw))
     with store.write():
         store.db.execute("DELETE FROM memory_vectors WHERE memory_id = 3")  # behind the counters' back

@@ -77,14 +77,14 @@ class SqliteVectors:
         self._preloaded_scopes: Any = None  # each preloaded memory's scope, row by row
         self._scoped: dict[tuple[str, ...], Any] = {}
         self._side: Any = None
-        self._ids_of: tuple[Any, Any, bool] | None = None  # (blocks, their row ids, ascending): see _row_ids
+        self._ids_of: tuple[Any, Any, Any] | None = None  # (index, its ids sorted, their rows): see _kept
         self._wrote = False
         # Where the last search's time went, in ms (bench/run.py reports it): state, bit scan, top-n, rescore.
         self.timings: dict[str, float] = {}
 
     @property
     def side_file(self) -> Any:
-        """Return the sign-bit side file this store searched through (a bitfile.SideBits), None before a bit pass."""
+        """Return the side file this store searched through (a bitfile.SideBits), None before a bit pass."""
         return self._side
 
     # -- writing (inside a write) ---------------------------------------------------------------------------------
@@ -171,8 +171,8 @@ class SqliteVectors:
         sims = cosines(matrix, _unit(vector))
         return {int(i): float(s) for i, s in zip(ids, sims)}
 
-    def _bits(self) -> list[tuple[Any, Any]] | None:
-        """Return the sign-bit blocks of every stored vector (the side file, brought up to date), or None."""
+    def _bits(self) -> Any:
+        """Return the list index of every stored vector (the side file, brought up to date: lists.Index), or None."""
         from .bitfile import SideBits, read_state
 
         state = read_state(self._conn)
@@ -180,7 +180,7 @@ class SqliteVectors:
             return None
         if self._side is None:
             self._side = SideBits(self._conn, self._path, self._dim())
-        return self._side.blocks(state)
+        return self._side.index(state)
 
     def nearest(
         self, vector: Sequence[float], k: int, exact: bool | None = None, scopes: Sequence[str] | None = None
@@ -218,56 +218,52 @@ class SqliteVectors:
         cursor.execute(f"SELECT id FROM memories WHERE {scoped} AND status = 'active' ORDER BY id", params)
         return np.fromiter((r[0] for r in cursor), dtype=np.int64)
 
-    def _row_ids(self, blocks: list[tuple[Any, Any]]) -> tuple[Any, bool]:
-        """Return every row's memory id in the side file's order, and whether they ascend: worked out once per set of
-        blocks (the side file keeps one list of views per header), not per scoped search (~11 ms at 1M)."""
-        from . import bits
+    def _kept(self, index: Any, members: Any) -> Any:
+        """Return the boolean mask of the index's rows that are `members` (ascending ids); the rows' ids sorted are
+        worked out once per index, not per scoped search."""
+        import numpy as np
 
-        if self._ids_of is None or self._ids_of[0] is not blocks:
-            ids = bits.all_ids(blocks)
-            self._ids_of = (blocks, ids, len(ids) < 2 or bool((ids[1:] > ids[:-1]).all()))
-        return self._ids_of[1], self._ids_of[2]
+        if self._ids_of is None or self._ids_of[0] is not index:
+            ids = index.ids()
+            order = np.argsort(ids, kind="stable")
+            self._ids_of = (index, ids[order], order)
+        _, sorted_ids, order = self._ids_of
+        keep = np.zeros(len(sorted_ids), dtype=bool)
+        if len(sorted_ids):
+            at = np.searchsorted(sorted_ids, members).clip(0, len(sorted_ids) - 1)
+            keep[order[at[sorted_ids[at] == members]]] = True
+        return keep
 
     def _bit_pass(self, vector: Sequence[float], k: int, members: Any) -> list[tuple[int, float]] | None:
-        """Return the `k` best by the bit pass and rescoring (of `members` only, unless None); None when the exact
+        """Return the `k` best by the list index and rescoring (of `members` only, unless None); None when the exact
         scan must settle it."""
         import numpy as np
 
-        from . import bits
-
         t0 = time.perf_counter()
-        blocks = self._bits()
+        index = self._bits()
         t1 = time.perf_counter()
-        if blocks is None:
+        if index is None:
             return None
-        keep = None
-        if members is not None:
-            # The side file holds its rows in id order (built and appended so), so each member is found by bisection.
-            ids, ordered = self._row_ids(blocks)
-            if not ordered:
-                keep = np.flatnonzero(np.isin(ids, members))
-            else:
-                keep = np.searchsorted(ids, members).clip(0, max(len(ids) - 1, 0))
-                keep = np.unique(keep[ids[keep] == members] if len(ids) else keep[:0])
-        rows = sum(len(ids) for ids, _ in blocks) if keep is None else len(keep)
-        n = min(MAX_CANDIDATES, max(MIN_CANDIDATES, OVERSAMPLE * k))
-        centre = self._side.centre
+        keep = None if members is None else self._kept(index, members)
+        rows = len(index) if keep is None else int(np.count_nonzero(keep))
+        n = min(MAX_CANDIDATES, max(MIN_CANDIDATES, OVERSAMPLE * k)) // 2
+        query = _unit(vector)
         while True:
             parts: dict[str, float] = {}
-            positions = bits.candidates(blocks, vector, centre, n, keep, parts)
-            candidates = bits.ids_at(blocks, positions).tolist()
+            positions = index.candidates(query, n, keep, parts)
+            candidates = index.ids()[positions].tolist()
             t4 = time.perf_counter()
             found, matrix = self._read(candidates, active_only=True) if candidates else (np.empty(0), None)
-            top = best(found, cosines(matrix, _unit(vector)), k) if len(found) else []
-            self.timings = {"state_ms": 1000 * (t1 - t0), "bit_scan_ms": parts["scan_ms"],
-                            "top_n_ms": parts["rerank_ms"], "rescore_ms": 1000 * (time.perf_counter() - t4)}
+            top = best(found, cosines(matrix, query), k) if len(found) else []
+            self.timings = {"state_ms": 1000 * (t1 - t0), "bit_scan_ms": parts.get("scan_ms", 0.0),
+                            "top_n_ms": parts.get("rerank_ms", 0.0), "rescore_ms": 1000 * (time.perf_counter() - t4)}
             # Held and retired memories (and, unscoped, every scope's) are among the candidates too; when they crowd
             # out the ones asked for, more candidates are looked at, and past MAX_CANDIDATES the exact scan settles it.
             if len(top) >= k or len(candidates) >= rows:
                 return top
-            if n >= MAX_CANDIDATES:
+            if 2 * n >= MAX_CANDIDATES:
                 return None
-            n = min(MAX_CANDIDATES, 8 * n)
+            n = min(MAX_CANDIDATES // 2, 8 * n)
 
     def _active_rows(self, with_scope: bool = False) -> Any:
         """Return a cursor over (memory id, blob[, scope]) of the active memories' vectors."""
