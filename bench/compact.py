@@ -6,8 +6,9 @@ The memories are MiniLM embeddings of the real tasks in ../shared/data (ALFWorld
 padded to each size with pairwise mixes of them (a task plus 0.3 of another, renormalised); the queries are real
 tasks held out of the memories. A result counts when its float32 cosine is at least the exact 5th best's (less 1e-5):
 ties between near-identical tasks are not misses. int8 keeps one scale per vector (its largest component -> 127).
-`bits` is the store's bit pass (store/bits.py: sign bits about the centre of the first 16,384 rows, the candidates
-it keeps rescored in float32), for the held-out tasks and for bench/quality's paraphrases (`bits_paraphrases`).
+`bits` is the store's list probe (store/lists.py: the rows of the lists nearest the query, ranked by their two bit
+codes, the best 200 rescored in float32), for the held-out tasks and for bench/quality's paraphrases
+(`bits_paraphrases`).
 """
 
 from __future__ import annotations
@@ -41,20 +42,21 @@ def recall_at_5(exact: Any, approx: Any, queries: Any) -> float:
 
 
 def bit_pass_recall(exact: Any, queries: Any, candidates: int = 200) -> float:
-    """Return the mean recall@5 of the store's bit pass (its `candidates` rescored exactly) against float32."""
+    """Return the mean recall@5 of the store's list probe (its `candidates` rescored exactly) against float32."""
     import numpy as np
 
-    from memp_cli.store import bits
-    from memp_cli.store.bitfile import BLOCK, CHUNK
+    from memp_cli.store import lists
 
-    centre = exact[:CHUNK].mean(axis=0)
-    blocks = [(np.arange(s, min(len(exact), s + BLOCK)), np.ascontiguousarray(bits.codes(exact[s : s + BLOCK], centre).T))
-              for s in range(0, len(exact), BLOCK)]
+    # As a side file's rebuild makes it: a fit from a sample spread over the rows, every row in its list.
+    step = max(1, len(exact) // (lists.SAMPLE_PER_LIST * lists.list_count(len(exact))))
+    fitted = lists.fit(exact[::step], len(exact)) if len(exact) >= lists.FIT_MIN else lists.origin(exact.shape[1], 0)
+    rows, offsets = lists.ordered_rows(lists.encode(np.arange(len(exact)), exact, fitted), len(fitted.centroids))
+    index = lists.Index(rows, len(rows), offsets, fitted)
     hits = 0
     for q in queries:
         sims = exact @ q
         fifth = -np.partition(-sims, 4)[4]
-        found = bits.candidates(blocks, q, centre, candidates)
+        found = index.ids()[index.candidates(q, candidates // 2)]
         top = found[np.argsort(-sims[found])[:5]]
         hits += int(np.sum(sims[top] >= fifth - 1e-5))
     return hits / (5 * len(queries))

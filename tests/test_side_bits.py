@@ -223,3 +223,67 @@ def test_a_concurrent_writer_and_reader_keep_the_side_file_consistent(tmp_path: 
     final: Any = open_store(path)
     assert final.check()["ok"]
     assert [final.vectors.nearest(vectors[n].tolist(), 1, exact=False)[0][0] for n in (0, 999, 1499)] == [1, 1000, 1500]
+
+
+def test_scoped_searches_through_the_lists_keep_to_their_scope(tmp_path: Path, monkeypatch) -> None:
+    from memp_cli.store import lists
+    from memp_cli.store import vectors as vectors_module
+
+    monkeypatch.setattr(vectors_module, "QUANTIZED_ABOVE", 5)  # scopes this small take the list probe too
+    monkeypatch.setattr(lists, "FIT_MIN", 256)
+    monkeypatch.setattr(lists, "PROBE_ROWS", 200)
+    rng = np.random.default_rng(11)
+    # 40 clusters of 30; scope "few" holds 6 memories of one far cluster, scope "spread" every 10th memory.
+    centres = rng.standard_normal((40, 32)).astype(np.float32)
+    vectors = centres[np.arange(1200) % 40] + 0.3 * rng.standard_normal((1200, 32)).astype(np.float32)
+    items = _items(vectors)
+    for n, item in enumerate(items):
+        item.scope = "few" if n % 40 == 7 and n < 240 else "spread" if n % 10 == 0 else "rest"
+    store: Any = open_store(tmp_path / "memp.db")
+    store.memories.add(items, "memp-minilm")
+    assert len(store.vectors._bits().fitted.centroids) > lists.PROBES
+    for q in vectors[:40:3]:
+        for scope in ("few", "spread"):
+            probed = store.vectors.nearest(q.tolist(), 5, exact=False, scopes=[scope])
+            exact = store.vectors.nearest(q.tolist(), 5, exact=True, scopes=[scope])
+            assert len(probed) == 5 and {i for i, _ in probed} <= {m.id for m in store.memories.list(scopes=[scope])}
+            assert [round(s, 4) for _, s in probed] == [round(s, 4) for _, s in exact]
+
+
+def test_rows_appended_past_the_tail_share_are_sorted_in_by_a_rebuild_keeping_the_fit(tmp_path: Path,
+                                                                                      monkeypatch) -> None:
+    from memp_cli.store import bitfile, lists
+
+    monkeypatch.setattr(lists, "FIT_MIN", 256)
+    monkeypatch.setattr(bitfile, "TAIL_MIN", 100)
+    rng = np.random.default_rng(13)
+    vectors = rng.standard_normal((2000, 32)).astype(np.float32)
+    path = tmp_path / "memp.db"
+    store: Any = open_store(path)
+    store.memories.add(_items(vectors[:1000]), "memp-minilm")
+    store.close()
+    first = bitfile.read_header(bitfile.side_path(path))
+    assert first is not None and first.ordered == first.count == 1000 and first.lists == lists.list_count(1000)
+    for start, stop in ((1000, 1090), (1090, 1200), (1200, 2000)):
+        writer: Any = open_store(path)
+        writer.memories.add(_items(vectors[start:stop], start=start), "memp-minilm")
+        writer.close()
+        header = bitfile.read_header(bitfile.side_path(path))
+        assert header is not None and header.count == stop
+        if stop == 1090:  # 90 appended: within TAIL_MIN, caught up in place, looked at by their lists
+            assert (header.ordered, header.fit_crc) == (1000, first.fit_crc) and writer.vectors.side_file.rebuilt == 0
+        elif stop == 1200:  # 200 appended: a rebuild sorts them in, with the same fit (1,200 < 4 x 1,000)
+            assert header.ordered == 1200 and writer.vectors.side_file.rebuilt == 1
+            assert (header.fit_count, header.lists) == (1000, first.lists)
+        else:  # 2,000 is under 4 x 1,000 still: the same fit again
+            assert header.ordered == 2000 and header.fit_count == 1000
+        reader: Any = open_store(path)
+        for n in (0, start, stop - 1):
+            assert reader.vectors.nearest(vectors[n].tolist(), 1, exact=False)[0][0] == n + 1
+        assert reader.check()["ok"]
+    # Four times the vectors of the fit: the next rebuild makes a fit afresh.
+    grown: Any = open_store(path)
+    grown.memories.add(_items(rng.standard_normal((2500, 32)).astype(np.float32), start=2000), "memp-minilm")
+    grown.close()
+    header = bitfile.read_header(bitfile.side_path(path))
+    assert header is not None and header.fit_count == 4500 and header.lists == lists.list_count(4500)

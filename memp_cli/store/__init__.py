@@ -2,7 +2,7 @@
 
     store = open_store(path)
     store.memories.get(7)                   # trajectories, memories, versions, retirement (memories.py)
-    store.vectors.nearest(vector, k=3)      # the task vectors and their search (vectors.py, bits.py, bitfile.py)
+    store.vectors.nearest(vector, k=3)      # the task vectors and their search (vectors.py, lists.py, bitfile.py)
     store.log.record_outcome(...)           # recalls and outcomes (log.py)
     store.keywords.full_text(["nginx"], 5)  # AveFact keywords and FTS5 (keywords.py)
     store.settings.get("update_policy")     # settings and the embedding model record (settings.py)

@@ -310,15 +310,15 @@ def vector_problems(conn: Any, store_path: Path, vectors: int, dim: int) -> list
     if header is None or found is None or not header.holds(state, dim, inode) or len(raw) < header.file_bytes():
         return problems  # stale or foreign: never trusted, rebuilt at the next search
     held = np.frombuffer(raw, dtype=lists.record_dtype(dim), count=header.count, offset=header.rows_start())
-    stored: dict[int, Any] = {}
-    for ids, chunk in read_vectors(conn, dim):
-        stored.update(zip(ids.tolist(), lists.encode(ids, chunk, found[0])))
-
-    def differs(row: Any) -> bool:
-        mine = stored.get(int(row["id"]))
-        return mine is None or bool(mine["list"] != row["list"]) or bool((mine["codes"] != row["codes"]).any())
-
-    wrong = sum(1 for row in held if differs(row))
+    # Every stored vector's row made afresh under the file's fit, matched to the held rows by id.
+    made = [lists.encode(ids, chunk, found[0]) for ids, chunk in read_vectors(conn, dim)]
+    fresh: Any = np.concatenate(made) if made else np.empty(0, dtype=held.dtype)
+    at = np.searchsorted(fresh["id"], held["id"]).clip(0, max(len(fresh) - 1, 0))
+    same = np.zeros(len(held), dtype=bool)
+    if len(fresh):
+        same = (fresh["id"][at] == held["id"]) & (fresh["list"][at] == held["list"]) & (
+            fresh["codes"][at] == held["codes"]).all(axis=1)
+    wrong = int(np.count_nonzero(~same))
     if len(held) != vectors:
         problems.append(f"the side file {path.name} holds {len(held)} vectors, not {vectors}")
     if wrong:

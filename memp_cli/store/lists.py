@@ -188,12 +188,14 @@ class Index:
         if len(pos) > n:
             chosen = self.rows[pos]
             words = chosen["codes"].shape[1] // 2
-            mix = bits.mixing(len(q))
             wide = bits.asymmetric(chosen["codes"][:, :words], bits.project(q, self.fitted.centre)[0])
-            turned = q @ mix
-            residual = near[chosen["list"]] + chosen["scale"] * (
-                2 * bits.asymmetric(chosen["codes"][:, words:], turned) - turned.sum())
-            pick = np.union1d(np.argpartition(-residual, n - 1)[:n], np.argpartition(-wide, n - 1)[:n])
+            if lists == 1:  # one list about the origin: the residual code is the global one, so 2n by it
+                pick = np.argpartition(-wide, min(len(pos), 2 * n) - 1)[: 2 * n]
+            else:
+                turned = q @ bits.mixing(len(q))
+                residual = near[chosen["list"]] + chosen["scale"] * (
+                    2 * bits.asymmetric(chosen["codes"][:, words:], turned) - turned.sum())
+                pick = np.union1d(np.argpartition(-residual, n - 1)[:n], np.argpartition(-wide, n - 1)[:n])
             pos = pos[pick]
         if timings is not None:
             timings["scan_ms"] = 1000 * (scanned - started)

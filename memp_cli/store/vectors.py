@@ -1,4 +1,4 @@
-"""The vector index: each memory's task vector stored once (float16), its sign bits in a side file, and the search.
+"""The vector index: each memory's task vector stored once (float16), its list and bit codes in a side file, the search.
 
 Vectors are kept as float16 (768 bytes at 384 dimensions, half of float32): on MiniLM embeddings of the real tasks
 in ../shared/data, the top 5 by float16 cosine are the float32 top 5 (recall@5 1.000 at 1.3k, 100k and 1M
@@ -6,9 +6,9 @@ memories, `bench/compact.py`), where int8 with a scale per vector fell to 0.988 
 are computed in numpy, on the vectors read by id (rescoring, similarities) or streamed (the exact scan, below
 QUANTIZED_ABOVE, scan.py). Scoped searches read the scopes' active ids from idx_memories_scope_status and keep to
 them: the bit pass scans only their bits, and a small scope's exact scan reads only its rows.
-From QUANTIZED_ABOVE memories on, the search first scans the sign bits, memory-mapped from the side file
-`<store>-bits` (bitfile.py), re-ranks the nearest by the query's components against their bits (bits.candidates),
-and rescores the best candidates with their stored vectors.
+From QUANTIZED_ABOVE memories on, the search first looks at the rows of the lists nearest the query, memory-mapped from
+the side file `<store>-bits` (bitfile.py), ranks them by the query's components against their two bit codes
+(lists.Index.candidates), and rescores the best candidates with their stored vectors.
 """
 
 from __future__ import annotations
@@ -143,17 +143,20 @@ class SqliteVectors:
         return [float(x) for x in decode([row[0]], len(row[0]) // 2)[0]]
 
     def _read(self, memory_ids: Sequence[int], active_only: bool) -> tuple[Any, Any]:
-        """Return (ids, float32 matrix) of the stored vectors of these memories."""
+        """Return (ids, float32 matrix) of the stored vectors of these memories (the active ones, if `active_only`)."""
         import numpy as np
 
         marks = ",".join("?" * len(memory_ids))
-        join = "JOIN memories m ON m.id = v.memory_id AND m.status = 'active' " if active_only else ""
         cursor = self._conn.cursor()
         cursor.row_factory = None
         rows = cursor.execute(
-            f"SELECT v.memory_id, v.embedding FROM {FLOAT_TABLE} v {join}WHERE v.memory_id IN ({marks})",
-            list(memory_ids),
+            f"SELECT memory_id, embedding FROM {FLOAT_TABLE} WHERE memory_id IN ({marks})", list(memory_ids)
         ).fetchall()
+        if active_only and rows:
+            # Two look-ups by id, not a join: the vectors, then which are active (0.4 ms for 200 at 1M, not 0.7).
+            active = {r[0] for r in cursor.execute(
+                f"SELECT id FROM memories WHERE id IN ({marks}) AND status = 'active'", list(memory_ids))}
+            rows = [r for r in rows if r[0] in active]
         dim = self._dim()
         ids = np.fromiter((r[0] for r in rows), dtype=np.int64, count=len(rows))
         return ids, decode([r[1] for r in rows], dim) if rows else np.zeros((0, dim), dtype=np.float32)
