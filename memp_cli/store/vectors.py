@@ -249,11 +249,13 @@ class SqliteVectors:
             return None
         keep = None if members is None else self._kept(index, members)
         rows = len(index) if keep is None else int(np.count_nonzero(keep))
-        n = min(MAX_CANDIDATES, max(MIN_CANDIDATES, OVERSAMPLE * k)) // 2
+        n = min(MAX_CANDIDATES, max(MIN_CANDIDATES, OVERSAMPLE * k))
         query = _unit(vector)
         while True:
             parts: dict[str, float] = {}
-            positions = index.candidates(query, n, keep, parts)
+            # The best 3/4 n by each of the two codes: up to 1.5 n rescored (at 1M, on paraphrases, 0.89 -> 0.91
+            # of the exact top 5 over the best n/2 by each).
+            positions = index.candidates(query, 3 * n // 4, keep, parts)
             candidates = index.ids()[positions].tolist()
             t4 = time.perf_counter()
             found, matrix = self._read(candidates, active_only=True) if candidates else (np.empty(0), None)
@@ -264,9 +266,9 @@ class SqliteVectors:
             # out the ones asked for, more candidates are looked at, and past MAX_CANDIDATES the exact scan settles it.
             if len(top) >= k or len(candidates) >= rows:
                 return top
-            if 2 * n >= MAX_CANDIDATES:
+            if n >= MAX_CANDIDATES:
                 return None
-            n = min(MAX_CANDIDATES // 2, 8 * n)
+            n = min(MAX_CANDIDATES, 8 * n)
 
     def _active_rows(self, with_scope: bool = False) -> Any:
         """Return a cursor over (memory id, blob[, scope]) of the active memories' vectors."""
