@@ -8,8 +8,8 @@ past --real-limit memories, copies made inside SQLite) and measures:
 
 - `memp recall` as a fresh process, end to end: median and p95 of --runs runs, and its peak RSS;
 - the vector search alone, in process: median and p95, recall@5 against an exact float32 scan, where its time goes
-  (side-file state check, bit scan, top-n, rescore), the first search with the store's pages out of the page cache,
-  and the recall log's write;
+  (side-file state check, choosing the lists' rows, ranking them by their codes, rescore), the first search with the
+  store's pages out of the page cache, and the recall log's write;
 - the peers on the same vectors where installed (numpy memmap flat scan, FAISS flat, chroma), and memp's ratio;
 - batch recall throughput (`memp recall -`, queries per second, start-up included);
 - ingest throughput with the offline distiller (trajectories per second) and store bytes per memory;
@@ -321,9 +321,9 @@ def table(rows: list[dict[str, Any]], ingest: dict[str, Any], help_ms: float, in
     line("search in process ms (p50 / p95)",
          lambda r: f"{r['search']['default']['ms_median']:.2f} / {r['search']['default']['ms_p95']:.2f}")
     line("recall@5 vs exact float32", lambda r: f"{r['search']['default']['recall_at_5']:.3f}")
-    line("bit pass + rescore: ms p50, recall@5",
+    line("list probe + rescore: ms p50, recall@5",
          lambda r: f"{r['search']['binary']['ms_median']:.2f}, {r['search']['binary']['recall_at_5']:.3f}")
-    line("  of it: state / bit scan / top-n / rescore, ms", lambda r: " / ".join(
+    line("  of it: state / lists / ranking by the codes / rescore, ms", lambda r: " / ".join(
         f"{v:.2f}" for v in r["search"]["binary"]["parts_ms_median"].values()))
     line("first search, store out of page cache, ms", lambda r: f"{r['search']['cold_first_ms']:.0f}")
     line("recall log write, ms p50", lambda r: f"{r['search']['log_write_ms_median']:.2f}")
