@@ -30,6 +30,13 @@ def _items(vectors: Any, start: int = 0) -> list[NewMemory]:
     ]
 
 
+def _written(path: Path, vectors: Any, start: int = 0) -> None:
+    """Store memories of these vectors at `path` and close the store (which brings its side file up to date)."""
+    store: Any = open_store(path)
+    store.memories.add(_items(vectors, start=start), "memp-minilm")
+    store.close()
+
+
 @pytest.fixture(scope="module")
 def real() -> tuple[Any, Any]:
     """Return (memory vectors, query vectors): MiniLM embeddings of real tasks, and pairwise mixes of them."""
@@ -159,9 +166,7 @@ def test_a_write_without_its_append_is_caught_up_by_the_next_reader(tmp_path: Pa
     rng = np.random.default_rng(5)
     vectors = rng.standard_normal((1200, 32)).astype(np.float32)
     path = tmp_path / "memp.db"
-    store: Any = open_store(path)
-    store.memories.add(_items(vectors[:1000]), "memp-minilm")
-    store.close()  # the writer brings the side file up to date as it closes
+    _written(path, vectors[:1000])  # the writer brings the side file up to date as it closes
     assert bitfile.Header.unpack(bitfile.side_path(path).read_bytes()[:4096]).count == 1000  # type: ignore[union-attr]
     # A writer that dies between its commit and the append (it never closes): the file is behind by its rows.
     crashed: Any = open_store(path)
@@ -185,9 +190,7 @@ def test_a_concurrent_writer_and_reader_keep_the_side_file_consistent(tmp_path: 
     rng = np.random.default_rng(9)
     vectors = rng.standard_normal((1500, 32)).astype(np.float32)
     path = tmp_path / "memp.db"
-    seed: Any = open_store(path)
-    seed.memories.add(_items(vectors[:1000]), "memp-minilm")
-    seed.close()
+    _written(path, vectors[:1000])
     written: list[int] = []  # memory ids committed so far, in order
     failures: list[str] = []
     done = threading.Event()
@@ -259,9 +262,7 @@ def test_rows_appended_past_the_tail_share_are_sorted_in_by_a_rebuild_keeping_th
     rng = np.random.default_rng(13)
     vectors = rng.standard_normal((2000, 32)).astype(np.float32)
     path = tmp_path / "memp.db"
-    store: Any = open_store(path)
-    store.memories.add(_items(vectors[:1000]), "memp-minilm")
-    store.close()
+    _written(path, vectors[:1000])
     first = bitfile.read_header(bitfile.side_path(path))
     assert first is not None and first.ordered == first.count == 1000 and first.lists == lists.list_count(1000)
     for start, stop in ((1000, 1090), (1090, 1200), (1200, 2000)):
@@ -282,8 +283,6 @@ def test_rows_appended_past_the_tail_share_are_sorted_in_by_a_rebuild_keeping_th
             assert reader.vectors.nearest(vectors[n].tolist(), 1, exact=False)[0][0] == n + 1
         assert reader.check()["ok"]
     # Four times the vectors of the fit: the next rebuild makes a fit afresh.
-    grown: Any = open_store(path)
-    grown.memories.add(_items(rng.standard_normal((2500, 32)).astype(np.float32), start=2000), "memp-minilm")
-    grown.close()
+    _written(path, rng.standard_normal((2500, 32)).astype(np.float32), start=2000)
     header = bitfile.read_header(bitfile.side_path(path))
     assert header is not None and header.fit_count == 4500 and header.lists == lists.list_count(4500)
