@@ -237,8 +237,9 @@ class SideBits:
                              header.ordered, header.lists, header.fit_count, header.fit_crc).pack(), 0)
         return True
 
-    def _rows(self, count: int, fitted: lists.Fit) -> tuple[Any, Any, int]:
-        """Return every stored vector's row sorted by list, the lists' offsets, and the largest id."""
+    def _rows(self, count: int, fitted: lists.Fit) -> tuple[Any, Any, Any, int]:
+        """Return every stored vector's row (in id order), the order that sorts them by list, the lists' offsets in
+        that order, and the largest id."""
         import numpy as np
 
         rows = np.empty(count, dtype=lists.record_dtype(self._dim))
@@ -249,13 +250,13 @@ class SideBits:
             rows[filled : filled + len(ids)] = lists.encode(ids, vectors, fitted)
             filled += len(ids)
             max_id = int(ids[-1])
-        ordered, offsets = lists.ordered_rows(rows[:filled], len(fitted.centroids))
-        return ordered, offsets, max_id
+        order, offsets = lists.list_order(rows[:filled], len(fitted.centroids))
+        return rows[:filled], order, offsets, max_id
 
     def _rebuild(self, state: VectorState, inode: int, old: lists.Fit | None) -> None:
         """Write the whole file afresh from the store's vectors, and rename it into place."""
         fitted = new_fit(self._conn, self._dim, state.count, old)
-        rows, offsets, max_id = self._rows(state.count, fitted)
+        rows, order, offsets, max_id = self._rows(state.count, fitted)
         fit = pack_fit(fitted, offsets)
         tmp = self.path.with_name(f"{self.path.name}.{os.getpid()}.tmp")
         fd = os.open(tmp, os.O_RDWR | os.O_CREAT | os.O_TRUNC, 0o600)
@@ -263,8 +264,8 @@ class SideBits:
             start = rows_start(self._dim, len(fitted.centroids))
             os.ftruncate(fd, start + rows.nbytes)
             os.pwrite(fd, fit, HEADER_BYTES)
-            for at in range(0, len(rows), 65536):
-                os.pwrite(fd, rows[at : at + 65536].tobytes(), start + at * rows.dtype.itemsize)
+            for at in range(0, len(rows), 65536):  # in list order, a slice at a time: no sorted copy of them all
+                os.pwrite(fd, rows[order[at : at + 65536]].tobytes(), start + at * rows.dtype.itemsize)
             # The header holds what was read: a count in `meta` that disagrees leaves the file unmatched, so the
             # search goes on in memory from the same rows rather than trusting it.
             os.pwrite(fd, Header(self._dim, inode, state.generation, state.removals, len(rows), max_id, state.token,
@@ -283,8 +284,8 @@ class SideBits:
             state = read_state(self._conn)
             assert state is not None
             fitted = new_fit(self._conn, self._dim, state.count, None)
-            rows, offsets, _ = self._rows(state.count, fitted)
-        index = lists.Index(rows, len(rows), offsets, fitted)
+            rows, order, offsets, _ = self._rows(state.count, fitted)
+        index = lists.Index(rows[order], len(rows), offsets, fitted)
         self._memory = (state, index)
         return index
 

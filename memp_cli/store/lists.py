@@ -203,10 +203,16 @@ class Index:
         return pos
 
 
-def ordered_rows(rows: Any, lists: int) -> tuple[Any, Any]:
-    """Return rows sorted by list (then as they came) and the offsets of each list's first row."""
+def list_order(rows: Any, lists: int) -> tuple[Any, Any]:
+    """Return the order that sorts rows by list (then as they came), and the offsets of each list's first row then."""
     import numpy as np
 
     order = np.argsort(rows["list"], kind="stable")
-    out = rows[order]
-    return out, np.searchsorted(out["list"], np.arange(lists + 1)).astype(np.int64)
+    counts = np.bincount(rows["list"], minlength=lists)
+    return order, np.concatenate([[0], np.cumsum(counts)]).astype(np.int64)
+
+
+def ordered_rows(rows: Any, lists: int) -> tuple[Any, Any]:
+    """Return rows sorted by list (then as they came) and the offsets of each list's first row."""
+    order, offsets = list_order(rows, lists)
+    return rows[order], offsets
