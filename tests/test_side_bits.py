@@ -286,3 +286,22 @@ def test_rows_appended_past_the_tail_share_are_sorted_in_by_a_rebuild_keeping_th
     _written(path, rng.standard_normal((2500, 32)).astype(np.float32), start=2000)
     header = bitfile.read_header(bitfile.side_path(path))
     assert header is not None and header.fit_count == 4500 and header.lists == lists.list_count(4500)
+
+
+def test_where_the_side_file_cannot_be_written_its_rows_are_held_in_memory(tmp_path: Path, monkeypatch) -> None:
+    from memp_cli.store import lists
+
+    monkeypatch.setattr(lists, "FIT_MIN", 256)
+    rng = np.random.default_rng(17)
+    vectors = rng.standard_normal((1500, 32)).astype(np.float32)
+    path = tmp_path / "memp.db"
+    bitfile.side_path(path).mkdir()  # a folder where the file would be: it cannot be opened for writing
+    store: Any = open_store(path)
+    store.memories.add(_items(vectors), "memp-minilm")
+    for n in (0, 700, 1499):
+        assert store.vectors.nearest(vectors[n].tolist(), 3, exact=False) == store.vectors.nearest(
+            vectors[n].tolist(), 3, exact=True)
+    index = store.vectors._bits()
+    assert len(index) == 1500 and len(index.fitted.centroids) == lists.list_count(1500)
+    assert (np.diff(index.rows["list"]) >= 0).all()  # held in list order, as a rebuilt file holds them
+    assert bitfile.side_path(path).is_dir() and not any(bitfile.side_path(path).iterdir())

@@ -18,6 +18,7 @@ fit is made afresh when the store has grown four times past it (or shrunk to a q
 from __future__ import annotations
 
 import os
+import stat
 import zlib
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -133,9 +134,12 @@ class SideBits:
             return False
         try:
             st = os.fstat(fd)
-            if st.st_size < HEADER_BYTES:
+            if st.st_size < HEADER_BYTES or not stat.S_ISREG(st.st_mode):
+                return False  # too short to hold a header, or no file (a folder, a device)
+            try:
+                self._map = mmap.mmap(fd, st.st_size, prot=mmap.PROT_READ)
+            except (OSError, ValueError):
                 return False
-            self._map = mmap.mmap(fd, st.st_size, prot=mmap.PROT_READ)
             self._mapped = (st.st_ino, st.st_size)
             self._viewed = None
             return True
