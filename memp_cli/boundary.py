@@ -60,10 +60,11 @@ class Redactor:
             return [self.value(v) for v in data]
         return data
 
-    def trajectory(self, traj: Trajectory) -> Trajectory:
-        """Return the trajectory with its task, every step's fields and every string in its metadata redacted."""
+    def trajectory(self, traj: Trajectory, stored: str | None = None) -> Trajectory:
+        """Return the trajectory with its task, every step's fields and every string in its metadata redacted
+        (`stored`: its `_stored_text`, when the caller has it already)."""
         # One look over the whole run first: most runs hold nothing any rule looks for.
-        if not secrets.spans(_stored_text(traj), self._extra):
+        if not secrets.spans(_stored_text(traj) if stored is None else stored, self._extra):
             return traj
         before = self.masked
         steps = [Step(self.text(s.action) or "", self.text(s.thought), self.text(s.observation)) for s in traj.steps]
@@ -112,8 +113,10 @@ class Checked:
 
 def prepare(traj: Trajectory, redactor: Redactor | None) -> Prepared:
     """Return the trajectory redacted by `redactor` (None: as it is, for --no-redact) and the guard's verdict."""
-    clean = redactor.trajectory(traj) if redactor is not None else traj
-    return Prepared(clean, flag(_stored_text(clean)))
+    text = _stored_text(traj)
+    clean = redactor.trajectory(traj, text) if redactor is not None else traj
+    # The guard reads what is stored: the redacted texts, the same as read when nothing was masked.
+    return Prepared(clean, flag(text if clean is traj else _stored_text(clean)))
 
 
 def check_text(text: str, redactor: Redactor | None) -> Checked:

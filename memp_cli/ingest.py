@@ -7,9 +7,9 @@ import json
 import pickle
 import tempfile
 from collections import deque
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Generator, Iterator, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
-from contextlib import contextmanager, nullcontext
+from contextlib import closing, contextmanager, nullcontext
 from dataclasses import replace
 from pathlib import Path
 from typing import IO
@@ -166,7 +166,8 @@ def _ingest(
             return report
         spool.seek(0)
         try:
-            _store_pass(store, _spooled(spool), keep, embed_id, options, on_progress, warn, report, redactor)
+            with closing(_ahead(_spooled(spool))) as spooled:
+                _store_pass(store, spooled, keep, embed_id, options, on_progress, warn, report, redactor)
         except Exception as exc:
             if not _disk_full(exc):
                 raise
@@ -270,6 +271,16 @@ def _spooled(spool: IO[bytes]) -> Iterator[ReadBatch]:
             yield pickle.load(spool)  # this process wrote it, to a file only its owner can read
         except EOFError:
             return
+
+
+def _ahead(items: Iterator[ReadBatch], depth: int = 2) -> Generator[ReadBatch, None, None]:
+    """Yield `items` in order, the next `depth` of them taken on a thread meanwhile: a batch is unpickled while the
+    one before is written (SQLite lets go of the GIL while it works), so the store pass keeps a second core busy."""
+    with ThreadPoolExecutor(1, thread_name_prefix="memp-spool") as reader:
+        pending: deque[Future[ReadBatch | None]] = deque(reader.submit(next, items, None) for _ in range(depth))
+        while (item := pending.popleft().result()) is not None:
+            pending.append(reader.submit(next, items, None))
+            yield item
 
 
 def _store_pass(
