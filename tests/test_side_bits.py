@@ -305,3 +305,43 @@ def test_where_the_side_file_cannot_be_written_its_rows_are_held_in_memory(tmp_p
     assert len(index) == 1500 and len(index.fitted.centroids) == lists.list_count(1500)
     assert (np.diff(index.rows["list"]) >= 0).all()  # held in list order, as a rebuilt file holds them
     assert bitfile.side_path(path).is_dir() and not any(bitfile.side_path(path).iterdir())
+
+
+def test_a_count_in_meta_that_disagrees_is_rebuilt_once_and_a_killed_rebuild_leaves_no_file(tmp_path: Path) -> None:
+    import sqlite3
+
+    rng = np.random.default_rng(19)
+    vectors = rng.standard_normal((1200, 32)).astype(np.float32)
+    path = tmp_path / "memp.db"
+    _written(path, vectors)
+    # What a rebuild killed before its rename leaves behind: the next rebuild writes over it and renames it in.
+    bitfile.side_path(path).with_name("memp.db-bits.tmp").write_bytes(b"half a file")
+    with sqlite3.connect(path) as conn:  # a write behind memp's back: the count no longer matches the rows
+        conn.execute("UPDATE meta SET value = CAST(value AS INTEGER) + 1 WHERE key = 'vectors_count'")
+    store: Any = open_store(path)
+    for n in (0, 600, 1199):
+        assert store.vectors.nearest(vectors[n].tolist(), 1, exact=False)[0][0] == n + 1
+    assert store.vectors.side_file.rebuilt == 1  # not once a search
+    assert "the vector count in meta is 1201, not 1200" in store.check()["problems"]
+    assert sorted(p.name for p in tmp_path.iterdir() if p.name.startswith("memp.db-bits")) == ["memp.db-bits"]
+
+
+def test_check_allows_rounding_and_nothing_more() -> None:
+    from memp_cli.store import bits, lists
+
+    rng = np.random.default_rng(23)
+    vectors = rng.standard_normal((5000, 64)).astype(np.float32)
+    fitted = lists.fit(vectors[::2], len(vectors))
+    row = lists.encode([7], vectors[:1], fitted)[0]
+    assert lists.matches(row, vectors[0], fitted)
+    part = (vectors[0] - fitted.centre) @ bits.mixing(64)
+    for component, expected in ((int(np.argmin(np.abs(part))), None), (int(np.argmax(np.abs(part))), False)):
+        flipped = row.copy()
+        flipped["codes"][component // 64] ^= np.uint64(1) << np.uint64(component % 64)
+        # The smallest component: a flip there is rounding only when it is within the tolerance of zero.
+        want = bool(abs(part[component]) <= 1e-5) if expected is None else expected
+        assert lists.matches(flipped, vectors[0], fitted) is want
+        assert lists.matches(flipped, vectors[0], fitted, tolerance=abs(float(part[component])) + 1e-6)
+    other = row.copy()
+    other["list"] = (int(row["list"]) + 1) % len(fitted.centroids)  # another list: far from a tie
+    assert not lists.matches(other, vectors[0], fitted)

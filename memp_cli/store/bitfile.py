@@ -11,8 +11,9 @@ file renamed into place, so processes that mapped the old one keep a consistent 
 outside transactions, from a committed snapshot: a crash between a commit and the append leaves a file that is behind,
 which the next reader catches up. Where the folder cannot be written, the rows are held in memory instead.
 
-A rebuild sorts the rows by list; rows appended later keep to the same fit and are looked at by their list too. The
-fit is made afresh when the store has grown four times past it (or shrunk to a quarter), else kept.
+A rebuild sorts the rows by list; rows appended later keep to the same fit and are looked at by their list too. A
+rebuild keeps the fit of the same store (its token) while the store holds a quarter to four times the vectors it was
+made at and stays on the same side of lists.FIT_MIN; else it makes one afresh (bitlayout.new_fit).
 """
 
 from __future__ import annotations
@@ -179,6 +180,7 @@ class SideBits:
             fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o600)
         except OSError:
             return self._in_memory()
+        state: VectorState | None = None
         try:
             fcntl.flock(fd, fcntl.LOCK_EX)
             try:
@@ -200,11 +202,16 @@ class SideBits:
                     kept = old[0] if old is not None and header is not None and header.token == state.token else None
                     self._rebuild(state, inode, kept)
         except OSError:
-            return self._in_memory()
+            state = None  # held in memory instead, once the lock is released
         finally:
             os.close(fd)  # closing releases the lock
-        if not self._remap() or (header := self._current_header()) is None or (found := self._views(header)) is None:
+        if state is None or not self._remap() or (header := self._current_header()) is None or (
+                found := self._views(header)) is None:
             return self._in_memory()
+        if not header.holds(state, self._dim, inode):
+            # The count in `meta` disagrees with the rows (a write made behind memp's back): the file holds the rows
+            # read, which this process keeps using at this state rather than rebuilding the file at every search.
+            self._memory = (state, found)
         return found
 
     def _read_fit(self, fd: int, header: Header | None) -> tuple[lists.Fit, Any] | None:
@@ -237,6 +244,7 @@ class SideBits:
             max_id = int(ids[-1])
         if count != state.count:
             return False  # rows went missing or came in below the file's largest id: rebuild
+        os.fsync(fd)  # the rows on disk before the header that covers them (a power loss leaves the file behind)
         os.pwrite(fd, Header(self._dim, inode, state.generation, state.removals, count, max_id, state.token,
                              header.ordered, header.lists, header.fit_count, header.fit_crc).pack(), 0)
         return True
@@ -262,7 +270,8 @@ class SideBits:
         fitted = new_fit(self._conn, self._dim, state.count, old)
         rows, order, offsets, max_id = self._rows(state.count, fitted)
         fit = pack_fit(fitted, offsets)
-        tmp = self.path.with_name(f"{self.path.name}.{os.getpid()}.tmp")
+        # One name: writers take turns under the lock, and a rebuild killed midway leaves a file the next one reuses.
+        tmp = self.path.with_name(f"{self.path.name}.tmp")
         fd = os.open(tmp, os.O_RDWR | os.O_CREAT | os.O_TRUNC, 0o600)
         try:
             start = rows_start(self._dim, len(fitted.centroids))
@@ -270,10 +279,10 @@ class SideBits:
             os.pwrite(fd, fit, HEADER_BYTES)
             for at in range(0, len(rows), 65536):  # in list order, a slice at a time: no sorted copy of them all
                 os.pwrite(fd, rows[order[at : at + 65536]].tobytes(), start + at * rows.dtype.itemsize)
-            # The header holds what was read: a count in `meta` that disagrees leaves the file unmatched, so the
-            # search goes on in memory from the same rows rather than trusting it.
+            # The header holds what was read: a count in `meta` that disagrees leaves the file unmatched (see _sync).
             os.pwrite(fd, Header(self._dim, inode, state.generation, state.removals, len(rows), max_id, state.token,
                                  len(rows), len(fitted.centroids), fitted.count, zlib.crc32(fit)).pack(), 0)
+            os.fsync(fd)  # whole on disk before the rename makes it the file
         except BaseException:
             os.close(fd)
             tmp.unlink(missing_ok=True)
@@ -315,15 +324,25 @@ def vector_problems(conn: Any, store_path: Path, vectors: int, dim: int) -> list
     if header is None or found is None or not header.holds(state, dim, inode) or len(raw) < header.file_bytes():
         return problems  # stale or foreign: never trusted, rebuilt at the next search
     held = np.frombuffer(raw, dtype=lists.record_dtype(dim), count=header.count, offset=header.rows_start())
-    # Every stored vector's row made afresh under the file's fit, matched to the held rows by id.
-    made = [lists.encode(ids, chunk, found[0]) for ids, chunk in read_vectors(conn, dim)]
-    fresh: Any = np.concatenate(made) if made else np.empty(0, dtype=held.dtype)
-    at = np.searchsorted(fresh["id"], held["id"]).clip(0, max(len(fresh) - 1, 0))
-    same = np.zeros(len(held), dtype=bool)
-    if len(fresh):
-        same = (fresh["id"][at] == held["id"]) & (fresh["list"][at] == held["list"]) & (
-            fresh["codes"][at] == held["codes"]).all(axis=1)
-    wrong = int(np.count_nonzero(~same))
+    # Every stored vector's row made afresh under the file's fit, a chunk at a time, matched to the held rows by id; a
+    # row that differs is looked at again alone, where rounding may explain it (lists.matches).
+    order = np.argsort(held["id"], kind="stable")
+    held_ids = held["id"][order]
+    seen = np.zeros(len(held), dtype=bool)
+    wrong = 0
+    for ids, chunk in read_vectors(conn, dim):
+        if not len(held):
+            break
+        rows = lists.encode(ids, chunk, found[0])
+        at = np.searchsorted(held_ids, ids).clip(0, len(held) - 1)
+        present = held_ids[at] == ids
+        pos = order[at[present]]
+        seen[pos] = True
+        differ = (held["list"][pos] != rows["list"][present]) | (
+            held["codes"][pos] != rows["codes"][present]).any(axis=1)
+        vecs = chunk[present]
+        wrong += sum(1 for j in np.flatnonzero(differ) if not lists.matches(held[pos[j]], vecs[j], found[0]))
+    wrong += int(np.count_nonzero(~seen))  # rows of no stored vector, or a second row of one
     if len(held) != vectors:
         problems.append(f"the side file {path.name} holds {len(held)} vectors, not {vectors}")
     if wrong:

@@ -23,13 +23,13 @@ from .db import scope_filter
 from .scan import FLOAT_TABLE, STORED_DTYPE, best, cosines
 from .settings import SqliteSettings
 
-# From this many memories on, the default search scans the sign bits first and rescores the best OVERSAMPLE × k (at
-# least MIN_CANDIDATES) with the stored vectors; below it, an exact scan is as fast. bench/run.py measures both paths
-# and recall@5 against the exact scan at each size.
+# From this many memories on, the default search looks at the side file's lists first and rescores the best 3/4 n by
+# each of its two codes (n: OVERSAMPLE × k, at least MIN_CANDIDATES) with the stored vectors; below it, an exact scan
+# is as fast. bench/run.py measures both paths and recall@5 against the exact scan at each size.
 QUANTIZED_ABOVE = 1_000
 OVERSAMPLE = 20
 MIN_CANDIDATES = 200
-# At most this many candidates are rescored by id (one bound parameter each).
+# n grows to at most this (1.5 n candidates rescored by id, one bound parameter each), then the exact scan settles it.
 MAX_CANDIDATES = 4096
 # Batch recall holds the active vectors as a float32 matrix up to this many memories (150 MB at 100k); past it,
 # each query takes the bit pass, which at 1M is faster than a product over 1.5 GB.
