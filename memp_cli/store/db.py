@@ -84,6 +84,9 @@ def connect(path: Path) -> Any:
         # (the last commits may be lost only if the machine itself loses power).
         conn.execute("PRAGMA synchronous = NORMAL")
         conn.execute("PRAGMA foreign_keys = ON")
+        # Up to 32 MiB of pages kept (SQLite's default is 2 MiB, less than the interior pages of `memory_vectors` at
+        # 1M memories: each rescore of a search read them again; 5.3 -> 4.1 ms warm at 1M). Taken only as pages are read.
+        conn.execute("PRAGMA cache_size = -32768")
     except sqlean.DatabaseError as exc:
         conn.close()
         raise StoreError(f"{printable(str(path))}: cannot open store: {sqlite_message(exc)}") from exc
