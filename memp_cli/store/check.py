@@ -17,6 +17,19 @@ from .vectors import FLOAT_TABLE
 
 def check(conn: Any, path: Path, settings: SqliteSettings) -> dict[str, Any]:
     """Return integrity findings: SQLite's own checks, and memories, vectors and trajectories that do not match."""
+    # One read transaction: every count, row and the side file's state are of one snapshot, so a write committed
+    # meanwhile (a purge, an ingest) does not show as a mismatch.
+    began = not conn.in_transaction
+    if began:
+        conn.execute("BEGIN")
+    try:
+        return _check(conn, path, settings)
+    finally:
+        if began:
+            conn.execute("COMMIT")
+
+
+def _check(conn: Any, path: Path, settings: SqliteSettings) -> dict[str, Any]:
     problems: list[str] = []
     integrity = [r[0] for r in conn.execute("PRAGMA integrity_check").fetchall()]
     if integrity != ["ok"]:
