@@ -493,9 +493,13 @@ def m017_lean_runs(db: Database) -> None:
         for rowid, task, steps, outcome, score, memory_id, text in rows:
             if not isinstance(steps, str):
                 continue  # deflated already
-            parsed = json.loads(steps)
+            try:
+                parsed = json.loads(steps)
+                rendered = render(task, parsed, outcome, score)
+            except (ValueError, KeyError, TypeError, AttributeError):
+                continue  # a row no reader could parse stays as it is, for `memp check` to report
             packed.append((pack(parsed), rowid))
-            if memory_id is not None and text and text == render(task, parsed, outcome, score):
+            if memory_id is not None and text and text == rendered:
                 emptied.append((memory_id,))
         db.conn.executemany("UPDATE trajectories SET steps = ? WHERE rowid = ?", packed)
         db.conn.executemany("UPDATE memories SET trajectory = NULL WHERE id = ?", emptied)

@@ -236,6 +236,34 @@ def test_check_names_steps_that_do_not_decode(memp) -> None:
     store.close()
 
 
+def test_an_older_store_with_a_run_no_reader_can_parse_still_opens_and_check_names_it(memp, tmp_path: Path) -> None:
+    path = tmp_path / "old.db"
+    store: Any = open_store(path)
+    store.memories.add(_items(), "memp-minilm")
+    _as_released_before_m017(store)
+    with store.write():  # two rows broken behind memp's back before the upgrade: cut JSON, a step without an action
+        store.db.execute("""UPDATE trajectories SET steps = '[{"action": "x"' WHERE rowid = 1""")
+        store.db.execute("""UPDATE trajectories SET steps = '[{"thought": "t"}]' WHERE rowid = 2""")
+    store.close()
+    upgraded: Any = open_store(path)  # m017 leaves those rows as they are and migrates the rest
+    assert [tuple(r) for r in upgraded.db.execute(
+        "SELECT typeof(steps) FROM trajectories WHERE rowid IN (1, 2)")] == [("text",), ("text",)]
+    assert upgraded.memories.stats()["memories"] == len(_items())
+    assert any("2 trajectories have steps that do not decode" in p for p in upgraded.check()["problems"])
+    upgraded.close()
+
+
+def test_a_score_of_minus_zero_keeps_the_text_it_was_built_with() -> None:
+    item = _items()[0]
+    run = Trajectory(item.trajectory.task, item.trajectory.steps, "failure", score=-0.0)
+    text = run.render()
+    assert "(score -0)" in text
+    store: Any = open_store()
+    memory_id = store.memories.add([NewMemory(run, "trajectory", None, text, 3, item.vector)], "memp-minilm")[run.id]
+    assert store.memories.get(memory_id).trajectory == text  # SQLite keeps the score as 0.0: the text is stored
+    store.close()
+
+
 @pytest.mark.parametrize("text", ["", "Task: only a task"])
 def test_a_text_that_is_not_the_render_is_stored_as_it_is(text: str) -> None:
     item = _items()[0]

@@ -154,18 +154,19 @@ def merge_problems(conn: Any) -> list[str]:
 
 
 def steps_problems(conn: Any) -> list[str]:
-    """Return the stored runs whose steps do not decode (a deflated value that does not inflate, or not UTF-8)."""
+    """Return the stored runs whose steps do not read back as steps (a deflated value that does not inflate, text that
+    is not UTF-8 or not JSON steps)."""
     import zlib
+
+    from .runs import decode_steps
 
     bad: list[str] = []
     cursor = conn.execute("SELECT id, steps FROM trajectories")
     while rows := cursor.fetchmany(2000):
         for trajectory_id, value in rows:
-            if isinstance(value, str):
-                continue  # JSON text, as every run was stored before runs were deflated
             try:
-                zlib.decompress(bytes(value), -15).decode("utf-8")
-            except (zlib.error, UnicodeDecodeError, TypeError):
+                decode_steps(value)
+            except (zlib.error, UnicodeDecodeError, TypeError, ValueError, KeyError, AttributeError):
                 bad.append(str(trajectory_id))
     return [f"{len(bad)} trajectories have steps that do not decode (first {min(bad)})"] if bad else []
 

@@ -16,6 +16,7 @@ old texts out first and bumps the number (tests/test_runs.py pins the render).
 from __future__ import annotations
 
 import json
+import math
 import zlib
 from collections.abc import Sequence
 
@@ -63,6 +64,11 @@ def stored_text(text: str | None, run: Trajectory) -> str | None:
     """Return what `memories.trajectory` holds for a memory whose text of its run is `text`."""
     if text is None:
         return ""
+    # Left to the render only where the stored run renders the same: SQLite keeps -0.0 as 0.0 and NaN as NULL, so a
+    # run with such a score keeps its text as it is.
+    score = run.score
+    if score is not None and (not math.isfinite(score) or (score == 0 and math.copysign(1.0, score) < 0)):
+        return text
     return None if text == run.render() else text
 
 
