@@ -134,6 +134,9 @@ def in_process_search(built: Built, queries: int, seed: int, exact_runs: int, ch
     db = built.db
     # A store file and its side file; a PostgreSQL store has none here (its pages are the server's).
     files = [Path(db), side_path(Path(db))] if isinstance(db, Path) else []
+    # The build's pages written out first: dirty pages cannot be dropped (the cold search found them cached), and
+    # their writeback ran through the timed searches. A user's store is long written when they recall.
+    os.sync()
     evict(*files)
     store: Any = open_store(db)
     started = time.perf_counter()
