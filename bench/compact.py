@@ -50,8 +50,9 @@ def bit_pass_recall(exact: Any, queries: Any, candidates: int = 200) -> float:
     # As a side file's rebuild makes it: a fit from a sample spread over the rows, every row in its list.
     step = max(1, len(exact) // (lists.SAMPLE_PER_LIST * lists.list_count(len(exact))))
     fitted = lists.fit(exact[::step], len(exact)) if len(exact) >= lists.FIT_MIN else lists.origin(exact.shape[1], 0)
-    rows, offsets = lists.ordered_rows(lists.encode(np.arange(len(exact)), exact, fitted), len(fitted.centroids))
-    index = lists.Index(rows, len(rows), offsets, fitted)
+    rows = lists.encode(np.arange(len(exact)), exact, fitted)
+    order, offsets = lists.list_order(rows, len(fitted.centroids))
+    index = lists.Index(rows[order], len(rows), offsets, fitted)
     hits = 0
     for q in queries:
         sims = exact @ q

@@ -234,8 +234,3 @@ def list_order(rows: Any, lists: int) -> tuple[Any, Any]:
     counts = np.bincount(rows["list"], minlength=lists)
     return order, np.concatenate([[0], np.cumsum(counts)]).astype(np.int64)
 
-
-def ordered_rows(rows: Any, lists: int) -> tuple[Any, Any]:
-    """Return rows sorted by list (then as they came) and the offsets of each list's first row."""
-    order, offsets = list_order(rows, lists)
-    return rows[order], offsets

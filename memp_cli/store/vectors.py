@@ -5,7 +5,7 @@ in ../shared/data, the top 5 by float16 cosine are the float32 top 5 (recall@5 1
 memories, `bench/compact.py`), where int8 with a scale per vector fell to 0.988 at 100k and 0.976 at 1M. Cosines
 are computed in numpy, on the vectors read by id (rescoring, similarities) or streamed (the exact scan, below
 QUANTIZED_ABOVE, scan.py). Scoped searches read the scopes' active ids from idx_memories_scope_status and keep to
-them: the bit pass scans only their bits, and a small scope's exact scan reads only its rows.
+them: the list probe ranks only their rows, and a small scope's exact scan reads only its rows.
 From QUANTIZED_ABOVE memories on, the search first looks at the rows of the lists nearest the query, memory-mapped from
 the side file `<store>-bits` (bitfile.py), ranks them by the query's components against their two bit codes
 (lists.Index.candidates), and rescores the best candidates with their stored vectors.
@@ -32,7 +32,7 @@ MIN_CANDIDATES = 200
 # n grows to at most this (1.5 n candidates rescored by id, one bound parameter each), then the exact scan settles it.
 MAX_CANDIDATES = 4096
 # Batch recall holds the active vectors as a float32 matrix up to this many memories (150 MB at 100k); past it,
-# each query takes the bit pass, which at 1M is faster than a product over 1.5 GB.
+# each query takes the list probe, which at 1M is faster than a product over 1.5 GB.
 PRELOAD_LIMIT = 100_000
 
 
@@ -67,7 +67,7 @@ def _unit(vector: Sequence[float]) -> Any:
 
 
 class SqliteVectors:
-    """Task vectors in `memory_vectors` (memory id -> float16 blob); their sign bits in the side file."""
+    """Task vectors in `memory_vectors` (memory id -> float16 blob); their lists and bit codes in the side file."""
 
     def __init__(self, conn: Any, settings: SqliteSettings, path: Path | None = None) -> None:
         self._conn = conn
@@ -84,7 +84,7 @@ class SqliteVectors:
 
     @property
     def side_file(self) -> Any:
-        """Return the side file this store searched through (a bitfile.SideBits), None before a bit pass."""
+        """Return the side file this store searched through (a bitfile.SideBits), None before a list probe."""
         return self._side
 
     # -- writing (inside a write) ---------------------------------------------------------------------------------
@@ -185,7 +185,7 @@ class SqliteVectors:
     ) -> list[tuple[int, float]]:
         """Return (memory id, cosine similarity) of the `k` active memories of `scopes` nearest to `vector`, best first.
 
-        Large stores search the sign bits first (unless `exact`); small ones, and small scopes, scan the stored
+        Large stores search the side file's lists first (unless `exact`); small ones, and small scopes, scan the stored
         vectors; preloaded vectors are searched in memory. `scopes` None searches every scope.
         """
         if self._settings.embed_model() is None or k <= 0:
@@ -196,7 +196,7 @@ class SqliteVectors:
             exact = self.count() < QUANTIZED_ABOVE
         members = None
         if not exact and scopes is not None:
-            # The scopes' active memories, read from the (scope, status) index: the bit pass keeps to them, and
+            # The scopes' active memories, read from the (scope, status) index: the list probe keeps to them, and
             # when they are few, scanning just their vectors is exact and as fast.
             members = self._members(scopes)
             exact = len(members) < QUANTIZED_ABOVE
@@ -305,7 +305,7 @@ class SqliteVectors:
 
         Up to PRELOAD_LIMIT memories, the active vectors are held as one float32 matrix and each batch of searches is
         one exact product (writes made meanwhile are not seen by it); past it, the side file is brought up to date
-        and mapped, and each search takes the bit pass.
+        and mapped, and each search takes the list probe.
         """
         import numpy as np
 
